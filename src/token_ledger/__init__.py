@@ -1,0 +1,63 @@
+"""Monthly token allowances for every user of an application, spent safely.
+
+>>> from token_ledger import TokenLedger
+>>> ledger = TokenLedger.memory()
+>>> _ = ledger.open_account("u1", monthly_limit=50)
+>>> ledger.deduct("u1", 14, feature="literature_search").monthly_remaining
+36
+"""
+
+from token_ledger.account import Change, TokenAccount
+from token_ledger.clock import Clock, system_clock
+from token_ledger.errors import (
+    AccountExists,
+    AccountNotFound,
+    IdempotencyConflict,
+    InsufficientTokens,
+    InvalidAmount,
+    InvalidInput,
+    NaiveDatetime,
+    SchemaVersionError,
+    StorageError,
+    TokenLedgerError,
+    UnknownTimeZone,
+)
+from token_ledger.ledger import DeductResult, Ledger, TokenStatus
+from token_ledger.memory import MemoryRepository
+from token_ledger.policy import MonthlyResetPolicy, Period
+from token_ledger.repository import HistoryQuery, StaleCutoffs, TokenRepository, UnitOfWork
+from token_ledger.service import TokenLedger
+from token_ledger.transactions import OperationType, Transaction
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AccountExists",
+    "AccountNotFound",
+    "Change",
+    "Clock",
+    "DeductResult",
+    "HistoryQuery",
+    "IdempotencyConflict",
+    "InsufficientTokens",
+    "InvalidAmount",
+    "InvalidInput",
+    "Ledger",
+    "MemoryRepository",
+    "MonthlyResetPolicy",
+    "NaiveDatetime",
+    "OperationType",
+    "Period",
+    "SchemaVersionError",
+    "StaleCutoffs",
+    "StorageError",
+    "TokenAccount",
+    "TokenLedger",
+    "TokenLedgerError",
+    "TokenRepository",
+    "TokenStatus",
+    "Transaction",
+    "UnitOfWork",
+    "UnknownTimeZone",
+    "system_clock",
+]

@@ -1,0 +1,77 @@
+"""The exceptions token-ledger raises.
+
+Every error derives from :class:`TokenLedgerError`, so one ``except`` clause
+catches anything the library refuses. Errors about bad input also derive from
+:class:`ValueError` (and lookups from :class:`LookupError`) so code written
+against the builtins keeps working.
+"""
+
+from __future__ import annotations
+
+
+class TokenLedgerError(Exception):
+    """Root of every error raised by token-ledger."""
+
+
+class InvalidInput(TokenLedgerError, ValueError):
+    """An argument was refused before anything was written."""
+
+
+class InvalidAmount(InvalidInput):
+    """An amount or limit is not a whole number in the accepted range."""
+
+
+class NaiveDatetime(InvalidInput):
+    """A datetime without a time zone was given where an instant is required."""
+
+
+class UnknownTimeZone(InvalidInput):
+    """A time zone name is not in the IANA database available to Python."""
+
+
+class AccountNotFound(TokenLedgerError, LookupError):
+    """No account exists for the user."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"no token account for user {user_id!r}")
+        self.user_id = user_id
+
+
+class AccountExists(TokenLedgerError):
+    """An account was opened for a user who already has one."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"a token account already exists for user {user_id!r}")
+        self.user_id = user_id
+
+
+class InsufficientTokens(TokenLedgerError):
+    """A deduction asked for more tokens than remain in the period.
+
+    The refusal itself is recorded in the ledger as a failed entry, so that
+    operators can see it in the "failed transactions" alert.
+    """
+
+    def __init__(self, user_id: str, requested: int, remaining: int) -> None:
+        super().__init__(
+            f"user {user_id!r} asked for {requested} tokens but has {remaining} remaining"
+        )
+        self.user_id = user_id
+        self.requested = requested
+        self.remaining = remaining
+
+
+class IdempotencyConflict(TokenLedgerError):
+    """An idempotency key was reused for a different operation."""
+
+    def __init__(self, key: str, detail: str) -> None:
+        super().__init__(f"idempotency key {key!r} was already used for {detail}")
+        self.key = key
+
+
+class StorageError(TokenLedgerError):
+    """The storage engine failed; the original driver error is the ``__cause__``."""
+
+
+class SchemaVersionError(StorageError):
+    """The database was written by a newer token-ledger than this one."""

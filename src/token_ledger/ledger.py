@@ -1,0 +1,133 @@
+"""The pure domain service: operations on accounts, at an instant, under a policy."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from token_ledger import _validation
+from token_ledger.account import Change, TokenAccount
+from token_ledger.errors import IdempotencyConflict
+from token_ledger.policy import MonthlyResetPolicy
+from token_ledger.transactions import OperationType, Transaction
+
+
+@attrs.frozen
+class TokenStatus:
+    """What a user may still spend, as the seed's status endpoint reports it."""
+
+    user_id: str
+    monthly_used: int
+    monthly_limit: int
+    monthly_remaining: int
+    period_start: datetime
+    next_reset: datetime
+
+    def to_dict(self) -> dict[str, int]:
+        """The seed's JSON: ``{"monthlyUsed", "monthlyLimit", "monthlyRemaining"}``."""
+        return {
+            "monthlyUsed": self.monthly_used,
+            "monthlyLimit": self.monthly_limit,
+            "monthlyRemaining": self.monthly_remaining,
+        }
+
+
+@attrs.frozen
+class DeductResult:
+    """The outcome of a deduction, carrying the ledger entry that records it."""
+
+    success: bool
+    monthly_remaining: int
+    transaction: Transaction
+
+    def to_dict(self) -> dict[str, Any]:
+        """The seed's JSON: ``{"success": true, "monthlyRemaining": X}``."""
+        return {"success": self.success, "monthlyRemaining": self.monthly_remaining}
+
+
+@attrs.frozen
+class Ledger:
+    """Applies operations to accounts; everything here is pure and storage-free.
+
+    :class:`~token_ledger.TokenLedger` loads accounts from a repository, asks
+    the ledger what changes, and stores the result in one unit of work, so
+    every adapter enforces exactly the same rules.
+    """
+
+    policy: MonthlyResetPolicy = attrs.field(factory=MonthlyResetPolicy)
+
+    def open(
+        self,
+        user_id: str,
+        monthly_limit: int,
+        now: datetime,
+        reset_anchor: datetime | None = None,
+    ) -> TokenAccount:
+        return TokenAccount(
+            user_id=user_id,
+            monthly_limit=monthly_limit,
+            monthly_tokens_used=0,
+            last_monthly_reset=self.policy.period(now, reset_anchor).start,
+            created_at=now,
+            updated_at=now,
+            reset_anchor=reset_anchor,
+        )
+
+    def status(self, account: TokenAccount, now: datetime) -> TokenStatus:
+        current = account.as_of(self.policy, now).account
+        period = current.current_period(self.policy, now)
+        return TokenStatus(
+            user_id=current.user_id,
+            monthly_used=current.monthly_tokens_used,
+            monthly_limit=current.monthly_limit,
+            monthly_remaining=current.monthly_remaining,
+            period_start=period.start,
+            next_reset=period.end,
+        )
+
+    def reset(self, account: TokenAccount, now: datetime) -> Change:
+        return account.as_of(self.policy, now)
+
+    def deduct(
+        self,
+        account: TokenAccount,
+        now: datetime,
+        amount: int,
+        *,
+        feature: str | None = None,
+        context: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Change:
+        return account.deduct(
+            self.policy,
+            now,
+            amount,
+            feature=feature,
+            context=context,
+            idempotency_key=idempotency_key,
+        )
+
+    def set_limit(self, account: TokenAccount, now: datetime, monthly_limit: int) -> Change:
+        return account.with_limit(self.policy, now, monthly_limit)
+
+    @staticmethod
+    def replay(prior: Transaction, user_id: str, amount: int, feature: str | None) -> DeductResult:
+        """The original result of a retried deduction, or a conflict if it differs."""
+        if prior.operation_type is not OperationType.DEDUCT:
+            raise IdempotencyConflict(
+                prior.idempotency_key or "", f"a {prior.operation_type} entry"
+            )
+        original = (prior.user_id, prior.amount, prior.feature)
+        if original != (user_id, amount, feature):
+            raise IdempotencyConflict(
+                prior.idempotency_key or "",
+                f"user={prior.user_id!r} amount={prior.amount} feature={prior.feature!r}",
+            )
+        return DeductResult(prior.success, prior.balance_after, prior)
+
+    @staticmethod
+    def check_limit(monthly_limit: object) -> int:
+        """Limits are positive: the seed's high-usage alert divides by them."""
+        return _validation.positive_int(monthly_limit, "monthly_limit")

@@ -1,0 +1,124 @@
+"""The in-memory engine: a full adapter for tests, notebooks and single processes.
+
+It passes the same contract suite as the database adapters. One lock
+serialises units of work, and changes are staged until commit, so a block
+that raises leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import attrs
+
+from token_ledger.account import TokenAccount
+from token_ledger.repository import HistoryQuery, StaleCutoffs
+from token_ledger.transactions import Transaction
+
+
+class _MemoryUnitOfWork:
+    def __init__(self, repository: MemoryRepository) -> None:
+        self._repository = repository
+        self.accounts: dict[str, TokenAccount] = {}
+        self.entries: list[Transaction] = []
+        self.keys: dict[str, Transaction] = {}
+
+    def load_account(self, user_id: str) -> TokenAccount | None:
+        staged = self.accounts.get(user_id)
+        return staged if staged is not None else self._repository._accounts.get(user_id)
+
+    def insert_account(self, account: TokenAccount) -> bool:
+        if self.load_account(account.user_id) is not None:
+            return False
+        self.accounts[account.user_id] = account
+        return True
+
+    def save_accounts(self, accounts: Sequence[TokenAccount]) -> None:
+        for account in accounts:
+            self.accounts[account.user_id] = account
+
+    def append_transactions(self, entries: Sequence[Transaction]) -> list[Transaction]:
+        stored = []
+        for entry in entries:
+            entry = attrs.evolve(entry, id=self._repository._next_id + len(self.entries))
+            self.entries.append(entry)
+            if entry.idempotency_key is not None:
+                self.keys[entry.idempotency_key] = entry
+            stored.append(entry)
+        return stored
+
+    def find_by_idempotency_key(self, key: str) -> Transaction | None:
+        return self.keys.get(key) or self._repository._keys.get(key)
+
+    def lock_stale_candidates(
+        self, cutoffs: StaleCutoffs, after_user_id: str | None, limit: int
+    ) -> list[TokenAccount]:
+        merged = {**self._repository._accounts, **self.accounts}
+        candidates = sorted(
+            (
+                account
+                for account in merged.values()
+                if (after_user_id is None or account.user_id > after_user_id)
+                and (
+                    account.last_monthly_reset < cutoffs.calendar
+                    if account.reset_anchor is None
+                    else account.last_monthly_reset <= cutoffs.anchored
+                )
+            ),
+            key=lambda account: account.user_id,
+        )
+        return candidates[:limit]
+
+
+class MemoryRepository:
+    """Accounts and entries in Python dictionaries; safe to share between threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._accounts: dict[str, TokenAccount] = {}
+        self._entries: list[Transaction] = []
+        self._keys: dict[str, Transaction] = {}
+        self._next_id = 1
+
+    @contextmanager
+    def unit_of_work(self) -> Iterator[_MemoryUnitOfWork]:
+        with self._lock:
+            work = _MemoryUnitOfWork(self)
+            yield work
+            self._accounts.update(work.accounts)
+            self._entries.extend(work.entries)
+            self._keys.update(work.keys)
+            self._next_id += len(work.entries)
+
+    def get_account(self, user_id: str) -> TokenAccount | None:
+        with self._lock:
+            return self._accounts.get(user_id)
+
+    def history(self, query: HistoryQuery) -> list[Transaction]:
+        with self._lock:
+            entries = list(self._entries)
+        found = []
+        for entry in reversed(entries):
+            if _matches(entry, query):
+                found.append(entry)
+                if len(found) == query.limit:
+                    break
+        return found
+
+    def close(self) -> None:
+        """Nothing to release; present so every repository can be closed alike."""
+
+
+def _matches(entry: Transaction, query: HistoryQuery) -> bool:
+    assert entry.id is not None
+    return (
+        (query.user_id is None or entry.user_id == query.user_id)
+        and (query.operation_type is None or entry.operation_type == query.operation_type)
+        and (query.feature is None or entry.feature == query.feature)
+        and (query.success is None or entry.success == query.success)
+        and (query.since is None or entry.created_at >= query.since)
+        and (query.until is None or entry.created_at < query.until)
+        and (query.before_id is None or entry.id < query.before_id)
+    )

@@ -1,0 +1,105 @@
+"""When an allowance starts again: calendar months or per-account anniversaries."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import attrs
+from dateutil.relativedelta import relativedelta
+
+from token_ledger import _validation
+from token_ledger.errors import InvalidInput, UnknownTimeZone
+
+MAX_PERIOD_MONTHS = 1200
+
+
+@attrs.frozen
+class Period:
+    """A half-open interval ``[start, end)`` of UTC instants."""
+
+    start: datetime
+    end: datetime
+
+    def __contains__(self, instant: object) -> bool:
+        return isinstance(instant, datetime) and self.start <= instant < self.end
+
+
+def load_zone(name: object) -> ZoneInfo:
+    if not isinstance(name, str):
+        raise UnknownTimeZone(f"time zone must be an IANA name such as 'UTC', got {name!r}")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as error:
+        raise UnknownTimeZone(f"unknown time zone {name!r}") from error
+
+
+def _check_timezone(_instance: object, _attribute: object, value: object) -> None:
+    load_zone(value)
+
+
+def _check_months(_instance: object, _attribute: object, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"months must be a whole number, got {value!r}")
+    if not 1 <= value <= MAX_PERIOD_MONTHS:
+        raise InvalidInput(f"months must be between 1 and {MAX_PERIOD_MONTHS}, got {value}")
+
+
+@attrs.frozen
+class MonthlyResetPolicy:
+    """Computes the allowance period that contains an instant.
+
+    Without an anchor, periods are calendar months (or groups of ``months``
+    months counted from January of year 1) starting at local midnight of the
+    1st in ``timezone``; the default matches the seed's
+    ``DATE_TRUNC('month', CURRENT_DATE)`` on a UTC server. With an anchor,
+    period ``n`` starts at ``anchor + relativedelta(months=n * months)`` in
+    local wall time, always counted from the anchor itself: stepping from the
+    previous (clamped) start would drift from the 31st to the 28th for ever.
+    """
+
+    timezone: str = attrs.field(default="UTC", validator=_check_timezone)
+    months: int = attrs.field(default=1, validator=_check_months)
+    _zone: ZoneInfo = attrs.field(
+        init=False,
+        repr=False,
+        eq=False,
+        default=attrs.Factory(lambda self: load_zone(self.timezone), takes_self=True),
+    )
+
+    @property
+    def shortest_period(self) -> timedelta:
+        """A duration no period is shorter than (months of 28 days, less a DST hour)."""
+        return timedelta(days=28 * self.months) - timedelta(hours=2)
+
+    def period(self, at: datetime, anchor: datetime | None = None) -> Period:
+        """Return the period containing ``at``, for an account with ``anchor`` (or none)."""
+        at = _validation.instant(at, "at")
+        if anchor is None:
+            return self._calendar_period(at)
+        return self._anniversary_period(at, _validation.instant(anchor, "anchor"))
+
+    def _calendar_period(self, at: datetime) -> Period:
+        local = at.astimezone(self._zone)
+        first_month = (local.year * 12 + local.month - 1) // self.months * self.months
+        return Period(self._month_start(first_month), self._month_start(first_month + self.months))
+
+    def _month_start(self, month_index: int) -> datetime:
+        year, month = divmod(month_index, 12)
+        return datetime(year, month + 1, 1, tzinfo=self._zone).astimezone(timezone.utc)
+
+    def _anniversary_period(self, at: datetime, anchor: datetime) -> Period:
+        local_anchor = anchor.astimezone(self._zone)
+        local_at = at.astimezone(self._zone)
+        elapsed_months = (local_at.year - local_anchor.year) * 12 + (
+            local_at.month - local_anchor.month
+        )
+        n = elapsed_months // self.months
+        while self._nth_start(local_anchor, n) > at:
+            n -= 1
+        while self._nth_start(local_anchor, n + 1) <= at:
+            n += 1
+        return Period(self._nth_start(local_anchor, n), self._nth_start(local_anchor, n + 1))
+
+    def _nth_start(self, local_anchor: datetime, n: int) -> datetime:
+        return (local_anchor + relativedelta(months=n * self.months)).astimezone(timezone.utc)

@@ -1,0 +1,26 @@
+"""The storage engines every contract test runs against.
+
+To add an adapter, add one entry to ``BACKENDS``: a factory that takes the
+pytest ``request`` and a fresh temporary directory and returns an empty
+repository. The contract suite is the definition of an adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from token_ledger import MemoryRepository, TokenRepository
+
+RepositoryFactory = Callable[[pytest.FixtureRequest, Path], TokenRepository]
+
+
+def memory_repository(request: pytest.FixtureRequest, directory: Path) -> TokenRepository:
+    return MemoryRepository()
+
+
+BACKENDS: list[object] = [
+    pytest.param(memory_repository, id="memory"),
+]
