@@ -1,15 +1,19 @@
 """A first look at token-ledger: open an account, spend, and read the status.
 
-Run it with ``python examples/quickstart.py``.
+Run it with ``python examples/quickstart.py [PATH]``. The ledger lives in a
+SQLite file (``tokens.db`` in the current directory unless PATH is given), the
+embedded default: run it twice and the second run finds the first run's usage.
 """
 
 from __future__ import annotations
 
+import sys
+
 from token_ledger import InsufficientTokens, TokenLedger
 
 
-def main() -> None:
-    with TokenLedger.memory() as ledger:
+def main(path: str) -> None:
+    with TokenLedger.sqlite(path) as ledger:
         ledger.ensure_account("alice", monthly_limit=50)
 
         result = ledger.deduct(
@@ -17,7 +21,7 @@ def main() -> None:
             36,
             feature="literature_search",
             context={"query": "transformers"},
-            idempotency_key="request-1",
+            idempotency_key="request-1",  # a rerun replays this instead of spending again
         )
         print("deduct:", result.to_dict())
 
@@ -35,4 +39,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1] if len(sys.argv) > 1 else "tokens.db")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from token_ledger import MemoryRepository, TokenRepository
+from token_ledger.sqlite import SQLiteRepository
 
 RepositoryFactory = Callable[[pytest.FixtureRequest, Path], TokenRepository]
 
@@ -21,6 +22,11 @@ def memory_repository(request: pytest.FixtureRequest, directory: Path) -> TokenR
     return MemoryRepository()
 
 
+def sqlite_repository(request: pytest.FixtureRequest, directory: Path) -> TokenRepository:
+    return SQLiteRepository(directory / "ledger.db")
+
+
 BACKENDS: list[object] = [
     pytest.param(memory_repository, id="memory"),
+    pytest.param(sqlite_repository, id="sqlite"),
 ]

@@ -17,7 +17,11 @@ from token_ledger.repository import HistoryQuery, StaleCutoffs, TokenRepository,
 from token_ledger.transactions import OperationType, Transaction
 
 if TYPE_CHECKING:
+    import sqlite3
+    from pathlib import Path
     from types import TracebackType
+
+    import sqlite_utils
 
 DEFAULT_RESET_BATCH_SIZE = 1000
 MAX_HISTORY_LIMIT = 10_000
@@ -49,6 +53,26 @@ class TokenLedger:
     ) -> TokenLedger:
         """A ledger held in this process only; nothing survives it."""
         return cls(MemoryRepository(), policy=policy, clock=clock)
+
+    @classmethod
+    def sqlite(
+        cls,
+        database: str | Path | sqlite_utils.Database | sqlite3.Connection,
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout: float = 30.0,
+        policy: MonthlyResetPolicy | None = None,
+        clock: Clock = system_clock,
+    ) -> TokenLedger:
+        """A ledger in a SQLite file (created if missing), ``":memory:"``, or your connection.
+
+        Every process that opens the same file shares the same ledger safely;
+        see :class:`~token_ledger.sqlite.SQLiteRepository` for durability.
+        """
+        from token_ledger.sqlite import SQLiteRepository
+
+        repository = SQLiteRepository(database, synchronous=synchronous, busy_timeout=busy_timeout)
+        return cls(repository, policy=policy, clock=clock)
 
     def __enter__(self) -> TokenLedger:
         return self
