@@ -24,8 +24,15 @@ from token_ledger.errors import (
 )
 from token_ledger.ledger import DeductResult, Ledger, TokenStatus
 from token_ledger.memory import MemoryRepository
+from token_ledger.monitoring import Alert, AlertReport, Health
 from token_ledger.policy import MonthlyResetPolicy, Period
-from token_ledger.repository import HistoryQuery, StaleCutoffs, TokenRepository, UnitOfWork
+from token_ledger.repository import (
+    AccountFilter,
+    HistoryQuery,
+    StaleCutoffs,
+    TokenRepository,
+    UnitOfWork,
+)
 from token_ledger.service import TokenLedger
 from token_ledger.transactions import OperationType, Transaction
 
@@ -33,10 +40,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AccountExists",
+    "AccountFilter",
     "AccountNotFound",
+    "Alert",
+    "AlertReport",
     "Change",
     "Clock",
     "DeductResult",
+    "Health",
     "HistoryQuery",
     "IdempotencyConflict",
     "InsufficientTokens",

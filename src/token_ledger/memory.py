@@ -8,13 +8,13 @@ that raises leaves nothing behind.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import attrs
 
 from token_ledger.account import TokenAccount
-from token_ledger.repository import HistoryQuery, StaleCutoffs
+from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs
 from token_ledger.transactions import Transaction
 
 
@@ -56,20 +56,7 @@ class _MemoryUnitOfWork:
         self, cutoffs: StaleCutoffs, after_user_id: str | None, limit: int
     ) -> list[TokenAccount]:
         merged = {**self._repository._accounts, **self.accounts}
-        candidates = sorted(
-            (
-                account
-                for account in merged.values()
-                if (after_user_id is None or account.user_id > after_user_id)
-                and (
-                    account.last_monthly_reset < cutoffs.calendar
-                    if account.reset_anchor is None
-                    else account.last_monthly_reset <= cutoffs.anchored
-                )
-            ),
-            key=lambda account: account.user_id,
-        )
-        return candidates[:limit]
+        return _scan(merged.values(), AccountFilter(stale=cutoffs), after_user_id, limit)
 
 
 class MemoryRepository:
@@ -107,8 +94,49 @@ class MemoryRepository:
                     break
         return found
 
+    def count_transactions(self, query: HistoryQuery) -> int:
+        unbounded = attrs.evolve(query, before_id=None)
+        with self._lock:
+            return sum(1 for entry in self._entries if _matches(entry, unbounded))
+
+    def count_accounts(self) -> int:
+        with self._lock:
+            return len(self._accounts)
+
+    def scan_accounts(
+        self, where: AccountFilter, after_user_id: str | None, limit: int
+    ) -> list[TokenAccount]:
+        with self._lock:
+            accounts = list(self._accounts.values())
+        return _scan(accounts, where, after_user_id, limit)
+
     def close(self) -> None:
         """Nothing to release; present so every repository can be closed alike."""
+
+
+def _scan(
+    accounts: Iterable[TokenAccount], where: AccountFilter, after_user_id: str | None, limit: int
+) -> list[TokenAccount]:
+    found = sorted(
+        (
+            account
+            for account in accounts
+            if (after_user_id is None or account.user_id > after_user_id)
+            and (where.stale is None or _maybe_stale(account, where.stale))
+            and (
+                where.usage_above is None
+                or account.monthly_tokens_used / account.monthly_limit > where.usage_above
+            )
+        ),
+        key=lambda account: account.user_id,
+    )
+    return found[:limit]
+
+
+def _maybe_stale(account: TokenAccount, cutoffs: StaleCutoffs) -> bool:
+    if account.reset_anchor is None:
+        return account.last_monthly_reset < cutoffs.calendar
+    return account.last_monthly_reset <= cutoffs.anchored
 
 
 def _matches(entry: Transaction, query: HistoryQuery) -> bool:

@@ -32,6 +32,19 @@ class StaleCutoffs:
 
 
 @attrs.frozen
+class AccountFilter:
+    """A pre-selection of accounts that a store can answer from its indexes.
+
+    Stores may return more than match exactly (anchored accounts, accounts
+    whose usage belongs to an ended period); the domain makes the decision.
+    """
+
+    stale: StaleCutoffs | None = None
+    usage_above: float | None = None
+    """A fraction of the limit: ``monthly_tokens_used / monthly_limit > usage_above``."""
+
+
+@attrs.frozen
 class HistoryQuery:
     """Filters for :meth:`TokenRepository.history`; results are newest first.
 
@@ -89,5 +102,17 @@ class TokenRepository(Protocol):
         ...
 
     def history(self, query: HistoryQuery) -> list[Transaction]: ...
+
+    def count_transactions(self, query: HistoryQuery) -> int:
+        """How many entries ``history`` would return without ``limit`` and ``before_id``."""
+        ...
+
+    def count_accounts(self) -> int: ...
+
+    def scan_accounts(
+        self, where: AccountFilter, after_user_id: str | None, limit: int
+    ) -> list[TokenAccount]:
+        """Up to ``limit`` accounts matching ``where``, by ``user_id`` after ``after_user_id``."""
+        ...
 
     def close(self) -> None: ...

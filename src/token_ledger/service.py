@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from token_ledger import _validation
@@ -12,8 +12,15 @@ from token_ledger.clock import Clock, system_clock
 from token_ledger.errors import AccountExists, AccountNotFound, InsufficientTokens, InvalidInput
 from token_ledger.ledger import DeductResult, Ledger, TokenStatus
 from token_ledger.memory import MemoryRepository
+from token_ledger.monitoring import Alert, AlertReport, Health
 from token_ledger.policy import MonthlyResetPolicy
-from token_ledger.repository import HistoryQuery, StaleCutoffs, TokenRepository, UnitOfWork
+from token_ledger.repository import (
+    AccountFilter,
+    HistoryQuery,
+    StaleCutoffs,
+    TokenRepository,
+    UnitOfWork,
+)
 from token_ledger.transactions import OperationType, Transaction
 
 if TYPE_CHECKING:
@@ -24,6 +31,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 
 DEFAULT_RESET_BATCH_SIZE = 1000
+SCAN_PAGE_SIZE = 1000
 MAX_HISTORY_LIMIT = 10_000
 
 
@@ -202,10 +210,7 @@ class TokenLedger:
         """
         _validation.positive_int(batch_size, "batch_size")
         now = self.now()
-        cutoffs = StaleCutoffs(
-            calendar=self.policy.period(now).start,
-            anchored=now - self.policy.shortest_period,
-        )
+        cutoffs = self._stale_cutoffs(now)
         reset_count = 0
         after: str | None = None
         while True:
@@ -219,6 +224,77 @@ class TokenLedger:
             if len(batch) < batch_size:
                 return reset_count
             after = batch[-1].user_id
+
+    # operations
+
+    def health(self) -> Health:
+        """The guide's health check: every account should be in the current period."""
+        now = self.now()
+        total = self.repository.count_accounts()
+        stale = sum(1 for _ in self._stale_accounts(now))
+        return Health(total_users=total, current=total - stale, stale=stale, checked_at=now)
+
+    def alerts(
+        self,
+        *,
+        stale_after: timedelta = timedelta(days=1),
+        stale_threshold: int = 0,
+        failed_window: timedelta = timedelta(hours=1),
+        failed_threshold: int = 10,
+        usage_ratio: float = 0.9,
+        high_usage_threshold: int | None = None,
+    ) -> AlertReport:
+        """The guide's three monitoring alerts; each triggers when its value exceeds its threshold.
+
+        ``stale_resets`` counts accounts whose reset has been pending for longer
+        than ``stale_after``; ``failed_transactions`` counts refused operations in
+        the last ``failed_window``; ``high_usage`` counts accounts that used more
+        than ``usage_ratio`` of their limit in the current period (the guide only
+        watches it, so by default it has no threshold).
+        """
+        now = self.now()
+        _validation.non_negative_int(stale_threshold, "stale_threshold")
+        _validation.non_negative_int(failed_threshold, "failed_threshold")
+        if high_usage_threshold is not None:
+            _validation.non_negative_int(high_usage_threshold, "high_usage_threshold")
+        if isinstance(usage_ratio, bool) or not isinstance(usage_ratio, (int, float)):
+            raise InvalidInput(f"usage_ratio must be a number, got {usage_ratio!r}")
+        if not 0 <= usage_ratio <= 1:
+            raise InvalidInput(f"usage_ratio must be between 0 and 1, got {usage_ratio}")
+        for name, window in (("stale_after", stale_after), ("failed_window", failed_window)):
+            if not isinstance(window, timedelta) or window < timedelta(0):
+                raise InvalidInput(f"{name} must be a non-negative timedelta, got {window!r}")
+
+        overdue = sum(1 for _ in self._stale_accounts(now - stale_after))
+        failed = self.repository.count_transactions(
+            HistoryQuery(success=False, since=now - failed_window)
+        )
+        high = sum(
+            1
+            for account in self._scan(AccountFilter(usage_above=float(usage_ratio)))
+            if not account.as_of(self.policy, now).entries
+        )
+        return AlertReport(
+            stale_resets=Alert(
+                "stale_resets",
+                overdue,
+                stale_threshold,
+                f"accounts whose reset has been pending for more than {stale_after}",
+            ),
+            failed_transactions=Alert(
+                "failed_transactions",
+                failed,
+                failed_threshold,
+                f"refused operations in the last {failed_window}",
+            ),
+            high_usage=Alert(
+                "high_usage",
+                high,
+                high_usage_threshold,
+                f"accounts above {usage_ratio:.0%} of their limit this period",
+            ),
+            checked_at=now,
+        )
 
     # reads
 
@@ -250,6 +326,27 @@ class TokenLedger:
         return self.repository.history(query)
 
     # helpers
+
+    def _scan(self, where: AccountFilter) -> Iterator[TokenAccount]:
+        after: str | None = None
+        while True:
+            page = self.repository.scan_accounts(where, after, SCAN_PAGE_SIZE)
+            yield from page
+            if len(page) < SCAN_PAGE_SIZE:
+                return
+            after = page[-1].user_id
+
+    def _stale_cutoffs(self, now: datetime) -> StaleCutoffs:
+        return StaleCutoffs(
+            calendar=self.policy.period(now).start,
+            anchored=now - self.policy.shortest_period,
+        )
+
+    def _stale_accounts(self, at: datetime) -> Iterator[TokenAccount]:
+        """Accounts that had a reset pending at ``at``."""
+        for account in self._scan(AccountFilter(stale=self._stale_cutoffs(at))):
+            if account.as_of(self.policy, at).entries:
+                yield account
 
     def _new_account(
         self, user_id: str, monthly_limit: int, reset_anchor: datetime | None

@@ -25,7 +25,7 @@ from sqlite_utils.migrations import Migrations
 
 from token_ledger.account import TokenAccount
 from token_ledger.errors import InvalidInput, SchemaVersionError, StorageError
-from token_ledger.repository import HistoryQuery, StaleCutoffs
+from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs
 from token_ledger.transactions import Transaction
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -131,6 +131,50 @@ def _translated_errors() -> Iterator[None]:
         raise StorageError(f"SQLite failed: {error}") from error
 
 
+def _account_filter(where: AccountFilter, after_user_id: str | None) -> tuple[str, list[object]]:
+    conditions = ["user_id > ?"]
+    parameters: list[object] = [after_user_id or ""]
+    if where.stale is not None:
+        conditions.append(
+            "((reset_anchor IS NULL AND last_monthly_reset < ?)"
+            " OR (reset_anchor IS NOT NULL AND last_monthly_reset <= ?))"
+        )
+        parameters += [format_instant(where.stale.calendar), format_instant(where.stale.anchored)]
+    if where.usage_above is not None:
+        conditions.append("CAST(monthly_tokens_used AS REAL) / monthly_limit > ?")
+        parameters.append(where.usage_above)
+    return " AND ".join(conditions), parameters
+
+
+def _select_accounts(
+    conn: sqlite3.Connection, where: AccountFilter, after_user_id: str | None, limit: int
+) -> list[TokenAccount]:
+    condition, parameters = _account_filter(where, after_user_id)
+    rows = conn.execute(
+        f"SELECT {ACCOUNT_COLUMNS} FROM user_tokens WHERE {condition} ORDER BY user_id LIMIT ?",
+        (*parameters, limit),
+    ).fetchall()
+    return [_account(row) for row in rows]
+
+
+def _history_filter(query: HistoryQuery) -> tuple[str, list[object]]:
+    conditions = []
+    parameters: list[object] = []
+    for condition, value in (
+        ("user_id = ?", query.user_id),
+        ("operation_type = ?", query.operation_type and query.operation_type.value),
+        ("feature = ?", query.feature),
+        ("success = ?", None if query.success is None else int(query.success)),
+        ("created_at >= ?", query.since and format_instant(query.since)),
+        ("created_at < ?", query.until and format_instant(query.until)),
+        ("id < ?", query.before_id),
+    ):
+        if value is not None:
+            conditions.append(condition)
+            parameters.append(value)
+    return (f"WHERE {' AND '.join(conditions)}" if conditions else ""), parameters
+
+
 class _SQLiteUnitOfWork:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -205,20 +249,7 @@ class _SQLiteUnitOfWork:
     def lock_stale_candidates(
         self, cutoffs: StaleCutoffs, after_user_id: str | None, limit: int
     ) -> list[TokenAccount]:
-        rows = self._conn.execute(
-            f"SELECT {ACCOUNT_COLUMNS} FROM user_tokens"
-            " WHERE user_id > ? AND ("
-            "  (reset_anchor IS NULL AND last_monthly_reset < ?)"
-            "  OR (reset_anchor IS NOT NULL AND last_monthly_reset <= ?))"
-            " ORDER BY user_id LIMIT ?",
-            (
-                after_user_id or "",
-                format_instant(cutoffs.calendar),
-                format_instant(cutoffs.anchored),
-                limit,
-            ),
-        ).fetchall()
-        return [_account(row) for row in rows]
+        return _select_accounts(self._conn, AccountFilter(stale=cutoffs), after_user_id, limit)
 
 
 class SQLiteRepository:
@@ -309,27 +340,31 @@ class SQLiteRepository:
             return _SQLiteUnitOfWork(self.db.conn).load_account(user_id)
 
     def history(self, query: HistoryQuery) -> list[Transaction]:
-        conditions = []
-        parameters: list[object] = []
-        for column, value in (
-            ("user_id = ?", query.user_id),
-            ("operation_type = ?", query.operation_type and query.operation_type.value),
-            ("feature = ?", query.feature),
-            ("success = ?", None if query.success is None else int(query.success)),
-            ("created_at >= ?", query.since and format_instant(query.since)),
-            ("created_at < ?", query.until and format_instant(query.until)),
-            ("id < ?", query.before_id),
-        ):
-            if value is not None:
-                conditions.append(column)
-                parameters.append(value)
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        where, parameters = _history_filter(query)
         sql = (
             f"SELECT {TRANSACTION_COLUMNS} FROM token_transactions {where} ORDER BY id DESC LIMIT ?"
         )
         with self._lock, _translated_errors():
             rows = self.db.conn.execute(sql, (*parameters, query.limit)).fetchall()
         return [_transaction(row) for row in rows]
+
+    def count_transactions(self, query: HistoryQuery) -> int:
+        where, parameters = _history_filter(attrs.evolve(query, before_id=None))
+        with self._lock, _translated_errors():
+            row = self.db.conn.execute(
+                f"SELECT count(*) FROM token_transactions {where}", parameters
+            ).fetchone()
+        return int(row[0])
+
+    def count_accounts(self) -> int:
+        with self._lock, _translated_errors():
+            return int(self.db.conn.execute("SELECT count(*) FROM user_tokens").fetchone()[0])
+
+    def scan_accounts(
+        self, where: AccountFilter, after_user_id: str | None, limit: int
+    ) -> list[TokenAccount]:
+        with self._lock, _translated_errors():
+            return _select_accounts(self.db.conn, where, after_user_id, limit)
 
     def close(self) -> None:
         with self._lock:
