@@ -17,15 +17,20 @@ from token_ledger.errors import (
     InvalidAmount,
     InvalidInput,
     NaiveDatetime,
+    ReservationClosed,
+    ReservationNotFound,
     SchemaVersionError,
     StorageError,
     TokenLedgerError,
+    TransactionNotFound,
     UnknownTimeZone,
 )
+from token_ledger.grants import Grant, Reservation, ReservationStatus
 from token_ledger.ledger import DeductResult, Ledger, TokenStatus
 from token_ledger.memory import MemoryRepository
 from token_ledger.monitoring import Alert, AlertReport, Health
 from token_ledger.policy import MonthlyResetPolicy, Period
+from token_ledger.reconciliation import Discrepancy
 from token_ledger.repository import (
     AccountFilter,
     HistoryQuery,
@@ -34,7 +39,7 @@ from token_ledger.repository import (
     UnitOfWork,
 )
 from token_ledger.service import TokenLedger
-from token_ledger.transactions import OperationType, Transaction
+from token_ledger.transactions import Effects, OperationType, Transaction
 
 __version__ = "0.1.0"
 
@@ -47,6 +52,9 @@ __all__ = [
     "Change",
     "Clock",
     "DeductResult",
+    "Discrepancy",
+    "Effects",
+    "Grant",
     "Health",
     "HistoryQuery",
     "IdempotencyConflict",
@@ -59,6 +67,10 @@ __all__ = [
     "NaiveDatetime",
     "OperationType",
     "Period",
+    "Reservation",
+    "ReservationClosed",
+    "ReservationNotFound",
+    "ReservationStatus",
     "SchemaVersionError",
     "StaleCutoffs",
     "StorageError",
@@ -68,6 +80,7 @@ __all__ = [
     "TokenRepository",
     "TokenStatus",
     "Transaction",
+    "TransactionNotFound",
     "UnitOfWork",
     "UnknownTimeZone",
     "system_clock",

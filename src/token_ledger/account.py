@@ -1,22 +1,48 @@
-"""A user's allowance: one row of the seed's ``user_tokens`` table."""
+"""A user's allowance: one row of the seed's ``user_tokens`` table, with its grants and holds."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 import attrs
 
+from token_ledger.grants import Grant, Reservation, ReservationStatus
 from token_ledger.policy import MonthlyResetPolicy, Period
-from token_ledger.transactions import OperationType, Transaction
+from token_ledger.transactions import Effects, OperationType, Transaction
+
+
+def _merge_by_id(
+    first: Sequence[Grant | Reservation], second: Sequence[Grant | Reservation]
+) -> dict[str, Any]:
+    merged: dict[str, Any] = {item.id: item for item in first}
+    merged.update((item.id, item) for item in second)
+    return merged
 
 
 @attrs.frozen
 class Change:
-    """An account as an operation leaves it, with the ledger entries that record why."""
+    """An account as an operation leaves it, the ledger entries that record why,
+    and the grants and reservations whose rows must be written with it."""
 
     account: TokenAccount
     entries: tuple[Transaction, ...] = ()
+    grants: tuple[Grant, ...] = ()
+    reservations: tuple[Reservation, ...] = ()
+
+    @property
+    def last_entry(self) -> Transaction:
+        return self.entries[-1]
+
+    def then(self, later: Change) -> Change:
+        """This change followed by ``later``, which was computed from this one's account."""
+        return Change(
+            later.account,
+            self.entries + later.entries,
+            tuple(_merge_by_id(self.grants, later.grants).values()),
+            tuple(_merge_by_id(self.reservations, later.reservations).values()),
+        )
 
 
 @attrs.frozen
@@ -24,9 +50,12 @@ class TokenAccount:
     """The stored state of one user's allowance.
 
     ``monthly_tokens_used`` belongs to the period starting at
-    ``last_monthly_reset``. When that period is over the stored usage is stale:
-    readers see it as zero (:meth:`as_of`) and the next write persists the
-    reset. Methods are pure and return a :class:`Change`.
+    ``last_monthly_reset``; past ``monthly_limit`` it is overage, allowed up to
+    ``overage_limit``. ``grant_balance`` and ``reserved_tokens`` are the sums of
+    ``grants`` and ``holds``, kept on the row so that an account without either
+    is read in one query. When the stored period is over, readers see usage as
+    zero (:meth:`as_of`) and the next write persists the reset. Methods are pure
+    and return a :class:`Change`.
     """
 
     user_id: str
@@ -36,11 +65,31 @@ class TokenAccount:
     created_at: datetime
     updated_at: datetime
     reset_anchor: datetime | None = None
+    overage_limit: int = 0
+    grant_balance: int = 0
+    reserved_tokens: int = 0
+    grants: tuple[Grant, ...] = ()
+    holds: tuple[Reservation, ...] = ()
 
     @property
     def monthly_remaining(self) -> int:
         """Never negative, even after a downgrade below current usage."""
         return max(0, self.monthly_limit - self.monthly_tokens_used)
+
+    @property
+    def overage_remaining(self) -> int:
+        return max(
+            0,
+            self.monthly_limit
+            + self.overage_limit
+            - max(self.monthly_tokens_used, self.monthly_limit),
+        )
+
+    @property
+    def spendable(self) -> int:
+        """What one more deduction may take: allowance, grants and overage, less holds."""
+        total = self.monthly_remaining + self.grant_balance + self.overage_remaining
+        return max(0, total - self.reserved_tokens)
 
     def current_period(self, policy: MonthlyResetPolicy, now: datetime) -> Period:
         """The period at ``now``, which never starts before the stored one.
@@ -53,26 +102,28 @@ class TokenAccount:
             return policy.period(self.last_monthly_reset, self.reset_anchor)
         return period
 
-    def is_stale(self, policy: MonthlyResetPolicy, now: datetime) -> bool:
-        return policy.period(now, self.reset_anchor).start > self.last_monthly_reset
+    # the passage of time
 
     def as_of(self, policy: MonthlyResetPolicy, now: datetime) -> Change:
-        """The account as it is at ``now``: reset once if a period boundary was crossed.
+        """The account as it is at ``now``: reset if a period boundary was crossed
+        (exactly one ``reset`` entry however many periods were skipped), expired
+        grants written off and expired holds released."""
+        reset = self._reset(policy, now)
+        return reset.then(reset.account._expire(now))
 
-        However many periods were skipped, there is exactly one ``reset`` entry.
-        """
+    def _reset(self, policy: MonthlyResetPolicy, now: datetime) -> Change:
         period_start = policy.period(now, self.reset_anchor).start
         if period_start <= self.last_monthly_reset:
             return Change(self)
         reset = attrs.evolve(
             self, monthly_tokens_used=0, last_monthly_reset=period_start, updated_at=now
         )
-        entry = Transaction(
-            user_id=self.user_id,
-            operation_type=OperationType.RESET,
-            amount=self.monthly_tokens_used,
-            created_at=now,
-            balance_after=reset.monthly_remaining,
+        entry = self._entry(
+            reset,
+            OperationType.RESET,
+            self.monthly_tokens_used,
+            now,
+            effects=Effects(usage=-self.monthly_tokens_used),
             operation_context={
                 "previous_used": self.monthly_tokens_used,
                 "previous_period_start": self.last_monthly_reset.isoformat(),
@@ -80,6 +131,54 @@ class TokenAccount:
             },
         )
         return Change(reset, (entry,))
+
+    def _expire(self, now: datetime) -> Change:
+        expired_grants = [g for g in self.grants if not g.is_live(now)]
+        expired_holds = [h for h in self.holds if not h.is_held(now)]
+        if not expired_grants and not expired_holds:
+            return Change(self)
+        written_off = sum(grant.remaining for grant in expired_grants)
+        released = sum(hold.amount for hold in expired_holds)
+        account = attrs.evolve(
+            self,
+            grants=tuple(g for g in self.grants if g.is_live(now)),
+            holds=tuple(h for h in self.holds if h.is_held(now)),
+            grant_balance=self.grant_balance - written_off,
+            reserved_tokens=self.reserved_tokens - released,
+            updated_at=now,
+        )
+        entries = [
+            self._entry(
+                account,
+                OperationType.EXPIRE,
+                grant.remaining,
+                now,
+                reference=grant.id,
+                effects=Effects(grants={grant.id: -grant.remaining}),
+                operation_context={"expires_at": _iso(grant.expires_at)},
+            )
+            for grant in expired_grants
+        ] + [
+            self._entry(
+                account,
+                OperationType.RELEASE,
+                hold.amount,
+                now,
+                feature=hold.feature,
+                reference=hold.id,
+                effects=Effects(reserved=-hold.amount),
+                operation_context={"reason": "expired", "expires_at": _iso(hold.expires_at)},
+            )
+            for hold in expired_holds
+        ]
+        return Change(
+            account,
+            tuple(entries),
+            tuple(attrs.evolve(grant, remaining=0) for grant in expired_grants),
+            tuple(attrs.evolve(hold, status=ReservationStatus.EXPIRED) for hold in expired_holds),
+        )
+
+    # spending
 
     def deduct(
         self,
@@ -91,42 +190,296 @@ class TokenAccount:
         context: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> Change:
-        """Reset if due, then spend ``amount``; the last entry says whether it succeeded.
+        """Settle, then spend ``amount``; the last entry says whether it succeeded.
 
-        A refusal is a change too: the failed entry is recorded so it can be alerted on.
+        Spending takes the monthly allowance first, then grants (soonest expiry
+        first), then overage. A refusal is a change too: the failed entry is
+        recorded so that it can be alerted on.
+        """
+        current = self.as_of(policy, now)
+        return current.then(
+            current.account._spend(
+                OperationType.DEDUCT,
+                amount,
+                now,
+                feature=feature,
+                operation_context=dict(context or {}),
+                idempotency_key=idempotency_key,
+            )
+        )
+
+    def _spend(
+        self,
+        operation_type: OperationType,
+        amount: int,
+        now: datetime,
+        *,
+        base: Effects | None = None,
+        **entry_fields: Any,
+    ) -> Change:
+        """Take ``amount`` from the allowance, grants, then overage, or record a refusal."""
+        if amount > self.spendable:
+            refused = self._entry(self, operation_type, amount, now, success=False, **entry_fields)
+            return Change(self, (refused,))
+        from_allowance = min(amount, self.monthly_remaining)
+        left = amount - from_allowance
+        grants = []
+        taken: dict[str, int] = {}
+        for grant in sorted(self.grants, key=Grant.spending_order):
+            take = min(left, grant.remaining)
+            if take:
+                taken[grant.id] = -take
+                grants.append(attrs.evolve(grant, remaining=grant.remaining - take))
+                left -= take
+        usage = from_allowance + left
+        changed = {grant.id: grant for grant in grants}
+        account = attrs.evolve(
+            self,
+            monthly_tokens_used=self.monthly_tokens_used + usage,
+            grant_balance=self.grant_balance - (amount - usage),
+            grants=tuple(g for g in (changed.get(g.id, g) for g in self.grants) if g.remaining > 0),
+            updated_at=now,
+        )
+        effects = (base or Effects()) + Effects(usage=usage, grants=taken)
+        entry = self._entry(account, operation_type, amount, now, effects=effects, **entry_fields)
+        return Change(account, (entry,), tuple(grants))
+
+    # grants, reservations and refunds
+
+    def add_grant(
+        self,
+        policy: MonthlyResetPolicy,
+        now: datetime,
+        grant: Grant,
+        *,
+        idempotency_key: str | None,
+    ) -> Change:
+        current = self.as_of(policy, now)
+        account = attrs.evolve(
+            current.account,
+            grants=(*current.account.grants, grant),
+            grant_balance=current.account.grant_balance + grant.amount,
+            updated_at=now,
+        )
+        entry = self._entry(
+            account,
+            OperationType.GRANT,
+            grant.amount,
+            now,
+            reference=grant.id,
+            idempotency_key=idempotency_key,
+            effects=Effects(grants={grant.id: grant.amount}),
+            operation_context={"reason": grant.reason, "expires_at": _iso(grant.expires_at)},
+        )
+        return current.then(Change(account, (entry,), (grant,)))
+
+    def reserve(
+        self,
+        policy: MonthlyResetPolicy,
+        now: datetime,
+        hold: Reservation,
+        *,
+        idempotency_key: str | None,
+    ) -> Change:
+        """Hold ``hold.amount`` if it can be spent now, or record a refusal."""
+        current = self.as_of(policy, now)
+        before = current.account
+        fields: dict[str, Any] = {
+            "feature": hold.feature,
+            "reference": hold.id,
+            "idempotency_key": idempotency_key,
+            "operation_context": {"expires_at": _iso(hold.expires_at)},
+        }
+        if hold.amount > before.spendable:
+            refused = self._entry(
+                before, OperationType.RESERVE, hold.amount, now, success=False, **fields
+            )
+            return current.then(Change(before, (refused,)))
+        account = attrs.evolve(
+            before,
+            holds=(*before.holds, hold),
+            reserved_tokens=before.reserved_tokens + hold.amount,
+            updated_at=now,
+        )
+        entry = self._entry(
+            account,
+            OperationType.RESERVE,
+            hold.amount,
+            now,
+            effects=Effects(reserved=hold.amount),
+            **fields,
+        )
+        return current.then(Change(account, (entry,), (), (hold,)))
+
+    def settle_hold(
+        self, policy: MonthlyResetPolicy, now: datetime, hold_id: str, actual: int | None
+    ) -> Change:
+        """Commit ``actual`` tokens of a hold (spending them, releasing the rest) or,
+        with ``actual=None``, release it whole. The hold must still be held."""
+        current = self.as_of(policy, now)
+        before = current.account
+        hold = next(h for h in before.holds if h.id == hold_id)
+        released = attrs.evolve(
+            before,
+            holds=tuple(h for h in before.holds if h.id != hold_id),
+            reserved_tokens=before.reserved_tokens - hold.amount,
+            updated_at=now,
+        )
+        fields: dict[str, Any] = {"feature": hold.feature, "reference": hold.id}
+        if actual is None:
+            entry = self._entry(
+                released,
+                OperationType.RELEASE,
+                hold.amount,
+                now,
+                effects=Effects(reserved=-hold.amount),
+                operation_context={"reason": "released"},
+                **fields,
+            )
+            closed = attrs.evolve(hold, status=ReservationStatus.RELEASED)
+            return current.then(Change(released, (entry,), (), (closed,)))
+        spent = released._spend(
+            OperationType.COMMIT,
+            actual,
+            now,
+            base=Effects(reserved=-hold.amount),
+            operation_context={"reserved": hold.amount},
+            **fields,
+        )
+        if not spent.last_entry.success:
+            return current.then(Change(before, spent.entries))
+        closed = attrs.evolve(hold, status=ReservationStatus.COMMITTED)
+        return current.then(attrs.evolve(spent, reservations=(closed,)))
+
+    def refund(
+        self,
+        policy: MonthlyResetPolicy,
+        now: datetime,
+        spent: Transaction,
+        earlier_refunds: Iterable[Transaction],
+        amount: int,
+        *,
+        credit_grant_id: str,
+        reason: str | None,
+        idempotency_key: str | None,
+    ) -> Change:
+        """Give back ``amount`` of the successful deduction ``spent``.
+
+        A refund walks the deduction's sources in a fixed order (its usage,
+        then each grant it drew on), skipping what earlier refunds already
+        returned. Tokens go back where they came from when that still exists
+        in the current period: usage of this period, a grant that is still
+        live. Anything else (usage of an ended period, an expired or spent
+        grant) is credited as a new grant that never expires, because the
+        ended period's allowance can no longer be spent.
         """
         current = self.as_of(policy, now)
         account = current.account
-        success = amount <= account.monthly_remaining
-        if success:
-            account = attrs.evolve(
-                account,
-                monthly_tokens_used=account.monthly_tokens_used + amount,
-                updated_at=now,
-            )
-        entry = Transaction(
+        already = sum(refund.amount for refund in earlier_refunds)
+        sources = [("usage", spent.effects.usage), *((g, -a) for g, a in spent.effects.grants)]
+        in_this_period = spent.created_at >= account.last_monthly_reset
+        live = {grant.id: grant for grant in account.grants if grant.is_live(now)}
+        usage_back = 0
+        grants_back: dict[str, int] = {}
+        credit = 0
+        to_skip, to_return = already, amount
+        for source, size in sources:
+            skipped = min(to_skip, size)
+            to_skip -= skipped
+            part = min(to_return, size - skipped)
+            to_return -= part
+            if not part:
+                continue
+            if source == "usage" and in_this_period:
+                usage_back += part
+            elif source in live:
+                grants_back[source] = part
+            else:
+                credit += part
+        returned_grants = [
+            attrs.evolve(live[g], remaining=live[g].remaining + part)
+            for g, part in grants_back.items()
+        ]
+        new_grants = (
+            [
+                Grant(
+                    credit_grant_id,
+                    self.user_id,
+                    credit,
+                    credit,
+                    now,
+                    None,
+                    f"refund of #{spent.id}",
+                )
+            ]
+            if credit
+            else []
+        )
+        changed = {grant.id: grant for grant in returned_grants}
+        account = attrs.evolve(
+            account,
+            monthly_tokens_used=account.monthly_tokens_used - usage_back,
+            grants=(
+                *(changed.get(g.id, g) for g in account.grants),
+                *new_grants,
+            ),
+            grant_balance=account.grant_balance + sum(grants_back.values()) + credit,
+            updated_at=now,
+        )
+        if credit:
+            grants_back[credit_grant_id] = credit
+        entry = self._entry(
+            account,
+            OperationType.REFUND,
+            amount,
+            now,
+            feature=spent.feature,
+            reference=str(spent.id),
+            idempotency_key=idempotency_key,
+            effects=Effects(usage=-usage_back, grants=grants_back),
+            operation_context={"reason": reason},
+        )
+        return current.then(Change(account, (entry,), (*returned_grants, *new_grants)))
+
+    def with_limits(
+        self,
+        policy: MonthlyResetPolicy,
+        now: datetime,
+        monthly_limit: int,
+        overage_limit: int,
+    ) -> Change:
+        """Settle, then change the limits; usage is kept, as on a plan change."""
+        current = self.as_of(policy, now)
+        before = current.account
+        account = attrs.evolve(
+            before, monthly_limit=monthly_limit, overage_limit=overage_limit, updated_at=now
+        )
+        context: dict[str, Any] = {"previous_limit": before.monthly_limit}
+        if overage_limit != before.overage_limit:
+            context["previous_overage_limit"] = before.overage_limit
+            context["overage_limit"] = overage_limit
+        entry = self._entry(
+            account, OperationType.LIMIT_CHANGE, monthly_limit, now, operation_context=context
+        )
+        return current.then(Change(account, (entry,)))
+
+    def _entry(
+        self,
+        after: TokenAccount,
+        operation_type: OperationType,
+        amount: int,
+        now: datetime,
+        **fields: Any,
+    ) -> Transaction:
+        return Transaction(
             user_id=self.user_id,
-            operation_type=OperationType.DEDUCT,
+            operation_type=operation_type,
             amount=amount,
             created_at=now,
-            balance_after=account.monthly_remaining,
-            success=success,
-            feature=feature,
-            operation_context=dict(context or {}),
-            idempotency_key=idempotency_key,
+            balance_after=after.monthly_remaining,
+            **fields,
         )
-        return Change(account, (*current.entries, entry))
 
-    def with_limit(self, policy: MonthlyResetPolicy, now: datetime, monthly_limit: int) -> Change:
-        """Reset if due, then change the limit; usage is kept, as on a plan upgrade."""
-        current = self.as_of(policy, now)
-        account = attrs.evolve(current.account, monthly_limit=monthly_limit, updated_at=now)
-        entry = Transaction(
-            user_id=self.user_id,
-            operation_type=OperationType.LIMIT_CHANGE,
-            amount=monthly_limit,
-            created_at=now,
-            balance_after=account.monthly_remaining,
-            operation_context={"previous_limit": current.account.monthly_limit},
-        )
-        return Change(account, (*current.entries, entry))
+
+def _iso(instant: datetime | None) -> str | None:
+    return None if instant is None else instant.isoformat()

@@ -37,6 +37,31 @@ class AccountNotFound(TokenLedgerError, LookupError):
         self.user_id = user_id
 
 
+class TransactionNotFound(TokenLedgerError, LookupError):
+    """No ledger entry has the given id."""
+
+    def __init__(self, transaction_id: int) -> None:
+        super().__init__(f"no ledger entry #{transaction_id}")
+        self.transaction_id = transaction_id
+
+
+class ReservationNotFound(TokenLedgerError, LookupError):
+    """No reservation has the given id."""
+
+    def __init__(self, reservation_id: str) -> None:
+        super().__init__(f"no reservation {reservation_id!r}")
+        self.reservation_id = reservation_id
+
+
+class ReservationClosed(TokenLedgerError):
+    """The reservation was already committed, released, or has expired."""
+
+    def __init__(self, reservation_id: str, status: str) -> None:
+        super().__init__(f"reservation {reservation_id!r} is {status}")
+        self.reservation_id = reservation_id
+        self.status = status
+
+
 class AccountExists(TokenLedgerError):
     """An account was opened for a user who already has one."""
 

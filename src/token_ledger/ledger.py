@@ -9,7 +9,8 @@ import attrs
 
 from token_ledger import _validation
 from token_ledger.account import Change, TokenAccount
-from token_ledger.errors import IdempotencyConflict
+from token_ledger.errors import IdempotencyConflict, InvalidAmount, InvalidInput
+from token_ledger.grants import Grant, Reservation
 from token_ledger.policy import MonthlyResetPolicy
 from token_ledger.transactions import OperationType, Transaction
 
@@ -24,6 +25,12 @@ class TokenStatus:
     monthly_remaining: int
     period_start: datetime
     next_reset: datetime
+    grant_balance: int = 0
+    reserved: int = 0
+    overage_limit: int = 0
+    overage_used: int = 0
+    total_remaining: int = 0
+    """Allowance, live grants and overage left, less what reservations hold."""
 
     def to_dict(self) -> dict[str, int]:
         """The seed's JSON: ``{"monthlyUsed", "monthlyLimit", "monthlyRemaining"}``."""
@@ -64,10 +71,12 @@ class Ledger:
         monthly_limit: int,
         now: datetime,
         reset_anchor: datetime | None = None,
+        overage_limit: int = 0,
     ) -> TokenAccount:
         return TokenAccount(
             user_id=user_id,
             monthly_limit=monthly_limit,
+            overage_limit=overage_limit,
             monthly_tokens_used=0,
             last_monthly_reset=self.policy.period(now, reset_anchor).start,
             created_at=now,
@@ -85,6 +94,11 @@ class Ledger:
             monthly_remaining=current.monthly_remaining,
             period_start=period.start,
             next_reset=period.end,
+            grant_balance=current.grant_balance,
+            reserved=current.reserved_tokens,
+            overage_limit=current.overage_limit,
+            overage_used=max(0, current.monthly_tokens_used - current.monthly_limit),
+            total_remaining=current.spendable,
         )
 
     def reset(self, account: TokenAccount, now: datetime) -> Change:
@@ -109,25 +123,89 @@ class Ledger:
             idempotency_key=idempotency_key,
         )
 
-    def set_limit(self, account: TokenAccount, now: datetime, monthly_limit: int) -> Change:
-        return account.with_limit(self.policy, now, monthly_limit)
+    def set_limits(
+        self, account: TokenAccount, now: datetime, monthly_limit: int, overage_limit: int
+    ) -> Change:
+        return account.with_limits(self.policy, now, monthly_limit, overage_limit)
+
+    def grant(
+        self, account: TokenAccount, now: datetime, grant: Grant, idempotency_key: str | None
+    ) -> Change:
+        return account.add_grant(self.policy, now, grant, idempotency_key=idempotency_key)
+
+    def reserve(
+        self,
+        account: TokenAccount,
+        now: datetime,
+        hold: Reservation,
+        idempotency_key: str | None,
+    ) -> Change:
+        return account.reserve(self.policy, now, hold, idempotency_key=idempotency_key)
+
+    def settle_hold(
+        self, account: TokenAccount, now: datetime, hold_id: str, actual: int | None
+    ) -> Change:
+        return account.settle_hold(self.policy, now, hold_id, actual)
+
+    def refund(
+        self,
+        account: TokenAccount,
+        now: datetime,
+        spent: Transaction,
+        earlier_refunds: list[Transaction],
+        amount: int | None,
+        *,
+        credit_grant_id: str,
+        reason: str | None,
+        idempotency_key: str | None,
+    ) -> Change:
+        """Refund ``amount`` (default: all that is left) of a successful deduction."""
+        if spent.operation_type not in REFUNDABLE or not spent.success:
+            raise InvalidInput(f"entry #{spent.id} is not a successful deduction")
+        left = spent.amount - sum(refund.amount for refund in earlier_refunds)
+        if left == 0:
+            raise InvalidAmount(f"entry #{spent.id} has already been refunded in full")
+        amount = left if amount is None else amount
+        if amount > left:
+            raise InvalidAmount(
+                f"cannot refund {amount} tokens of entry #{spent.id}: only {left} are left of it"
+            )
+        return account.refund(
+            self.policy,
+            now,
+            spent,
+            earlier_refunds,
+            amount,
+            credit_grant_id=credit_grant_id,
+            reason=reason,
+            idempotency_key=idempotency_key,
+        )
 
     @staticmethod
-    def replay(prior: Transaction, user_id: str, amount: int, feature: str | None) -> DeductResult:
-        """The original result of a retried deduction, or a conflict if it differs."""
-        if prior.operation_type is not OperationType.DEDUCT:
-            raise IdempotencyConflict(
-                prior.idempotency_key or "", f"a {prior.operation_type} entry"
-            )
-        original = (prior.user_id, prior.amount, prior.feature)
-        if original != (user_id, amount, feature):
+    def replay(
+        prior: Transaction,
+        operation_type: OperationType,
+        user_id: str,
+        amount: int | None,
+        feature: str | None = None,
+    ) -> Transaction:
+        """The entry an idempotent retry answers with, or a conflict if the retry differs.
+
+        ``amount=None`` (a refund of "all that is left") matches any amount.
+        """
+        original = (prior.operation_type, prior.user_id, prior.feature)
+        if original != (operation_type, user_id, feature) or amount not in (None, prior.amount):
             raise IdempotencyConflict(
                 prior.idempotency_key or "",
-                f"user={prior.user_id!r} amount={prior.amount} feature={prior.feature!r}",
+                f"{prior.operation_type} user={prior.user_id!r} amount={prior.amount}"
+                f" feature={prior.feature!r}",
             )
-        return DeductResult(prior.success, prior.balance_after, prior)
+        return prior
 
     @staticmethod
     def check_limit(monthly_limit: object) -> int:
         """Limits are positive: the seed's high-usage alert divides by them."""
         return _validation.positive_int(monthly_limit, "monthly_limit")
+
+
+REFUNDABLE = frozenset({OperationType.DEDUCT, OperationType.COMMIT})

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import attrs
 
 from token_ledger.account import TokenAccount
+from token_ledger.grants import Grant, Reservation
 from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs
 from token_ledger.transactions import Transaction
 
@@ -24,6 +25,7 @@ class _MemoryUnitOfWork:
         self.accounts: dict[str, TokenAccount] = {}
         self.entries: list[Transaction] = []
         self.keys: dict[str, Transaction] = {}
+        self.reservations: dict[str, Reservation] = {}
 
     def load_account(self, user_id: str) -> TokenAccount | None:
         staged = self.accounts.get(user_id)
@@ -38,6 +40,29 @@ class _MemoryUnitOfWork:
     def save_accounts(self, accounts: Sequence[TokenAccount]) -> None:
         for account in accounts:
             self.accounts[account.user_id] = account
+
+    def save_grants(self, grants: Sequence[Grant]) -> None:
+        """Grants live inside the stored account value; nothing else to keep."""
+
+    def save_reservations(self, reservations: Sequence[Reservation]) -> None:
+        self.reservations.update((r.id, r) for r in reservations)
+
+    def find_transaction(self, transaction_id: int) -> Transaction | None:
+        for entry in (*self._repository._entries, *self.entries):
+            if entry.id == transaction_id:
+                return entry
+        return None
+
+    def entries_referencing(self, reference: str) -> list[Transaction]:
+        return [
+            entry
+            for entry in (*self._repository._entries, *self.entries)
+            if entry.reference == reference
+        ]
+
+    def find_reservation(self, reservation_id: str) -> Reservation | None:
+        staged = self.reservations.get(reservation_id)
+        return staged or self._repository._reservations.get(reservation_id)
 
     def append_transactions(self, entries: Sequence[Transaction]) -> list[Transaction]:
         stored = []
@@ -67,6 +92,7 @@ class MemoryRepository:
         self._accounts: dict[str, TokenAccount] = {}
         self._entries: list[Transaction] = []
         self._keys: dict[str, Transaction] = {}
+        self._reservations: dict[str, Reservation] = {}
         self._next_id = 1
 
     @contextmanager
@@ -77,6 +103,7 @@ class MemoryRepository:
             self._accounts.update(work.accounts)
             self._entries.extend(work.entries)
             self._keys.update(work.keys)
+            self._reservations.update(work.reservations)
             self._next_id += len(work.entries)
 
     def get_account(self, user_id: str) -> TokenAccount | None:
@@ -149,4 +176,5 @@ def _matches(entry: Transaction, query: HistoryQuery) -> bool:
         and (query.since is None or entry.created_at >= query.since)
         and (query.until is None or entry.created_at < query.until)
         and (query.before_id is None or entry.id < query.before_id)
+        and (query.reference is None or entry.reference == query.reference)
     )

@@ -15,6 +15,7 @@ from typing import Protocol
 import attrs
 
 from token_ledger.account import TokenAccount
+from token_ledger.grants import Grant, Reservation
 from token_ledger.transactions import OperationType, Transaction
 
 
@@ -59,6 +60,7 @@ class HistoryQuery:
     since: datetime | None = None
     until: datetime | None = None
     before_id: int | None = None
+    reference: str | None = None
     limit: int = 100
 
 
@@ -69,13 +71,33 @@ class UnitOfWork(Protocol):
     locked against concurrent writers until the unit of work ends.
     """
 
-    def load_account(self, user_id: str) -> TokenAccount | None: ...
+    def load_account(self, user_id: str) -> TokenAccount | None:
+        """The account with its live grants (``remaining > 0``) and held reservations."""
+        ...
 
     def insert_account(self, account: TokenAccount) -> bool:
         """Store a new account; ``False`` (and no write) if the user already has one."""
         ...
 
-    def save_accounts(self, accounts: Sequence[TokenAccount]) -> None: ...
+    def save_accounts(self, accounts: Sequence[TokenAccount]) -> None:
+        """Store the accounts' own columns; grants and holds are saved on their own."""
+        ...
+
+    def save_grants(self, grants: Sequence[Grant]) -> None:
+        """Insert new grants and update the ``remaining`` of known ones."""
+        ...
+
+    def save_reservations(self, reservations: Sequence[Reservation]) -> None:
+        """Insert new reservations and update the ``status`` of known ones."""
+        ...
+
+    def find_transaction(self, transaction_id: int) -> Transaction | None: ...
+
+    def entries_referencing(self, reference: str) -> list[Transaction]:
+        """Entries whose ``reference`` is ``reference``, oldest first."""
+        ...
+
+    def find_reservation(self, reservation_id: str) -> Reservation | None: ...
 
     def append_transactions(self, entries: Sequence[Transaction]) -> list[Transaction]:
         """Store entries in order and return them with their ``id`` assigned."""
@@ -91,7 +113,11 @@ class UnitOfWork(Protocol):
 
 
 class TokenRepository(Protocol):
-    """Where accounts and ledger entries live."""
+    """Where accounts and ledger entries live.
+
+    Every account a repository returns carries its live grants and held
+    reservations, so that the domain sees the whole of a user's balance.
+    """
 
     def unit_of_work(self) -> AbstractContextManager[UnitOfWork]:
         """Commit on a clean exit, roll back when the block raises."""

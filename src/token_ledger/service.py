@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from token_ledger import _validation
 from token_ledger.account import Change, TokenAccount
 from token_ledger.clock import Clock, system_clock
-from token_ledger.errors import AccountExists, AccountNotFound, InsufficientTokens, InvalidInput
+from token_ledger.errors import (
+    AccountExists,
+    AccountNotFound,
+    InsufficientTokens,
+    InvalidAmount,
+    InvalidInput,
+    ReservationClosed,
+    ReservationNotFound,
+    TransactionNotFound,
+)
+from token_ledger.grants import Grant, Reservation, ReservationStatus
 from token_ledger.ledger import DeductResult, Ledger, TokenStatus
 from token_ledger.memory import MemoryRepository
 from token_ledger.monitoring import Alert, AlertReport, Health
 from token_ledger.policy import MonthlyResetPolicy
+from token_ledger.reconciliation import Discrepancy, reconcile_account
 from token_ledger.repository import (
     AccountFilter,
     HistoryQuery,
@@ -31,6 +43,8 @@ if TYPE_CHECKING:
     import sqlite_utils
 
 DEFAULT_RESET_BATCH_SIZE = 1000
+DEFAULT_RESERVATION_TTL = timedelta(minutes=15)
+MAX_TEXT_LENGTH = 1000
 SCAN_PAGE_SIZE = 1000
 MAX_HISTORY_LIMIT = 10_000
 
@@ -149,7 +163,7 @@ class TokenLedger:
         context: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> DeductResult:
-        """Spend ``amount`` tokens of the current period.
+        """Spend ``amount`` tokens: the monthly allowance first, then grants, then overage.
 
         When too few remain, the refusal is recorded as a failed entry and
         :class:`InsufficientTokens` is raised. A retry with the same
@@ -165,7 +179,8 @@ class TokenLedger:
             account = self._load(work, user_id)
             prior = work.find_by_idempotency_key(key) if key is not None else None
             if prior is not None:
-                result = self.ledger.replay(prior, user_id, amount, feature)
+                entry = self.ledger.replay(prior, OperationType.DEDUCT, user_id, amount, feature)
+                remaining = entry.balance_after
             else:
                 change = self.ledger.deduct(
                     account,
@@ -176,21 +191,172 @@ class TokenLedger:
                     idempotency_key=key,
                 )
                 entry = self._store(work, account, change)[-1]
-                result = DeductResult(entry.success, entry.balance_after, entry)
-        if not result.success:
-            raise InsufficientTokens(user_id, amount, result.monthly_remaining)
-        return result
+                remaining = change.account.spendable
+        if not entry.success:
+            raise InsufficientTokens(user_id, amount, remaining)
+        return DeductResult(entry.success, entry.balance_after, entry)
 
-    def set_limit(self, user_id: str, monthly_limit: int) -> TokenAccount:
-        """Change the limit now; usage in the period is kept. Recorded as ``limit_change``."""
+    def set_limit(
+        self,
+        user_id: str,
+        monthly_limit: int | None = None,
+        *,
+        overage_limit: int | None = None,
+    ) -> TokenAccount:
+        """Change the monthly limit and/or the overage limit now; usage is kept.
+
+        A downgrade below what was already used leaves nothing remaining, never
+        a negative balance. Recorded as a ``limit_change`` entry.
+        """
         _validation.identifier(user_id, "user_id")
-        self.ledger.check_limit(monthly_limit)
+        if monthly_limit is None and overage_limit is None:
+            raise InvalidAmount("set_limit needs a monthly_limit, an overage_limit, or both")
+        if monthly_limit is not None:
+            self.ledger.check_limit(monthly_limit)
+        if overage_limit is not None:
+            _validation.non_negative_int(overage_limit, "overage_limit")
         now = self.now()
         with self.repository.unit_of_work() as work:
             account = self._load(work, user_id)
-            change = self.ledger.set_limit(account, now, monthly_limit)
+            change = self.ledger.set_limits(
+                account,
+                now,
+                account.monthly_limit if monthly_limit is None else monthly_limit,
+                account.overage_limit if overage_limit is None else overage_limit,
+            )
             self._store(work, account, change)
         return change.account
+
+    def grant(
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        expires_at: datetime | None = None,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Transaction:
+        """Add tokens that do not reset monthly (a purchase, a promotion).
+
+        They are spent after the monthly allowance, soonest expiry first, and
+        stop counting at ``expires_at``. Returns the ``grant`` entry; its
+        ``reference`` is the grant's id.
+        """
+        _validation.identifier(user_id, "user_id")
+        _validation.positive_int(amount)
+        reason = _optional_text(reason, "reason")
+        key = _validation.optional_identifier(idempotency_key, "idempotency_key")
+        now = self.now()
+        expiry = None if expires_at is None else _validation.instant(expires_at, "expires_at")
+        if expiry is not None and expiry <= now:
+            raise InvalidInput(f"expires_at must be in the future, got {expiry.isoformat()}")
+        with self.repository.unit_of_work() as work:
+            account = self._load(work, user_id)
+            prior = work.find_by_idempotency_key(key) if key is not None else None
+            if prior is not None:
+                return self.ledger.replay(prior, OperationType.GRANT, user_id, amount)
+            grant = Grant(_new_id(), user_id, amount, amount, now, expiry, reason)
+            change = self.ledger.grant(account, now, grant, key)
+            return self._store(work, account, change)[-1]
+
+    def reserve(
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        ttl: timedelta = DEFAULT_RESERVATION_TTL,
+        feature: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Reservation:
+        """Hold ``amount`` tokens for work whose cost is known only afterwards.
+
+        Held tokens are unavailable to other deductions until :meth:`commit`,
+        :meth:`release`, or ``ttl`` passes (the hold then releases itself at
+        the next write). A hold survives a period reset: it is committed
+        against the period it is committed in.
+        """
+        _validation.identifier(user_id, "user_id")
+        _validation.positive_int(amount)
+        feature = _validation.optional_identifier(feature, "feature")
+        key = _validation.optional_identifier(idempotency_key, "idempotency_key")
+        if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
+            raise InvalidInput(f"ttl must be a positive timedelta, got {ttl!r}")
+        now = self.now()
+        with self.repository.unit_of_work() as work:
+            account = self._load(work, user_id)
+            prior = work.find_by_idempotency_key(key) if key is not None else None
+            if prior is not None:
+                entry = self.ledger.replay(prior, OperationType.RESERVE, user_id, amount, feature)
+                remaining = entry.balance_after
+            else:
+                hold = Reservation(_new_id(), user_id, amount, now, now + ttl, feature=feature)
+                change = self.ledger.reserve(account, now, hold, key)
+                entry = self._store(work, account, change)[-1]
+                remaining = change.account.spendable
+            reservation = (
+                work.find_reservation(entry.reference) if entry.reference is not None else None
+            )
+        if not entry.success or reservation is None:
+            raise InsufficientTokens(user_id, amount, remaining)
+        return reservation
+
+    def commit(self, reservation_id: str, actual_amount: int) -> DeductResult:
+        """Spend ``actual_amount`` (at most what was reserved) and release the rest."""
+        _validation.non_negative_int(actual_amount, "actual_amount")
+        return self._settle(reservation_id, actual_amount)
+
+    def release(self, reservation_id: str) -> DeductResult:
+        """Give a hold back whole, spending nothing."""
+        return self._settle(reservation_id, None)
+
+    def refund(
+        self,
+        transaction_id: int,
+        amount: int | None = None,
+        *,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Transaction:
+        """Reverse all (by default) or part of a successful deduction.
+
+        Never more than is left of it after earlier refunds. Tokens return to
+        this period's usage and to the grants the deduction drew on; a
+        deduction of an ended period (or a grant since expired) is refunded as
+        a new grant that never expires, since that allowance cannot be spent
+        any more. Returns the ``refund`` entry.
+        """
+        _validation.positive_int(transaction_id, "transaction_id")
+        if amount is not None:
+            _validation.positive_int(amount)
+        reason = _optional_text(reason, "reason")
+        key = _validation.optional_identifier(idempotency_key, "idempotency_key")
+        now = self.now()
+        with self.repository.unit_of_work() as work:
+            spent = work.find_transaction(transaction_id)
+            if spent is None:
+                raise TransactionNotFound(transaction_id)
+            account = self._load(work, spent.user_id)
+            prior = work.find_by_idempotency_key(key) if key is not None else None
+            if prior is not None:
+                return self.ledger.replay(
+                    prior, OperationType.REFUND, spent.user_id, amount, spent.feature
+                )
+            earlier = [
+                entry
+                for entry in work.entries_referencing(str(transaction_id))
+                if entry.operation_type is OperationType.REFUND
+            ]
+            change = self.ledger.refund(
+                account,
+                now,
+                spent,
+                earlier,
+                amount,
+                credit_grant_id=_new_id(),
+                reason=reason,
+                idempotency_key=key,
+            )
+            return self._store(work, account, change)[-1]
 
     def reset_if_needed(self, user_id: str) -> bool:
         """Persist a pending reset; the seed's ``reset_user_tokens_if_needed``."""
@@ -200,7 +366,7 @@ class TokenLedger:
             account = self._load(work, user_id)
             change = self.ledger.reset(account, now)
             self._store(work, account, change)
-        return bool(change.entries)
+        return _has_reset(change)
 
     def reset_all_stale(self, *, batch_size: int = DEFAULT_RESET_BATCH_SIZE) -> int:
         """Persist every pending reset; the seed's ``auto_reset_monthly_tokens``.
@@ -217,10 +383,12 @@ class TokenLedger:
             with self.repository.unit_of_work() as work:
                 batch = work.lock_stale_candidates(cutoffs, after, batch_size)
                 changes = [self.ledger.reset(account, now) for account in batch]
-                reset = [change for change in changes if change.entries]
-                work.save_accounts([change.account for change in reset])
-                work.append_transactions([entry for change in reset for entry in change.entries])
-            reset_count += len(reset)
+                changed = [change for change in changes if change.entries]
+                work.save_accounts([change.account for change in changed])
+                work.save_grants([grant for change in changed for grant in change.grants])
+                work.save_reservations([r for change in changed for r in change.reservations])
+                work.append_transactions([e for change in changed for e in change.entries])
+            reset_count += sum(1 for change in changed if _has_reset(change))
             if len(batch) < batch_size:
                 return reset_count
             after = batch[-1].user_id
@@ -296,6 +464,23 @@ class TokenLedger:
             checked_at=now,
         )
 
+    def reconcile(self, user_id: str | None = None) -> list[Discrepancy]:
+        """Recompute balances from the ledger and list where the stored ones differ.
+
+        Checks one user's account, or every account. Each entry records its
+        effect on usage, grants and holds, so the log alone must add up to what
+        ``user_tokens``, ``token_grants`` and ``token_reservations`` hold. An
+        empty list means the ledger is consistent.
+        """
+        if user_id is not None:
+            accounts: Iterable[TokenAccount] = [self.get_account(user_id)]
+        else:
+            accounts = self._scan(AccountFilter())
+        found: list[Discrepancy] = []
+        for account in accounts:
+            found += reconcile_account(account, self._all_entries(account.user_id))
+        return found
+
     # reads
 
     def history(
@@ -308,6 +493,7 @@ class TokenLedger:
         since: datetime | None = None,
         until: datetime | None = None,
         before_id: int | None = None,
+        reference: str | None = None,
         limit: int = 100,
     ) -> list[Transaction]:
         """Ledger entries, newest first; page with ``before_id=page[-1].id``."""
@@ -318,9 +504,8 @@ class TokenLedger:
             success=success,
             since=None if since is None else _validation.instant(since, "since"),
             until=None if until is None else _validation.instant(until, "until"),
-            before_id=None
-            if before_id is None
-            else _validation.positive_int(before_id, "before_id"),
+            before_id=_optional_positive(before_id, "before_id"),
+            reference=_validation.optional_identifier(reference, "reference"),
             limit=_history_limit(limit),
         )
         return self.repository.history(query)
@@ -335,6 +520,17 @@ class TokenLedger:
             if len(page) < SCAN_PAGE_SIZE:
                 return
             after = page[-1].user_id
+
+    def _all_entries(self, user_id: str) -> Iterator[Transaction]:
+        before: int | None = None
+        while True:
+            page = self.repository.history(
+                HistoryQuery(user_id=user_id, before_id=before, limit=MAX_HISTORY_LIMIT)
+            )
+            yield from page
+            if len(page) < MAX_HISTORY_LIMIT:
+                return
+            before = page[-1].id
 
     def _stale_cutoffs(self, now: datetime) -> StaleCutoffs:
         return StaleCutoffs(
@@ -363,11 +559,54 @@ class TokenLedger:
             raise AccountNotFound(user_id)
         return account
 
+    def _settle(self, reservation_id: str, actual: int | None) -> DeductResult:
+        _validation.identifier(reservation_id, "reservation_id")
+        now = self.now()
+        with self.repository.unit_of_work() as work:
+            found = work.find_reservation(reservation_id)
+            if found is None:
+                raise ReservationNotFound(reservation_id)
+            account = self._load(work, found.user_id)
+            hold = next((h for h in account.holds if h.id == reservation_id), None)
+            if hold is None or not hold.is_held(now):
+                status = ReservationStatus.EXPIRED if hold is not None else found.status
+                raise ReservationClosed(reservation_id, str(status))
+            if actual is not None and actual > hold.amount:
+                raise InvalidAmount(
+                    f"cannot commit {actual} tokens: reservation {reservation_id!r}"
+                    f" holds {hold.amount}"
+                )
+            change = self.ledger.settle_hold(account, now, reservation_id, actual)
+            entry = self._store(work, account, change)[-1]
+        if not entry.success:
+            raise InsufficientTokens(found.user_id, entry.amount, change.account.spendable)
+        return DeductResult(True, entry.balance_after, entry)
+
     @staticmethod
     def _store(work: UnitOfWork, before: TokenAccount, change: Change) -> list[Transaction]:
         if change.account != before:
             work.save_accounts([change.account])
+        if change.grants:
+            work.save_grants(change.grants)
+        if change.reservations:
+            work.save_reservations(change.reservations)
         return work.append_transactions(change.entries)
+
+
+def _has_reset(change: Change) -> bool:
+    return any(entry.operation_type is OperationType.RESET for entry in change.entries)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _optional_text(value: object, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_TEXT_LENGTH or "\x00" in value:
+        raise InvalidInput(f"{name} must be a string of at most {MAX_TEXT_LENGTH} characters")
+    return value
 
 
 def _operation_type(value: OperationType | str) -> OperationType:

@@ -25,20 +25,24 @@ from sqlite_utils.migrations import Migrations
 
 from token_ledger.account import TokenAccount
 from token_ledger.errors import InvalidInput, SchemaVersionError, StorageError
+from token_ledger.grants import Grant, Reservation
 from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs
-from token_ledger.transactions import Transaction
+from token_ledger.transactions import Effects, Transaction
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 MIGRATION_SET = "token_ledger"
 
 ACCOUNT_COLUMNS = (
     "user_id, monthly_limit, monthly_tokens_used, last_monthly_reset,"
-    " created_at, updated_at, reset_anchor"
+    " created_at, updated_at, reset_anchor, overage_limit, grant_balance, reserved_tokens"
 )
 TRANSACTION_COLUMNS = (
     "user_id, operation_type, amount, created_at, balance_after, success, feature,"
-    " operation_context, idempotency_key, id"
+    " operation_context, idempotency_key, id, effects, reference"
 )
+GRANT_COLUMNS = "id, user_id, amount, remaining, created_at, expires_at, reason"
+RESERVATION_COLUMNS = "id, user_id, amount, created_at, expires_at, status, feature"
+MAX_PARAMETERS = 500
 
 migrations = Migrations(MIGRATION_SET)
 KNOWN_MIGRATIONS: set[str] = set()
@@ -86,6 +90,49 @@ def _create_tables(db: sqlite_utils.Database) -> None:
     )
 
 
+@_migration("0002_grants_reservations_overage_effects")
+def _add_balances(db: sqlite_utils.Database) -> None:
+    for statement in (
+        "ALTER TABLE user_tokens ADD COLUMN overage_limit INTEGER NOT NULL DEFAULT 0"
+        " CHECK (overage_limit >= 0)",
+        "ALTER TABLE user_tokens ADD COLUMN grant_balance INTEGER NOT NULL DEFAULT 0"
+        " CHECK (grant_balance >= 0)",
+        "ALTER TABLE user_tokens ADD COLUMN reserved_tokens INTEGER NOT NULL DEFAULT 0"
+        " CHECK (reserved_tokens >= 0)",
+        "ALTER TABLE token_transactions ADD COLUMN effects TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE token_transactions ADD COLUMN reference TEXT",
+        # entries written before effects existed: deductions used, resets cleared
+        """UPDATE token_transactions SET effects = '{"usage":' || amount || '}'
+           WHERE operation_type = 'deduct' AND success = 1""",
+        """UPDATE token_transactions SET effects = '{"usage":-' || amount || '}'
+           WHERE operation_type = 'reset' AND amount > 0""",
+        """CREATE TABLE token_grants (
+            id TEXT PRIMARY KEY NOT NULL,
+            user_id TEXT NOT NULL,
+            amount INTEGER NOT NULL CHECK (amount > 0),
+            remaining INTEGER NOT NULL CHECK (remaining >= 0 AND remaining <= amount),
+            created_at TEXT NOT NULL,
+            expires_at TEXT,
+            reason TEXT
+        )""",
+        "CREATE INDEX idx_token_grants_live ON token_grants (user_id) WHERE remaining > 0",
+        """CREATE TABLE token_reservations (
+            id TEXT PRIMARY KEY NOT NULL,
+            user_id TEXT NOT NULL,
+            amount INTEGER NOT NULL CHECK (amount > 0),
+            status TEXT NOT NULL,
+            feature TEXT,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX idx_token_reservations_held ON token_reservations (user_id)"
+        " WHERE status = 'held'",
+        "CREATE INDEX idx_token_transactions_reference ON token_transactions (reference)"
+        " WHERE reference IS NOT NULL",
+    ):
+        db.execute(statement)
+
+
 def format_instant(value: datetime) -> str:
     """Fixed-width UTC text, so that SQLite compares instants as strings correctly."""
     return value.astimezone(timezone.utc).isoformat(sep=" ", timespec="microseconds")
@@ -104,6 +151,9 @@ def _account(row: Sequence[Any]) -> TokenAccount:
         created_at=parse_instant(row[4]),
         updated_at=parse_instant(row[5]),
         reset_anchor=None if row[6] is None else parse_instant(row[6]),
+        overage_limit=row[7],
+        grant_balance=row[8],
+        reserved_tokens=row[9],
     )
 
 
@@ -119,7 +169,74 @@ def _transaction(row: Sequence[Any]) -> Transaction:
         operation_context=json.loads(row[7]),
         idempotency_key=row[8],
         id=row[9],
+        effects=Effects.from_dict(json.loads(row[10])),
+        reference=row[11],
     )
+
+
+def _grant(row: Sequence[Any]) -> Grant:
+    return Grant(
+        id=row[0],
+        user_id=row[1],
+        amount=row[2],
+        remaining=row[3],
+        created_at=parse_instant(row[4]),
+        expires_at=None if row[5] is None else parse_instant(row[5]),
+        reason=row[6],
+    )
+
+
+def _reservation(row: Sequence[Any]) -> Reservation:
+    return Reservation(
+        id=row[0],
+        user_id=row[1],
+        amount=row[2],
+        created_at=parse_instant(row[3]),
+        expires_at=parse_instant(row[4]),
+        status=row[5],
+        feature=row[6],
+    )
+
+
+def _with_balances(conn: sqlite3.Connection, accounts: list[TokenAccount]) -> list[TokenAccount]:
+    """Attach live grants and held reservations to the accounts whose row says they have some."""
+    with_grants = [a.user_id for a in accounts if a.grant_balance > 0]
+    with_holds = [a.user_id for a in accounts if a.reserved_tokens > 0]
+    if not with_grants and not with_holds:
+        return accounts
+    grants: dict[str, list[Grant]] = {}
+    for chunk in _chunks(with_grants):
+        marks = ", ".join("?" * len(chunk))
+        for row in conn.execute(
+            f"SELECT {GRANT_COLUMNS} FROM token_grants"
+            f" WHERE remaining > 0 AND user_id IN ({marks}) ORDER BY created_at, id",
+            chunk,
+        ):
+            grants.setdefault(row[1], []).append(_grant(row))
+    holds: dict[str, list[Reservation]] = {}
+    for chunk in _chunks(with_holds):
+        marks = ", ".join("?" * len(chunk))
+        for row in conn.execute(
+            f"SELECT {RESERVATION_COLUMNS} FROM token_reservations"
+            f" WHERE status = 'held' AND user_id IN ({marks}) ORDER BY created_at, id",
+            chunk,
+        ):
+            holds.setdefault(row[1], []).append(_reservation(row))
+    return [
+        attrs.evolve(
+            account,
+            grants=tuple(grants.get(account.user_id, ())),
+            holds=tuple(holds.get(account.user_id, ())),
+        )
+        if account.grant_balance > 0 or account.reserved_tokens > 0
+        else account
+        for account in accounts
+    ]
+
+
+def _chunks(values: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(values), MAX_PARAMETERS):
+        yield values[start : start + MAX_PARAMETERS]
 
 
 @contextmanager
@@ -154,7 +271,7 @@ def _select_accounts(
         f"SELECT {ACCOUNT_COLUMNS} FROM user_tokens WHERE {condition} ORDER BY user_id LIMIT ?",
         (*parameters, limit),
     ).fetchall()
-    return [_account(row) for row in rows]
+    return _with_balances(conn, [_account(row) for row in rows])
 
 
 def _history_filter(query: HistoryQuery) -> tuple[str, list[object]]:
@@ -168,6 +285,7 @@ def _history_filter(query: HistoryQuery) -> tuple[str, list[object]]:
         ("created_at >= ?", query.since and format_instant(query.since)),
         ("created_at < ?", query.until and format_instant(query.until)),
         ("id < ?", query.before_id),
+        ("reference = ?", query.reference),
     ):
         if value is not None:
             conditions.append(condition)
@@ -183,11 +301,11 @@ class _SQLiteUnitOfWork:
         row = self._conn.execute(
             f"SELECT {ACCOUNT_COLUMNS} FROM user_tokens WHERE user_id = ?", (user_id,)
         ).fetchone()
-        return None if row is None else _account(row)
+        return None if row is None else _with_balances(self._conn, [_account(row)])[0]
 
     def insert_account(self, account: TokenAccount) -> bool:
         cursor = self._conn.execute(
-            f"INSERT INTO user_tokens ({ACCOUNT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            f"INSERT INTO user_tokens ({ACCOUNT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (user_id) DO NOTHING",
             (
                 account.user_id,
@@ -197,6 +315,9 @@ class _SQLiteUnitOfWork:
                 format_instant(account.created_at),
                 format_instant(account.updated_at),
                 None if account.reset_anchor is None else format_instant(account.reset_anchor),
+                account.overage_limit,
+                account.grant_balance,
+                account.reserved_tokens,
             ),
         )
         return cursor.rowcount == 1
@@ -204,13 +325,17 @@ class _SQLiteUnitOfWork:
     def save_accounts(self, accounts: Sequence[TokenAccount]) -> None:
         self._conn.executemany(
             "UPDATE user_tokens SET monthly_limit = ?, monthly_tokens_used = ?,"
-            " last_monthly_reset = ?, updated_at = ? WHERE user_id = ?",
+            " last_monthly_reset = ?, updated_at = ?, overage_limit = ?, grant_balance = ?,"
+            " reserved_tokens = ? WHERE user_id = ?",
             [
                 (
                     account.monthly_limit,
                     account.monthly_tokens_used,
                     format_instant(account.last_monthly_reset),
                     format_instant(account.updated_at),
+                    account.overage_limit,
+                    account.grant_balance,
+                    account.reserved_tokens,
                     account.user_id,
                 )
                 for account in accounts
@@ -222,8 +347,8 @@ class _SQLiteUnitOfWork:
         for entry in entries:
             cursor = self._conn.execute(
                 "INSERT INTO token_transactions (user_id, operation_type, amount, created_at,"
-                " balance_after, success, feature, operation_context, idempotency_key)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " balance_after, success, feature, operation_context, idempotency_key,"
+                " effects, reference) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     entry.user_id,
                     entry.operation_type.value,
@@ -234,10 +359,69 @@ class _SQLiteUnitOfWork:
                     entry.feature,
                     json.dumps(entry.operation_context, separators=(",", ":")),
                     entry.idempotency_key,
+                    json.dumps(entry.effects.to_dict(), separators=(",", ":")),
+                    entry.reference,
                 ),
             )
             stored.append(attrs.evolve(entry, id=cursor.lastrowid))
         return stored
+
+    def save_grants(self, grants: Sequence[Grant]) -> None:
+        self._conn.executemany(
+            f"INSERT INTO token_grants ({GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET remaining = excluded.remaining",
+            [
+                (
+                    grant.id,
+                    grant.user_id,
+                    grant.amount,
+                    grant.remaining,
+                    format_instant(grant.created_at),
+                    None if grant.expires_at is None else format_instant(grant.expires_at),
+                    grant.reason,
+                )
+                for grant in grants
+            ],
+        )
+
+    def save_reservations(self, reservations: Sequence[Reservation]) -> None:
+        self._conn.executemany(
+            f"INSERT INTO token_reservations ({RESERVATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET status = excluded.status",
+            [
+                (
+                    hold.id,
+                    hold.user_id,
+                    hold.amount,
+                    format_instant(hold.created_at),
+                    format_instant(hold.expires_at),
+                    hold.status.value,
+                    hold.feature,
+                )
+                for hold in reservations
+            ],
+        )
+
+    def find_transaction(self, transaction_id: int) -> Transaction | None:
+        row = self._conn.execute(
+            f"SELECT {TRANSACTION_COLUMNS} FROM token_transactions WHERE id = ?",
+            (transaction_id,),
+        ).fetchone()
+        return None if row is None else _transaction(row)
+
+    def entries_referencing(self, reference: str) -> list[Transaction]:
+        rows = self._conn.execute(
+            f"SELECT {TRANSACTION_COLUMNS} FROM token_transactions WHERE reference = ? ORDER BY id",
+            (reference,),
+        ).fetchall()
+        return [_transaction(row) for row in rows]
+
+    def find_reservation(self, reservation_id: str) -> Reservation | None:
+        row = self._conn.execute(
+            f"SELECT {RESERVATION_COLUMNS} FROM token_reservations WHERE id = ?",
+            (reservation_id,),
+        ).fetchone()
+        return None if row is None else _reservation(row)
 
     def find_by_idempotency_key(self, key: str) -> Transaction | None:
         row = self._conn.execute(

@@ -29,6 +29,9 @@ def test_a_file_is_created_in_wal_mode_with_the_seed_tables(tmp_path: Path) -> N
         "reset_anchor",
         "created_at",
         "updated_at",
+        "overage_limit",
+        "grant_balance",
+        "reserved_tokens",
     ]
     assert {c.name for c in db.table("token_transactions").columns} == {
         "id",
@@ -41,7 +44,10 @@ def test_a_file_is_created_in_wal_mode_with_the_seed_tables(tmp_path: Path) -> N
         "created_at",
         "idempotency_key",
         "balance_after",
+        "effects",
+        "reference",
     }
+    assert {"token_grants", "token_reservations"} <= set(db.table_names())
 
 
 def test_reopening_keeps_data_and_records_each_migration_once(tmp_path: Path) -> None:
@@ -122,3 +128,31 @@ def test_a_writer_holding_the_lock_makes_others_wait_not_fail(tmp_path: Path) ->
     assert impatient.deduct("u1", 1).monthly_remaining == 4
     impatient.close()
     blocker.close()
+
+
+def test_a_version_one_database_is_migrated_and_its_log_still_reconciles(tmp_path: Path) -> None:
+    """Entries written before effects existed are given theirs by the migration."""
+    path = tmp_path / "v1.db"
+    db = sqlite_utils.Database(path)
+    migrations.apply(db, stop_before="0002_grants_reservations_overage_effects")
+    db.execute(
+        "INSERT INTO user_tokens (user_id, monthly_limit, monthly_tokens_used, last_monthly_reset)"
+        " VALUES ('old', 50, 7, '2026-01-01 00:00:00.000000+00:00')"
+    )
+    for operation, amount, success in [("deduct", 9, 1), ("reset", 9, 1), ("deduct", 7, 1)]:
+        db.execute(
+            "INSERT INTO token_transactions"
+            " (user_id, operation_type, amount, success, balance_after)"
+            " VALUES ('old', ?, ?, ?, 0)",
+            [operation, amount, success],
+        )
+    db.execute(
+        "INSERT INTO token_transactions (user_id, operation_type, amount, success, balance_after)"
+        " VALUES ('old', 'deduct', 100, 0, 43)"
+    )
+    db.conn.commit()
+    db.close()
+
+    with TokenLedger.sqlite(path) as ledger:
+        assert ledger.reconcile() == []
+        assert ledger.get_account("old").monthly_tokens_used == 7

@@ -1,0 +1,70 @@
+"""Grants and reservations: balances that live beside the monthly allowance."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+import attrs
+
+
+@attrs.frozen
+class Grant:
+    """Tokens added on top of the allowance (a purchase, a promotion); never reset.
+
+    A grant stops counting at ``expires_at``; its ``remaining`` is written off
+    with an ``expire`` entry the next time the account is written.
+    """
+
+    id: str
+    user_id: str
+    amount: int
+    remaining: int
+    created_at: datetime
+    expires_at: datetime | None = None
+    reason: str | None = None
+
+    def is_live(self, now: datetime) -> bool:
+        return self.remaining > 0 and (self.expires_at is None or now < self.expires_at)
+
+    def spending_order(self) -> tuple[bool, datetime, datetime, str]:
+        """Soonest expiry first, grants that never expire last, then oldest first."""
+        return (
+            self.expires_at is None,
+            self.expires_at or self.created_at,
+            self.created_at,
+            self.id,
+        )
+
+
+class ReservationStatus(str, enum.Enum):
+    HELD = "held"
+    COMMITTED = "committed"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@attrs.frozen
+class Reservation:
+    """Tokens held for work whose cost is known only afterwards (an LLM call).
+
+    Held tokens are unavailable to everything else until the reservation is
+    committed (the actual cost is spent, the rest released), released, or
+    passes ``expires_at``, after which it releases itself at the next write.
+    """
+
+    id: str
+    user_id: str
+    amount: int
+    created_at: datetime
+    expires_at: datetime
+    status: ReservationStatus = attrs.field(
+        default=ReservationStatus.HELD, converter=ReservationStatus
+    )
+    feature: str | None = None
+
+    def is_held(self, now: datetime) -> bool:
+        return self.status is ReservationStatus.HELD and now < self.expires_at
