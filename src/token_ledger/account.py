@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, overload
 
 import attrs
 
@@ -126,8 +126,8 @@ class TokenAccount:
             effects=Effects(usage=-self.monthly_tokens_used),
             operation_context={
                 "previous_used": self.monthly_tokens_used,
-                "previous_period_start": self.last_monthly_reset.isoformat(),
-                "period_start": period_start.isoformat(),
+                "previous_period_start": _iso(self.last_monthly_reset),
+                "period_start": _iso(period_start),
             },
         )
         return Change(reset, (entry,))
@@ -481,5 +481,12 @@ class TokenAccount:
         )
 
 
+@overload
+def _iso(instant: datetime) -> str: ...
+@overload
+def _iso(instant: None) -> None: ...
 def _iso(instant: datetime | None) -> str | None:
-    return None if instant is None else instant.isoformat()
+    """Fixed-width UTC text, which SQL can produce too (``to_char``, ``strftime``)."""
+    if instant is None:
+        return None
+    return instant.astimezone(timezone.utc).isoformat(timespec="microseconds")

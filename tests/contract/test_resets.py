@@ -50,8 +50,8 @@ def test_deduct_persists_the_pending_reset_before_spending(
     ]
     assert newest_first[1].operation_context == {
         "previous_used": 30,
-        "previous_period_start": "2026-01-01T00:00:00+00:00",
-        "period_start": "2026-02-01T00:00:00+00:00",
+        "previous_period_start": "2026-01-01T00:00:00.000000+00:00",
+        "period_start": "2026-02-01T00:00:00.000000+00:00",
     }
     assert ledger.get_account("u1").last_monthly_reset == datetime(2026, 2, 1, tzinfo=UTC)
 
