@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -202,11 +202,18 @@ class TokenLedger:
             self._store(work, account, change)
         return bool(change.entries)
 
-    def reset_all_stale(self, *, batch_size: int = DEFAULT_RESET_BATCH_SIZE) -> int:
+    def reset_all_stale(
+        self,
+        *,
+        batch_size: int = DEFAULT_RESET_BATCH_SIZE,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
         """Persist every pending reset; the seed's ``auto_reset_monthly_tokens``.
 
         Works in batches of ``batch_size`` accounts, one unit of work each, so a
         large ledger is never locked whole. Returns the number of accounts reset.
+        ``progress`` is called with the running count after each batch commits,
+        for a progress bar on a large ledger.
         """
         _validation.positive_int(batch_size, "batch_size")
         now = self.now()
@@ -221,6 +228,8 @@ class TokenLedger:
                 work.save_accounts([change.account for change in reset])
                 work.append_transactions([entry for change in reset for entry in change.entries])
             reset_count += len(reset)
+            if progress is not None:
+                progress(reset_count)
             if len(batch) < batch_size:
                 return reset_count
             after = batch[-1].user_id
