@@ -158,6 +158,13 @@ def _json_object(
     return parsed
 
 
+def _database(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Refuses ``--db ""`` (an unset shell variable): SQLite would open a throwaway database."""
+    if not value.strip():
+        raise click.BadParameter("is empty: give a SQLite file or a postgresql:// URL")
+    return value
+
+
 # output
 
 
@@ -273,7 +280,7 @@ def _open_ledger(*, create: bool = False) -> TokenLedger:
     if database.startswith(POSTGRES_SCHEMES):
         # TokenLedger.postgres arrives with the PostgreSQL adapter.
         ledger = TokenLedger.postgres(database, policy=policy)  # type: ignore[attr-defined,unused-ignore]
-    elif create or Path(database).exists():
+    elif create or Path(database).is_file():
         ledger = TokenLedger.sqlite(database, policy=policy)
     else:
         raise Refused(
@@ -289,6 +296,7 @@ def _open_ledger(*, create: bool = False) -> TokenLedger:
     "database",
     envvar="TOKEN_LEDGER_DATABASE_URL",
     default=DEFAULT_DATABASE,
+    callback=_database,
     show_default=True,
     show_envvar=True,
     help="The ledger: a SQLite file, or a postgresql:// URL.",

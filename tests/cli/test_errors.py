@@ -147,6 +147,20 @@ def test_an_idempotency_key_reused_for_another_amount_is_refused(
     )
 
 
+def test_an_empty_db_is_refused_rather_than_a_throwaway_database() -> None:
+    """``--db "$UNSET"`` must not open a temporary SQLite database and call it healthy."""
+    for command in ("init", "health"):
+        result = CliRunner().invoke(cli, ["--db", "", command])
+
+        assert_error(result, 2, "is empty: give a SQLite file or a postgresql:// URL")
+
+
+def test_a_directory_is_no_ledger(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["--db", str(tmp_path), "health"])
+
+    assert_error(result, 1, f"no ledger at '{tmp_path}'")
+
+
 def test_a_file_that_is_not_a_ledger_is_one_line_and_exit_1(tmp_path: Path) -> None:
     path = tmp_path / "notes.db"
     path.write_text("not a database\n" * 100, encoding="utf-8")
