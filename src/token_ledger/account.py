@@ -102,6 +102,10 @@ class TokenAccount:
             return policy.period(self.last_monthly_reset, self.reset_anchor)
         return period
 
+    def is_stale(self, policy: MonthlyResetPolicy, now: datetime) -> bool:
+        """Whether a reset is pending: the stored usage belongs to an ended period."""
+        return policy.period(now, self.reset_anchor).start > self.last_monthly_reset
+
     # the passage of time
 
     def as_of(self, policy: MonthlyResetPolicy, now: datetime) -> Change:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -368,11 +368,18 @@ class TokenLedger:
             self._store(work, account, change)
         return _has_reset(change)
 
-    def reset_all_stale(self, *, batch_size: int = DEFAULT_RESET_BATCH_SIZE) -> int:
+    def reset_all_stale(
+        self,
+        *,
+        batch_size: int = DEFAULT_RESET_BATCH_SIZE,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
         """Persist every pending reset; the seed's ``auto_reset_monthly_tokens``.
 
         Works in batches of ``batch_size`` accounts, one unit of work each, so a
         large ledger is never locked whole. Returns the number of accounts reset.
+        ``progress`` is called with the running count after each batch commits,
+        for a progress bar on a large ledger.
         """
         _validation.positive_int(batch_size, "batch_size")
         now = self.now()
@@ -389,6 +396,8 @@ class TokenLedger:
                 work.save_reservations([r for change in changed for r in change.reservations])
                 work.append_transactions([e for change in changed for e in change.entries])
             reset_count += sum(1 for change in changed if _has_reset(change))
+            if progress is not None:
+                progress(reset_count)
             if len(batch) < batch_size:
                 return reset_count
             after = batch[-1].user_id

@@ -127,6 +127,20 @@ def test_reset_all_stale_resets_each_stale_account_once_in_batches(
     assert all(ledger.get_account(f"user-{n}").monthly_tokens_used == 0 for n in range(7))
 
 
+def test_reset_all_stale_reports_the_running_count_after_each_batch(
+    ledger: TokenLedger, clock: MovableClock
+) -> None:
+    """The progress callback sees every committed batch: what a progress bar needs."""
+    for n in range(7):
+        ledger.open_account(f"user-{n}", monthly_limit=10)
+    clock.set(datetime(2026, 2, 2, tzinfo=UTC))
+    counts: list[int] = []
+
+    assert ledger.reset_all_stale(batch_size=3, progress=counts.append) == 7
+
+    assert counts == [3, 6, 7]
+
+
 def test_anniversary_accounts_reset_on_their_own_day(
     make_ledger: Callable[..., TokenLedger], clock: MovableClock
 ) -> None:
