@@ -227,6 +227,9 @@ def _account_fields(ledger: TokenLedger, account: TokenAccount) -> dict[str, obj
         "reset_anchor": account.reset_anchor,
         "created_at": account.created_at,
         "updated_at": account.updated_at,
+        "overage_limit": account.overage_limit,
+        "grant_balance": account.grant_balance,
+        "reserved_tokens": account.reserved_tokens,
         "reset_pending": account.is_stale(ledger.policy, ledger.now()),
     }
 
@@ -374,12 +377,14 @@ def account_show(user: str, as_json: bool) -> None:
 
 @account.command("set-limit")
 @click.argument("user")
-@click.argument("limit", type=int)
+@click.argument("limit", type=int, required=False)
+@click.option("--overage", type=int, help="Tokens a deduction may go past the limit.")
 @json_option
-def account_set_limit(user: str, limit: int, as_json: bool) -> None:
-    """Change USER's limit now, keeping this period's usage."""
+def account_set_limit(user: str, limit: int | None, overage: int | None, as_json: bool) -> None:
+    """Change USER's limit (and/or overage limit) now, keeping this period's usage."""
     ledger = _open_ledger()
-    _echo_record(_account_fields(ledger, ledger.set_limit(user, limit)), as_json)
+    updated = ledger.set_limit(user, limit, overage_limit=overage)
+    _echo_record(_account_fields(ledger, updated), as_json)
 
 
 # spending and resets
@@ -402,8 +407,65 @@ def status(user: str, as_json: bool) -> None:
             ("monthly_remaining", current.monthly_remaining),
             ("period_start", current.period_start),
             ("next_reset", current.next_reset),
+            ("grant_balance", current.grant_balance),
+            ("reserved", current.reserved),
+            ("overage_used", current.overage_used),
+            ("total_remaining", current.total_remaining),
         ]
     )
+
+
+@cli.command()
+@click.argument("user")
+@click.argument("amount", type=int)
+@click.option(
+    "--expires-at", callback=_instant, metavar="INSTANT", help="When the grant stops counting."
+)
+@click.option("--reason", help="Why the tokens were granted (a purchase, a promotion).")
+@click.option("--idempotency-key", help="A retry with the same key changes nothing.")
+@json_option
+def grant(
+    user: str,
+    amount: int,
+    expires_at: datetime | None,
+    reason: str | None,
+    idempotency_key: str | None,
+    as_json: bool,
+) -> None:
+    """Give USER AMOUNT tokens that do not reset monthly."""
+    entry = _open_ledger().grant(
+        user, amount, expires_at=expires_at, reason=reason, idempotency_key=idempotency_key
+    )
+    if as_json:
+        _echo_json(_entry_fields(entry))
+    else:
+        click.echo(f"Granted {_plural(amount, 'token')} to {user!r} (grant {entry.reference}).")
+
+
+@cli.command()
+@click.argument("transaction_id", type=int)
+@click.argument("amount", type=int, required=False)
+@click.option("--reason", help="Why the tokens are given back.")
+@click.option("--idempotency-key", help="A retry with the same key changes nothing.")
+@json_option
+def refund(
+    transaction_id: int,
+    amount: int | None,
+    reason: str | None,
+    idempotency_key: str | None,
+    as_json: bool,
+) -> None:
+    """Give back AMOUNT (default: all that is left) of the deduction TRANSACTION_ID."""
+    entry = _open_ledger().refund(
+        transaction_id, amount, reason=reason, idempotency_key=idempotency_key
+    )
+    if as_json:
+        _echo_json(_entry_fields(entry))
+    else:
+        click.echo(
+            f"Refunded {_plural(entry.amount, 'token')} of #{transaction_id}"
+            f" to {entry.user_id!r} (entry #{entry.id})."
+        )
 
 
 @cli.command()
@@ -485,6 +547,25 @@ def _reset_all(ledger: TokenLedger, batch_size: int) -> int:
 
 
 # the operator's checklist
+
+
+@cli.command()
+@click.option("--user", help="Check only this user's account.")
+@json_option
+def reconcile(user: str | None, as_json: bool) -> None:
+    """Recompute balances from the log; exits 3 when a stored balance differs."""
+    found = _open_ledger().reconcile(user)
+    if as_json:
+        _echo_json([discrepancy.to_dict() for discrepancy in found])
+    elif found:
+        _echo_table(
+            [(d.user_id, d.field, d.stored, d.expected) for d in found],
+            ("user_id", "field", "stored", "expected"),
+        )
+    else:
+        click.echo("Every stored balance matches the log.")
+    if found:
+        click.get_current_context().exit(EXIT_ALERT)
 
 
 @cli.command()

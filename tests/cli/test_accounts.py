@@ -70,6 +70,9 @@ def test_account_create_json_is_the_user_tokens_row(run: Run, ledger: TokenLedge
         "reset_anchor": "2026-01-31T08:30:00+00:00",
         "created_at": stored.created_at.isoformat(),
         "updated_at": stored.updated_at.isoformat(),
+        "overage_limit": 0,
+        "grant_balance": 0,
+        "reserved_tokens": 0,
         "reset_pending": False,
     }
 
@@ -129,6 +132,10 @@ def test_status_table_shows_the_period(run: Run, ledger: TokenLedger) -> None:
         "monthly_remaining  36",
         f"period_start       {current.period_start.isoformat(sep=' ')}",
         f"next_reset         {current.next_reset.isoformat(sep=' ')}",
+        "grant_balance      0",
+        "reserved           0",
+        "overage_used       0",
+        "total_remaining    36",
     ]
 
 
