@@ -20,6 +20,7 @@ from token_ledger.errors import (
     SchemaVersionError,
     StorageError,
     TokenLedgerError,
+    TransientStorageError,
     UnknownTimeZone,
 )
 from token_ledger.ledger import DeductResult, Ledger, TokenStatus
@@ -57,6 +58,7 @@ __all__ = [
     "TokenRepository",
     "TokenStatus",
     "Transaction",
+    "TransientStorageError",
     "UnitOfWork",
     "UnknownTimeZone",
     "system_clock",

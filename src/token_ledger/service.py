@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import random
+import time
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from token_ledger import _validation
 from token_ledger.account import Change, TokenAccount
 from token_ledger.clock import Clock, system_clock
-from token_ledger.errors import AccountExists, AccountNotFound, InsufficientTokens, InvalidInput
+from token_ledger.errors import (
+    AccountExists,
+    AccountNotFound,
+    InsufficientTokens,
+    InvalidInput,
+    TransientStorageError,
+)
 from token_ledger.ledger import DeductResult, Ledger, TokenStatus
 from token_ledger.memory import MemoryRepository
 from token_ledger.policy import MonthlyResetPolicy
@@ -21,6 +29,11 @@ if TYPE_CHECKING:
 
 DEFAULT_RESET_BATCH_SIZE = 1000
 MAX_HISTORY_LIMIT = 10_000
+WRITE_ATTEMPTS = 10
+RETRY_BASE_DELAY = 0.005
+RETRY_MAX_DELAY = 0.5
+
+T = TypeVar("T")
 
 
 class TokenLedger:
@@ -74,9 +87,12 @@ class TokenLedger:
     ) -> TokenAccount:
         """Create the user's account; :class:`AccountExists` if there is one already."""
         account = self._new_account(user_id, monthly_limit, reset_anchor)
-        with self.repository.unit_of_work() as work:
+
+        def insert(work: UnitOfWork) -> None:
             if not work.insert_account(account):
                 raise AccountExists(user_id)
+
+        self._write(insert)
         return account
 
     def ensure_account(
@@ -87,13 +103,13 @@ class TokenLedger:
         An existing account is returned as stored: its limit is not changed.
         """
         account = self._new_account(user_id, monthly_limit, reset_anchor)
-        with self.repository.unit_of_work() as work:
+
+        def insert_or_load(work: UnitOfWork) -> TokenAccount:
             if work.insert_account(account):
                 return account
-            existing = work.load_account(user_id)
-        if existing is None:  # pragma: no cover - insert refused, so the row exists
-            raise AccountNotFound(user_id)
-        return existing
+            return self._load(work, user_id)
+
+        return self._write(insert_or_load)
 
     def get_account(self, user_id: str) -> TokenAccount:
         """The account as stored, which may hold a reset that is still pending."""
@@ -129,22 +145,24 @@ class TokenLedger:
         key = _validation.optional_identifier(idempotency_key, "idempotency_key")
         checked_context = _validation.json_context(context)
         now = self.now()
-        with self.repository.unit_of_work() as work:
+
+        def spend(work: UnitOfWork) -> DeductResult:
             account = self._load(work, user_id)
             prior = work.find_by_idempotency_key(key) if key is not None else None
             if prior is not None:
-                result = self.ledger.replay(prior, user_id, amount, feature)
-            else:
-                change = self.ledger.deduct(
-                    account,
-                    now,
-                    amount,
-                    feature=feature,
-                    context=checked_context,
-                    idempotency_key=key,
-                )
-                entry = self._store(work, account, change)[-1]
-                result = DeductResult(entry.success, entry.balance_after, entry)
+                return self.ledger.replay(prior, user_id, amount, feature)
+            change = self.ledger.deduct(
+                account,
+                now,
+                amount,
+                feature=feature,
+                context=checked_context,
+                idempotency_key=key,
+            )
+            entry = self._store(work, account, change)[-1]
+            return DeductResult(entry.success, entry.balance_after, entry)
+
+        result = self._write(spend)
         if not result.success:
             raise InsufficientTokens(user_id, amount, result.monthly_remaining)
         return result
@@ -154,21 +172,27 @@ class TokenLedger:
         _validation.identifier(user_id, "user_id")
         self.ledger.check_limit(monthly_limit)
         now = self.now()
-        with self.repository.unit_of_work() as work:
+
+        def change_limit(work: UnitOfWork) -> Change:
             account = self._load(work, user_id)
             change = self.ledger.set_limit(account, now, monthly_limit)
             self._store(work, account, change)
-        return change.account
+            return change
+
+        return self._write(change_limit).account
 
     def reset_if_needed(self, user_id: str) -> bool:
         """Persist a pending reset; the seed's ``reset_user_tokens_if_needed``."""
         _validation.identifier(user_id, "user_id")
         now = self.now()
-        with self.repository.unit_of_work() as work:
+
+        def reset(work: UnitOfWork) -> Change:
             account = self._load(work, user_id)
             change = self.ledger.reset(account, now)
             self._store(work, account, change)
-        return bool(change.entries)
+            return change
+
+        return bool(self._write(reset).entries)
 
     def reset_all_stale(self, *, batch_size: int = DEFAULT_RESET_BATCH_SIZE) -> int:
         """Persist every pending reset; the seed's ``auto_reset_monthly_tokens``.
@@ -184,14 +208,18 @@ class TokenLedger:
         )
         reset_count = 0
         after: str | None = None
+
+        def reset_batch(work: UnitOfWork) -> tuple[list[TokenAccount], int]:
+            batch = work.lock_stale_candidates(cutoffs, after, batch_size)
+            changes = [self.ledger.reset(account, now) for account in batch]
+            reset = [change for change in changes if change.entries]
+            work.save_accounts([change.account for change in reset])
+            work.append_transactions([entry for change in reset for entry in change.entries])
+            return batch, len(reset)
+
         while True:
-            with self.repository.unit_of_work() as work:
-                batch = work.lock_stale_candidates(cutoffs, after, batch_size)
-                changes = [self.ledger.reset(account, now) for account in batch]
-                reset = [change for change in changes if change.entries]
-                work.save_accounts([change.account for change in reset])
-                work.append_transactions([entry for change in reset for entry in change.entries])
-            reset_count += len(reset)
+            batch, reset = self._write(reset_batch)
+            reset_count += reset
             if len(batch) < batch_size:
                 return reset_count
             after = batch[-1].user_id
@@ -226,6 +254,22 @@ class TokenLedger:
         return self.repository.history(query)
 
     # helpers
+
+    def _write(self, operation: Callable[[UnitOfWork], T]) -> T:
+        """Run ``operation`` in one unit of work, from the start again if it lost a race.
+
+        A transient failure rolled everything back, so the next attempt (with
+        the same instant and idempotency key) applies the operation at most
+        once. The pause is random so that the writers that collided spread out.
+        """
+        for attempt in range(1, WRITE_ATTEMPTS):
+            try:
+                with self.repository.unit_of_work() as work:
+                    return operation(work)
+            except TransientStorageError:
+                time.sleep(random.uniform(0, min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2**attempt)))
+        with self.repository.unit_of_work() as work:
+            return operation(work)
 
     def _new_account(
         self, user_id: str, monthly_limit: int, reset_anchor: datetime | None
