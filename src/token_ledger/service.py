@@ -27,6 +27,8 @@ from token_ledger.transactions import OperationType, Transaction
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from token_ledger.postgres import PostgresTarget
+
 DEFAULT_RESET_BATCH_SIZE = 1000
 MAX_HISTORY_LIMIT = 10_000
 WRITE_ATTEMPTS = 10
@@ -62,6 +64,25 @@ class TokenLedger:
     ) -> TokenLedger:
         """A ledger held in this process only; nothing survives it."""
         return cls(MemoryRepository(), policy=policy, clock=clock)
+
+    @classmethod
+    def postgres(
+        cls,
+        target: PostgresTarget,
+        *,
+        schema: str = "public",
+        policy: MonthlyResetPolicy | None = None,
+        clock: Clock = system_clock,
+    ) -> TokenLedger:
+        """A ledger in PostgreSQL, shared by every process that points at the same schema.
+
+        ``target`` is a connection URL (a small pool is made and closed with the
+        ledger), a ``psycopg.Connection`` or a ``psycopg_pool.ConnectionPool``
+        (both stay yours to close); see :class:`~token_ledger.postgres.PostgresRepository`.
+        """
+        from token_ledger.postgres import PostgresRepository
+
+        return cls(PostgresRepository(target, schema=schema), policy=policy, clock=clock)
 
     def __enter__(self) -> TokenLedger:
         return self
