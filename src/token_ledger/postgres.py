@@ -166,10 +166,8 @@ def _transaction(row: Sequence[Any]) -> Transaction:
     )
 
 
-def _columns(names: Sequence[str], table: str | None = None) -> sql.Composable:
-    return sql.SQL(", ").join(
-        sql.Identifier(name) if table is None else sql.Identifier(table, name) for name in names
-    )
+def _columns(names: Sequence[str]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(name) for name in names)
 
 
 class _Statements:
@@ -224,25 +222,19 @@ class _Statements:
         self.find_by_idempotency_key = compose(
             "SELECT {entries} FROM {token_transactions} WHERE idempotency_key = %s"
         )
-        # The candidates are chosen first (MATERIALIZED keeps the CTE from being
-        # inlined) and locked after: locking re-reads a row changed meanwhile, and a
-        # row that no longer matched a WHERE would be dropped, giving a short batch
-        # that the caller takes for the last one.
+        # LIMIT counts rows after they are locked: a row that another writer reset
+        # meanwhile fails the re-check and the next candidate takes its place, so
+        # only the last batch comes back short. Locking in user_id order keeps two
+        # bulk resets from deadlocking.
         stale = (
-            "WITH candidates AS MATERIALIZED ("
-            " SELECT user_id FROM {user_tokens}"
+            "SELECT {accounts} FROM {user_tokens}"
             " WHERE {after}((reset_anchor IS NULL AND last_monthly_reset < %(calendar)s)"
             " OR (reset_anchor IS NOT NULL AND last_monthly_reset <= %(anchored)s))"
-            " ORDER BY user_id LIMIT %(limit)s)"
-            " SELECT {locked} FROM {user_tokens} AS t JOIN candidates USING (user_id)"
-            " ORDER BY t.user_id FOR UPDATE OF t"
+            " ORDER BY user_id LIMIT %(limit)s FOR UPDATE"
         )
-        locked = _columns(ACCOUNT_COLUMNS, "t")
-        self.lock_stale_from_start = sql.SQL(stale).format(
-            after=sql.SQL(""), locked=locked, **names
-        )
+        self.lock_stale_from_start = sql.SQL(stale).format(after=sql.SQL(""), **names)
         self.lock_stale_after = sql.SQL(stale).format(
-            after=sql.SQL("user_id > %(after)s AND "), locked=locked, **names
+            after=sql.SQL("user_id > %(after)s AND "), **names
         )
         self._names = names
 

@@ -6,6 +6,7 @@ import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
+import attrs
 import psycopg
 import pytest
 from psycopg import sql
@@ -16,6 +17,7 @@ from postgres_server import Database
 from token_ledger import (
     IdempotencyConflict,
     InsufficientTokens,
+    Ledger,
     StorageError,
     TokenLedger,
 )
@@ -269,3 +271,29 @@ def test_a_key_stored_concurrently_for_another_user_conflicts(
     else:
         assert outcome is None
         assert used == 5
+
+
+@pytest.mark.parametrize(
+    ("used", "cause"),
+    [(11, type(None)), (-1, psycopg.errors.CheckViolation)],
+    ids=["above-the-limit", "negative"],
+)
+def test_the_tables_refuse_usage_no_operation_can_produce(
+    postgres_database: Database, postgres_schema: str, used: int, cause: type[object]
+) -> None:
+    """The backstops behind the row lock, should a bug ever write such a value.
+
+    Above the limit, the guarded UPDATE changes no row and the adapter refuses
+    the unit of work; below zero, the CHECK constraint does.
+    """
+    repository = PostgresRepository(postgres_database.url, schema=postgres_schema)
+    account = Ledger().open("u1", 10, datetime(2026, 1, 15, tzinfo=UTC))
+    with repository.unit_of_work() as work:
+        work.insert_account(account)
+
+    with pytest.raises(StorageError) as raised, repository.unit_of_work() as work:
+        work.save_accounts([attrs.evolve(account, monthly_tokens_used=used)])
+
+    assert type(raised.value.__cause__) is cause
+    assert repository.get_account("u1") == account
+    repository.close()
