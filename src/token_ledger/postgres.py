@@ -23,6 +23,7 @@ import attrs
 import psycopg
 from psycopg import sql
 from psycopg.errors import DeadlockDetected, SerializationFailure, UniqueViolation
+from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
@@ -41,6 +42,7 @@ DEFAULT_POOL_SIZE = 10
 MIGRATION_LOCK_KEY = 0x746F6B656E5F6C67
 MIGRATIONS_TABLE = "token_ledger_migrations"
 IDEMPOTENCY_KEY_CONSTRAINT = "token_transactions_idempotency_key_key"
+_BUSY = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
 ACCOUNT_COLUMNS = (
     "user_id",
@@ -376,6 +378,13 @@ class PostgresRepository:
                     yield conn
             else:
                 with self._lock:
+                    if self._source.info.transaction_status in _BUSY:
+                        # Our transaction would only be a savepoint of yours, and
+                        # nothing would be stored until you commit.
+                        raise StorageError(
+                            "the connection is inside a transaction: commit or roll back"
+                            " before handing it to token-ledger"
+                        )
                     yield self._source
 
     @contextmanager

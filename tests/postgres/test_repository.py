@@ -66,6 +66,22 @@ def test_one_connection_is_shared_safely_by_threads(
         assert spent == ledger.status("hot").monthly_used == 100
 
 
+def test_a_connection_inside_a_transaction_of_its_own_is_refused(
+    postgres_database: Database, postgres_schema: str
+) -> None:
+    with psycopg.connect(postgres_database.url) as conn:
+        ledger = TokenLedger.postgres(conn, schema=postgres_schema)
+        conn.execute("SELECT 1")
+
+        with pytest.raises(StorageError, match="inside a transaction"):
+            ledger.open_account("u1", monthly_limit=10)
+
+        conn.rollback()
+        ledger.open_account("u1", monthly_limit=10)
+    with TokenLedger.postgres(postgres_database.url, schema=postgres_schema) as other:
+        assert other.get_account("u1").monthly_limit == 10
+
+
 def test_schemas_keep_ledgers_apart_and_hold_their_tables(
     request: pytest.FixtureRequest, postgres_database: Database
 ) -> None:
