@@ -45,25 +45,12 @@ IDEMPOTENCY_KEY_CONSTRAINT = "token_transactions_idempotency_key_key"
 _BUSY = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
 ACCOUNT_COLUMNS = (
-    "user_id",
-    "monthly_limit",
-    "monthly_tokens_used",
-    "last_monthly_reset",
-    "created_at",
-    "updated_at",
-    "reset_anchor",
+    "user_id, monthly_limit, monthly_tokens_used, last_monthly_reset,"
+    " created_at, updated_at, reset_anchor"
 )
 TRANSACTION_COLUMNS = (
-    "id",
-    "user_id",
-    "operation_type",
-    "amount",
-    "created_at",
-    "balance_after",
-    "success",
-    "feature",
-    "operation_context",
-    "idempotency_key",
+    "id, user_id, operation_type, amount, created_at, balance_after, success, feature,"
+    " operation_context, idempotency_key"
 )
 
 
@@ -168,10 +155,6 @@ def _transaction(row: Sequence[Any]) -> Transaction:
     )
 
 
-def _columns(names: Sequence[str]) -> sql.Composable:
-    return sql.SQL(", ").join(sql.Identifier(name) for name in names)
-
-
 class _Statements:
     """Every statement of the adapter, composed once for one schema."""
 
@@ -179,8 +162,8 @@ class _Statements:
         names = {
             "user_tokens": sql.Identifier(schema, "user_tokens"),
             "token_transactions": sql.Identifier(schema, "token_transactions"),
-            "accounts": _columns(ACCOUNT_COLUMNS),
-            "entries": _columns(TRANSACTION_COLUMNS),
+            "accounts": sql.SQL(ACCOUNT_COLUMNS),
+            "entries": sql.SQL(TRANSACTION_COLUMNS),
         }
 
         def compose(text: str) -> sql.Composed:

@@ -105,3 +105,40 @@ def test_a_migration_that_fails_leaves_nothing_behind(
             "SELECT tablename FROM pg_tables WHERE schemaname = %s", (postgres_schema,)
         ).fetchall()
     assert tables == [("token_transactions",)]
+
+
+def test_a_migrated_schema_needs_only_the_privileges_the_readme_lists(
+    postgres_database: Database, postgres_schema: str
+) -> None:
+    """The application's role creates nothing once a DBA has migrated the schema."""
+    PostgresRepository(postgres_database.url, schema=postgres_schema).close()
+    role = f"{postgres_schema}_app"
+    schema = sql.Identifier(postgres_schema)
+    tables = [
+        sql.Identifier(postgres_schema, name) for name in ("user_tokens", "token_transactions")
+    ]
+    grants = [
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'app'").format(sql.Identifier(role)),
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, sql.Identifier(role)),
+        sql.SQL("GRANT SELECT ON {} TO {}").format(
+            sql.Identifier(postgres_schema, "token_ledger_migrations"), sql.Identifier(role)
+        ),
+        sql.SQL("GRANT SELECT, INSERT, UPDATE ON {} TO {}").format(
+            sql.SQL(", ").join(tables), sql.Identifier(role)
+        ),
+    ]
+    with postgres_database.connect() as conn:
+        for grant in grants:
+            conn.execute(grant)
+    url = psycopg.conninfo.make_conninfo(postgres_database.url, user=role, password="app")
+    try:
+        with TokenLedger.postgres(url, schema=postgres_schema) as ledger:
+            ledger.open_account("u1", monthly_limit=10)
+            ledger.deduct("u1", 4, idempotency_key="request-1")
+            ledger.set_limit("u1", 20)
+            assert ledger.reset_all_stale() == 0
+            assert len(ledger.history("u1")) == 2
+    finally:
+        with postgres_database.connect() as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
