@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -22,10 +23,11 @@ from postgres.workers import Outcome, Plan
 from postgres_server import Database
 from token_ledger import OperationType, TokenLedger
 from token_ledger.clock import system_clock
+from token_ledger.postgres import PostgresRepository
 from token_ledger.testing import MovableClock
 
 Accounts = dict[str, int]
-Runner = Callable[[list[Plan]], list[Outcome]]
+Runner = Callable[[Callable[..., Outcome], list[tuple[Any, ...]]], list[Outcome]]
 
 HOT: Accounts = {"hot": 240}
 MANY: Accounts = {f"user-{n:02d}": 20 for n in range(32)}
@@ -35,25 +37,31 @@ MANY: Accounts = {f"user-{n:02d}": 20 for n in range(32)}
 def run_workers(
     request: pytest.FixtureRequest, postgres_database: Database, postgres_schema: str
 ) -> Runner:
-    """Runs one plan per worker: threads sharing one ledger and a pool, or processes."""
+    """Runs ``work(ledger, *arguments)`` once per worker, all at once.
+
+    The threads share one ledger over a pool of sixteen connections; each
+    process has a ledger of its own.
+    """
     url = postgres_database.url
     if request.param == "processes":
         processes: ProcessPoolExecutor = request.getfixturevalue("worker_processes")
-        return lambda plans: on_every_worker(
-            processes, workers.spend_in_process, [(url, postgres_schema, plan) for plan in plans]
+        return lambda work, calls: on_every_worker(
+            processes,
+            workers.in_process,
+            [(url, postgres_schema, work, *arguments) for arguments in calls],
         )
 
-    def run_in_threads(plans: list[Plan]) -> list[Outcome]:
+    def run_in_threads(work: Callable[..., Outcome], calls: list[tuple[Any, ...]]) -> list[Outcome]:
         start_line = threading.Barrier(WORKERS)
         pool = ConnectionPool(url, min_size=WORKERS, max_size=WORKERS, open=True)
         with pool, TokenLedger.postgres(pool, schema=postgres_schema) as ledger:
 
-            def work(plan: Plan) -> Outcome:
+            def in_thread(arguments: tuple[Any, ...]) -> Outcome:
                 start_line.wait(workers.START_TIMEOUT)
-                return workers.spend(ledger, plan)
+                return work(ledger, *arguments)
 
             with ThreadPoolExecutor(WORKERS) as threads:
-                return list(threads.map(work, plans))
+                return list(threads.map(in_thread, calls))
 
     return run_in_threads
 
@@ -99,7 +107,7 @@ def test_sixteen_workers_never_overspend(
     ledger = open_accounts(postgres_database, postgres_schema, accounts)
     plans = plans_asking_three_times_the_limits(accounts, seed=len(accounts))
 
-    outcomes = run_workers(plans)
+    outcomes = run_workers(workers.spend, [(plan,) for plan in plans])
 
     assert [surprise for _, surprises in outcomes for surprise in surprises] == []
     with ledger:
@@ -126,7 +134,7 @@ def test_a_request_retried_by_every_worker_applies_once(
     requests: Plan = [(f"user-{n % 8}", rng.randint(1, 5), f"request-{n}") for n in range(64)]
     plans = [rng.sample(requests, len(requests)) for _ in range(WORKERS)]
 
-    outcomes = run_workers(plans)
+    outcomes = run_workers(workers.spend, [(plan,) for plan in plans])
 
     assert [surprise for _, surprises in outcomes for surprise in surprises] == []
     answers: dict[str | None, set[int | None]] = defaultdict(set)
@@ -138,6 +146,19 @@ def test_a_request_retried_by_every_worker_applies_once(
         entries = ledger.history(operation_type=OperationType.DEDUCT, limit=10_000)
         assert sorted(e.idempotency_key or "" for e in entries) == sorted(k for _, _, k in requests)
         assert_the_log_explains_every_balance(ledger, accounts)
+
+
+def test_sixteen_workers_using_a_new_account_at_once_create_it_once(
+    postgres_database: Database, postgres_schema: str, run_workers: Runner
+) -> None:
+    PostgresRepository(postgres_database.url, schema=postgres_schema).close()
+
+    outcomes = run_workers(workers.open_account_and_spend, [("newcomer", 100)] * WORKERS)
+
+    assert [surprise for _, surprises in outcomes for surprise in surprises] == []
+    with TokenLedger.postgres(postgres_database.url, schema=postgres_schema) as ledger:
+        assert ledger.status("newcomer").monthly_used == WORKERS
+        assert len(ledger.history("newcomer")) == WORKERS
 
 
 def test_a_worker_killed_mid_transaction_leaves_nothing_half_written(

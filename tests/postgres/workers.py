@@ -7,12 +7,15 @@ once rather than one after another as they finish starting up.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from threading import Barrier
+from typing import Any, TypeVar
 
 from token_ledger import InsufficientTokens, TokenLedger
 from token_ledger.postgres import PostgresRepository
 
 START_TIMEOUT = 120.0
+T = TypeVar("T")
 
 # One planned deduction: (user_id, amount, idempotency_key).
 Plan = list[tuple[str, int, str | None]]
@@ -49,10 +52,17 @@ def spend(ledger: TokenLedger, plan: Plan) -> Outcome:
     return seen, surprises
 
 
-def spend_in_process(url: str, schema: str, plan: Plan) -> Outcome:
+def open_account_and_spend(ledger: TokenLedger, user_id: str, limit: int) -> Outcome:
+    """The first use of an account, as every worker makes it: create it if missing, spend."""
+    ledger.ensure_account(user_id, monthly_limit=limit)
+    return spend(ledger, [(user_id, 1, None)])
+
+
+def in_process(url: str, schema: str, work: Callable[..., T], *arguments: Any) -> T:
+    """Run ``work(ledger, *arguments)`` in this worker process, once all are ready."""
     with TokenLedger.postgres(url, schema=schema) as ledger:
         wait_at_start_line()
-        return spend(ledger, plan)
+        return work(ledger, *arguments)
 
 
 def open_repository(url: str, schema: str) -> None:
