@@ -30,13 +30,19 @@ from psycopg_pool import ConnectionPool
 
 from token_ledger import _validation
 from token_ledger.account import TokenAccount
-from token_ledger.errors import SchemaVersionError, StorageError, TransientStorageError
+from token_ledger.errors import (
+    InvalidInput,
+    SchemaVersionError,
+    StorageError,
+    TransientStorageError,
+)
 from token_ledger.repository import HistoryQuery, StaleCutoffs
 from token_ledger.transactions import Transaction
 
 PostgresTarget = str | psycopg.Connection[Any] | ConnectionPool[Any]
 
 DEFAULT_POOL_SIZE = 10
+MAX_SCHEMA_NAME_BYTES = 63
 # The bytes of "token_lg" as a bigint: a constant, so every process on every host
 # takes the same lock (a Python ``hash()`` of a string differs between processes).
 MIGRATION_LOCK_KEY = 0x746F6B656E5F6C67
@@ -121,6 +127,14 @@ def _translated_errors() -> Iterator[None]:
         yield
     except psycopg.Error as error:
         raise _storage_error(error) from error
+
+
+def _schema_name(value: object) -> str:
+    """PostgreSQL cuts longer names to 63 bytes, and then would not find its own schema."""
+    name = _validation.identifier(value, "schema")
+    if len(name.encode()) > MAX_SCHEMA_NAME_BYTES:
+        raise InvalidInput(f"schema must be at most {MAX_SCHEMA_NAME_BYTES} bytes long")
+    return name
 
 
 def _utc(value: datetime) -> datetime:
@@ -301,7 +315,9 @@ class PostgresUnitOfWork:
                 [e.idempotency_key for e in entries],
             ),
         ).fetchall()
-        return [attrs.evolve(entry, id=row[0]) for entry, row in zip(entries, rows, strict=True)]
+        # Rows are inserted in ``position`` order, so their identities grow in it.
+        ids = sorted(row[0] for row in rows)
+        return [attrs.evolve(entry, id=i) for entry, i in zip(entries, ids, strict=True)]
 
     def find_by_idempotency_key(self, key: str) -> Transaction | None:
         row = self._execute(self._sql.find_by_idempotency_key, (key,)).fetchone()
@@ -335,7 +351,7 @@ class PostgresRepository:
     """
 
     def __init__(self, target: PostgresTarget, *, schema: str = "public") -> None:
-        self._schema = _validation.identifier(schema, "schema")
+        self._schema = _schema_name(schema)
         self._sql = _Statements(self._schema)
         self._lock = threading.Lock()
         self._owned_pool: ConnectionPool[Any] | None = None
@@ -348,10 +364,15 @@ class PostgresRepository:
                 target, min_size=1, max_size=DEFAULT_POOL_SIZE, open=True, name="token-ledger"
             )
             self._source: psycopg.Connection[Any] | ConnectionPool[Any] = self._owned_pool
-        else:
+        elif isinstance(target, psycopg.Connection | ConnectionPool):
             self._source = target
             with self._connection() as conn:
                 self._migrate(conn)
+        else:
+            raise InvalidInput(
+                "target must be a URL, a psycopg.Connection or a psycopg_pool.ConnectionPool,"
+                f" got {target!r}"
+            )
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:

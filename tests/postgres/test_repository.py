@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import attrs
 import psycopg
@@ -17,6 +18,7 @@ from postgres_server import Database
 from token_ledger import (
     IdempotencyConflict,
     InsufficientTokens,
+    InvalidInput,
     Ledger,
     StorageError,
     TokenLedger,
@@ -64,6 +66,16 @@ def test_one_connection_is_shared_safely_by_threads(
             spent = sum(threads.map(spend, range(8)))
 
         assert spent == ledger.status("hot").monthly_used == 100
+
+
+@pytest.mark.parametrize(
+    ("target", "schema"),
+    [(None, "public"), ("unused", ""), ("unused", "x" * 64), ("unused", "ä" * 32)],
+    ids=["no-target", "empty-schema", "long-schema", "long-schema-in-bytes"],
+)
+def test_bad_targets_and_schema_names_are_refused(target: Any, schema: str) -> None:
+    with pytest.raises(InvalidInput):
+        TokenLedger.postgres(target, schema=schema)
 
 
 def test_a_connection_inside_a_transaction_of_its_own_is_refused(
