@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 import attrs
 import psycopg
+import pytest
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
@@ -15,6 +16,8 @@ from postgres_server import Database
 from token_ledger import Ledger, TokenLedger
 from token_ledger.postgres import PostgresRepository
 from token_ledger.testing import MovableClock
+
+pytestmark = pytest.mark.postgres
 
 UTC = timezone.utc
 ACCOUNTS = 3000

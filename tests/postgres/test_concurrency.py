@@ -26,6 +26,8 @@ from token_ledger.clock import system_clock
 from token_ledger.postgres import PostgresRepository
 from token_ledger.testing import MovableClock
 
+pytestmark = pytest.mark.postgres
+
 Accounts = dict[str, int]
 Runner = Callable[[Callable[..., Outcome], list[tuple[Any, ...]]], list[Outcome]]
 
@@ -33,7 +35,7 @@ HOT: Accounts = {"hot": 240}
 MANY: Accounts = {f"user-{n:02d}": 20 for n in range(32)}
 
 
-@pytest.fixture(params=["threads", "processes"])
+@pytest.fixture(params=["threads", pytest.param("processes", marks=pytest.mark.slow)])
 def run_workers(
     request: pytest.FixtureRequest, postgres_database: Database, postgres_schema: str
 ) -> Runner:
@@ -161,6 +163,7 @@ def test_sixteen_workers_using_a_new_account_at_once_create_it_once(
         assert len(ledger.history("newcomer")) == WORKERS
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_transaction_leaves_nothing_half_written(
     postgres_database: Database, postgres_schema: str
 ) -> None:

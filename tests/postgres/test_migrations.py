@@ -16,6 +16,8 @@ from postgres_server import Database
 from token_ledger import SchemaVersionError, StorageError, TokenLedger
 from token_ledger.postgres import MIGRATIONS, PostgresRepository
 
+pytestmark = pytest.mark.postgres
+
 
 def stored_versions(database: Database, schema: str) -> list[int]:
     with database.connect() as conn:
@@ -27,6 +29,7 @@ def stored_versions(database: Database, schema: str) -> list[int]:
     return [row[0] for row in rows]
 
 
+@pytest.mark.slow
 def test_sixteen_processes_starting_at_once_migrate_the_schema_once(
     postgres_database: Database, postgres_schema: str, worker_processes: ProcessPoolExecutor
 ) -> None:

@@ -6,6 +6,7 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
@@ -13,6 +14,8 @@ from postgres.support import counting_cursor
 from postgres_server import Database
 from token_ledger import TokenLedger
 from token_ledger.testing import MovableClock
+
+pytestmark = pytest.mark.postgres
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 UTC = timezone.utc

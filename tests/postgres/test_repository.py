@@ -26,6 +26,8 @@ from token_ledger import (
 from token_ledger.postgres import PostgresRepository
 from token_ledger.testing import MovableClock
 
+pytestmark = pytest.mark.postgres
+
 UTC = timezone.utc
 
 

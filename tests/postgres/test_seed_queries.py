@@ -17,6 +17,8 @@ from token_ledger import InsufficientTokens, TokenLedger
 from token_ledger.clock import system_clock
 from token_ledger.testing import MovableClock
 
+pytestmark = pytest.mark.postgres
+
 HEALTH_CHECK = """
 SELECT
   COUNT(*) as total_users,
