@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from postgres_server import Database
 from token_ledger import MemoryRepository, TokenRepository
+from token_ledger.postgres import PostgresRepository
 from token_ledger.sqlite import SQLiteRepository
 
 RepositoryFactory = Callable[[pytest.FixtureRequest, Path], TokenRepository]
@@ -26,7 +28,13 @@ def sqlite_repository(request: pytest.FixtureRequest, directory: Path) -> TokenR
     return SQLiteRepository(directory / "ledger.db")
 
 
+def postgres_repository(request: pytest.FixtureRequest, directory: Path) -> TokenRepository:
+    database: Database = request.getfixturevalue("postgres_database")
+    return PostgresRepository(database.url, schema=database.new_schema(request))
+
+
 BACKENDS: list[object] = [
     pytest.param(memory_repository, id="memory"),
     pytest.param(sqlite_repository, id="sqlite"),
+    pytest.param(postgres_repository, marks=pytest.mark.postgres, id="postgres"),
 ]

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from backends import BACKENDS, RepositoryFactory
+from postgres_server import Database, running_database
 from token_ledger import MonthlyResetPolicy, TokenLedger, TokenRepository
 from token_ledger.testing import MovableClock
 
@@ -22,6 +23,13 @@ START = datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc)
 @pytest.fixture
 def clock() -> MovableClock:
     return MovableClock(START)
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[Database]:
+    """One PostgreSQL server for the whole session, started on first use."""
+    with running_database() as database:
+        yield database
 
 
 @pytest.fixture(params=BACKENDS)

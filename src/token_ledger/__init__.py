@@ -23,6 +23,7 @@ from token_ledger.errors import (
     StorageError,
     TokenLedgerError,
     TransactionNotFound,
+    TransientStorageError,
     UnknownTimeZone,
 )
 from token_ledger.grants import Grant, Reservation, ReservationStatus
@@ -81,6 +82,7 @@ __all__ = [
     "TokenStatus",
     "Transaction",
     "TransactionNotFound",
+    "TransientStorageError",
     "UnitOfWork",
     "UnknownTimeZone",
     "system_clock",

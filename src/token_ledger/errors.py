@@ -98,5 +98,15 @@ class StorageError(TokenLedgerError):
     """The storage engine failed; the original driver error is the ``__cause__``."""
 
 
+class TransientStorageError(StorageError):
+    """A write lost a race that running it again resolves.
+
+    Serialization failures, deadlocks and an idempotency key taken by a
+    concurrent writer roll the whole unit of work back; :class:`~token_ledger.TokenLedger`
+    runs it again, with the same instant and idempotency key, a few times
+    before letting this error through.
+    """
+
+
 class SchemaVersionError(StorageError):
     """The database was written by a newer token-ledger than this one."""

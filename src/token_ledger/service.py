@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import random
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from token_ledger import _validation
 from token_ledger.account import Change, TokenAccount
@@ -19,6 +22,7 @@ from token_ledger.errors import (
     ReservationClosed,
     ReservationNotFound,
     TransactionNotFound,
+    TransientStorageError,
 )
 from token_ledger.grants import Grant, Reservation, ReservationStatus
 from token_ledger.ledger import DeductResult, Ledger, TokenStatus
@@ -42,9 +46,16 @@ if TYPE_CHECKING:
 
     import sqlite_utils
 
+    from token_ledger.postgres import PostgresTarget
+
 DEFAULT_RESET_BATCH_SIZE = 1000
 DEFAULT_RESERVATION_TTL = timedelta(minutes=15)
 MAX_TEXT_LENGTH = 1000
+WRITE_ATTEMPTS = 10
+RETRY_BASE_DELAY = 0.005
+RETRY_MAX_DELAY = 0.5
+
+T = TypeVar("T")
 SCAN_PAGE_SIZE = 1000
 MAX_HISTORY_LIMIT = 10_000
 
@@ -96,6 +107,25 @@ class TokenLedger:
         repository = SQLiteRepository(database, synchronous=synchronous, busy_timeout=busy_timeout)
         return cls(repository, policy=policy, clock=clock)
 
+    @classmethod
+    def postgres(
+        cls,
+        target: PostgresTarget,
+        *,
+        schema: str = "public",
+        policy: MonthlyResetPolicy | None = None,
+        clock: Clock = system_clock,
+    ) -> TokenLedger:
+        """A ledger in PostgreSQL, shared by every process that points at the same schema.
+
+        ``target`` is a connection URL (a small pool is made and closed with the
+        ledger), a ``psycopg.Connection`` or a ``psycopg_pool.ConnectionPool``
+        (both stay yours to close); see :class:`~token_ledger.postgres.PostgresRepository`.
+        """
+        from token_ledger.postgres import PostgresRepository
+
+        return cls(PostgresRepository(target, schema=schema), policy=policy, clock=clock)
+
     def __enter__(self) -> TokenLedger:
         return self
 
@@ -120,9 +150,12 @@ class TokenLedger:
     ) -> TokenAccount:
         """Create the user's account; :class:`AccountExists` if there is one already."""
         account = self._new_account(user_id, monthly_limit, reset_anchor)
-        with self.repository.unit_of_work() as work:
+
+        def insert(work: UnitOfWork) -> None:
             if not work.insert_account(account):
                 raise AccountExists(user_id)
+
+        self._write(insert)
         return account
 
     def ensure_account(
@@ -133,13 +166,13 @@ class TokenLedger:
         An existing account is returned as stored: its limit is not changed.
         """
         account = self._new_account(user_id, monthly_limit, reset_anchor)
-        with self.repository.unit_of_work() as work:
+
+        def insert_or_load(work: UnitOfWork) -> TokenAccount:
             if work.insert_account(account):
                 return account
-            existing = work.load_account(user_id)
-        if existing is None:  # pragma: no cover - insert refused, so the row exists
-            raise AccountNotFound(user_id)
-        return existing
+            return self._load(work, user_id)
+
+        return self._write(insert_or_load)
 
     def get_account(self, user_id: str) -> TokenAccount:
         """The account as stored, which may hold a reset that is still pending."""
@@ -175,23 +208,24 @@ class TokenLedger:
         key = _validation.optional_identifier(idempotency_key, "idempotency_key")
         checked_context = _validation.json_context(context)
         now = self.now()
-        with self.repository.unit_of_work() as work:
+
+        def spend(work: UnitOfWork) -> tuple[Transaction, int]:
             account = self._load(work, user_id)
             prior = work.find_by_idempotency_key(key) if key is not None else None
             if prior is not None:
                 entry = self.ledger.replay(prior, OperationType.DEDUCT, user_id, amount, feature)
-                remaining = entry.balance_after
-            else:
-                change = self.ledger.deduct(
-                    account,
-                    now,
-                    amount,
-                    feature=feature,
-                    context=checked_context,
-                    idempotency_key=key,
-                )
-                entry = self._store(work, account, change)[-1]
-                remaining = change.account.spendable
+                return entry, entry.balance_after
+            change = self.ledger.deduct(
+                account,
+                now,
+                amount,
+                feature=feature,
+                context=checked_context,
+                idempotency_key=key,
+            )
+            return self._store(work, account, change)[-1], change.account.spendable
+
+        entry, remaining = self._write(spend)
         if not entry.success:
             raise InsufficientTokens(user_id, amount, remaining)
         return DeductResult(entry.success, entry.balance_after, entry)
@@ -216,7 +250,8 @@ class TokenLedger:
         if overage_limit is not None:
             _validation.non_negative_int(overage_limit, "overage_limit")
         now = self.now()
-        with self.repository.unit_of_work() as work:
+
+        def change_limits(work: UnitOfWork) -> TokenAccount:
             account = self._load(work, user_id)
             change = self.ledger.set_limits(
                 account,
@@ -225,7 +260,9 @@ class TokenLedger:
                 account.overage_limit if overage_limit is None else overage_limit,
             )
             self._store(work, account, change)
-        return change.account
+            return change.account
+
+        return self._write(change_limits)
 
     def grant(
         self,
@@ -250,7 +287,8 @@ class TokenLedger:
         expiry = None if expires_at is None else _validation.instant(expires_at, "expires_at")
         if expiry is not None and expiry <= now:
             raise InvalidInput(f"expires_at must be in the future, got {expiry.isoformat()}")
-        with self.repository.unit_of_work() as work:
+
+        def add_grant(work: UnitOfWork) -> Transaction:
             account = self._load(work, user_id)
             prior = work.find_by_idempotency_key(key) if key is not None else None
             if prior is not None:
@@ -258,6 +296,8 @@ class TokenLedger:
             grant = Grant(_new_id(), user_id, amount, amount, now, expiry, reason)
             change = self.ledger.grant(account, now, grant, key)
             return self._store(work, account, change)[-1]
+
+        return self._write(add_grant)
 
     def reserve(
         self,
@@ -282,7 +322,8 @@ class TokenLedger:
         if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
             raise InvalidInput(f"ttl must be a positive timedelta, got {ttl!r}")
         now = self.now()
-        with self.repository.unit_of_work() as work:
+
+        def hold_tokens(work: UnitOfWork) -> tuple[Transaction, int, Reservation | None]:
             account = self._load(work, user_id)
             prior = work.find_by_idempotency_key(key) if key is not None else None
             if prior is not None:
@@ -293,9 +334,10 @@ class TokenLedger:
                 change = self.ledger.reserve(account, now, hold, key)
                 entry = self._store(work, account, change)[-1]
                 remaining = change.account.spendable
-            reservation = (
-                work.find_reservation(entry.reference) if entry.reference is not None else None
-            )
+            stored = work.find_reservation(entry.reference) if entry.reference else None
+            return entry, remaining, stored
+
+        entry, remaining, reservation = self._write(hold_tokens)
         if not entry.success or reservation is None:
             raise InsufficientTokens(user_id, amount, remaining)
         return reservation
@@ -331,7 +373,8 @@ class TokenLedger:
         reason = _optional_text(reason, "reason")
         key = _validation.optional_identifier(idempotency_key, "idempotency_key")
         now = self.now()
-        with self.repository.unit_of_work() as work:
+
+        def give_back(work: UnitOfWork) -> Transaction:
             spent = work.find_transaction(transaction_id)
             if spent is None:
                 raise TransactionNotFound(transaction_id)
@@ -358,15 +401,20 @@ class TokenLedger:
             )
             return self._store(work, account, change)[-1]
 
+        return self._write(give_back)
+
     def reset_if_needed(self, user_id: str) -> bool:
         """Persist a pending reset; the seed's ``reset_user_tokens_if_needed``."""
         _validation.identifier(user_id, "user_id")
         now = self.now()
-        with self.repository.unit_of_work() as work:
+
+        def reset(work: UnitOfWork) -> bool:
             account = self._load(work, user_id)
             change = self.ledger.reset(account, now)
             self._store(work, account, change)
-        return _has_reset(change)
+            return _has_reset(change)
+
+        return self._write(reset)
 
     def reset_all_stale(
         self,
@@ -386,16 +434,20 @@ class TokenLedger:
         cutoffs = self._stale_cutoffs(now)
         reset_count = 0
         after: str | None = None
+
+        def reset_batch(after: str | None, work: UnitOfWork) -> tuple[list[TokenAccount], int]:
+            batch = work.lock_stale_candidates(cutoffs, after, batch_size)
+            changes = [self.ledger.reset(account, now) for account in batch]
+            changed = [change for change in changes if change.entries]
+            work.save_accounts([change.account for change in changed])
+            work.save_grants([grant for change in changed for grant in change.grants])
+            work.save_reservations([r for change in changed for r in change.reservations])
+            work.append_transactions([e for change in changed for e in change.entries])
+            return batch, sum(1 for change in changed if _has_reset(change))
+
         while True:
-            with self.repository.unit_of_work() as work:
-                batch = work.lock_stale_candidates(cutoffs, after, batch_size)
-                changes = [self.ledger.reset(account, now) for account in batch]
-                changed = [change for change in changes if change.entries]
-                work.save_accounts([change.account for change in changed])
-                work.save_grants([grant for change in changed for grant in change.grants])
-                work.save_reservations([r for change in changed for r in change.reservations])
-                work.append_transactions([e for change in changed for e in change.entries])
-            reset_count += sum(1 for change in changed if _has_reset(change))
+            batch, batch_resets = self._write(functools.partial(reset_batch, after))
+            reset_count += batch_resets
             if progress is not None:
                 progress(reset_count)
             if len(batch) < batch_size:
@@ -568,10 +620,27 @@ class TokenLedger:
             raise AccountNotFound(user_id)
         return account
 
+    def _write(self, operation: Callable[[UnitOfWork], T]) -> T:
+        """Run ``operation`` in one unit of work, from the start again if it lost a race.
+
+        A transient failure rolled everything back, so the next attempt (with
+        the same instant and idempotency key) applies the operation at most
+        once. The pause is random so that the writers that collided spread out.
+        """
+        for attempt in range(1, WRITE_ATTEMPTS):
+            try:
+                with self.repository.unit_of_work() as work:
+                    return operation(work)
+            except TransientStorageError:
+                time.sleep(random.uniform(0, min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2**attempt)))
+        with self.repository.unit_of_work() as work:
+            return operation(work)
+
     def _settle(self, reservation_id: str, actual: int | None) -> DeductResult:
         _validation.identifier(reservation_id, "reservation_id")
         now = self.now()
-        with self.repository.unit_of_work() as work:
+
+        def settle(work: UnitOfWork) -> tuple[Transaction, int]:
             found = work.find_reservation(reservation_id)
             if found is None:
                 raise ReservationNotFound(reservation_id)
@@ -586,9 +655,11 @@ class TokenLedger:
                     f" holds {hold.amount}"
                 )
             change = self.ledger.settle_hold(account, now, reservation_id, actual)
-            entry = self._store(work, account, change)[-1]
+            return self._store(work, account, change)[-1], change.account.spendable
+
+        entry, remaining = self._write(settle)
         if not entry.success:
-            raise InsufficientTokens(found.user_id, entry.amount, change.account.spendable)
+            raise InsufficientTokens(entry.user_id, entry.amount, remaining)
         return DeductResult(True, entry.balance_after, entry)
 
     @staticmethod

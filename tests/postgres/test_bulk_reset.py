@@ -1,0 +1,90 @@
+"""The bulk reset: a batch at a time, a fixed number of statements each, never cut short."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+import attrs
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from postgres.support import counting_cursor, wait_for_lock_wait
+from postgres_server import Database
+from token_ledger import Ledger, TokenLedger
+from token_ledger.postgres import PostgresRepository
+from token_ledger.testing import MovableClock
+
+pytestmark = pytest.mark.postgres
+
+UTC = timezone.utc
+ACCOUNTS = 3000
+BATCH = 1000
+
+
+def test_resetting_thousands_of_accounts_takes_three_statements_a_batch(
+    postgres_database: Database, postgres_schema: str
+) -> None:
+    january = datetime(2026, 1, 15, tzinfo=UTC)
+    opened = [Ledger().open(f"user-{n:05d}", 100, january) for n in range(ACCOUNTS)]
+    used = [
+        attrs.evolve(account, monthly_tokens_used=n % 100 + 1) for n, account in enumerate(opened)
+    ]
+    cursor = counting_cursor()
+    pool = ConnectionPool(
+        postgres_database.url, min_size=1, max_size=1, open=True, kwargs={"cursor_factory": cursor}
+    )
+    with pool:
+        repository = PostgresRepository(pool, schema=postgres_schema)
+        with repository.unit_of_work() as work:
+            for account in opened:
+                work.insert_account(account)
+            work.save_accounts(used)
+        clock = MovableClock(datetime(2026, 2, 1, 0, 1, tzinfo=UTC))
+        ledger = TokenLedger(repository, clock=clock)
+        cursor.statements.clear()
+
+        assert ledger.reset_all_stale(batch_size=BATCH) == ACCOUNTS
+
+        batches = ACCOUNTS // BATCH + 1  # the last one finds nothing left
+        assert len(cursor.statements) == 3 * (batches - 1) + 1
+        resets = ledger.history(operation_type="reset", limit=ACCOUNTS + 1)
+        assert sorted(entry.user_id for entry in resets) == [a.user_id for a in opened]
+        assert sum(entry.amount for entry in resets) == sum(a.monthly_tokens_used for a in used)
+        assert ledger.reset_all_stale(batch_size=BATCH) == 0
+        assert {ledger.get_account(a.user_id).monthly_tokens_used for a in opened[::97]} == {0}
+
+
+def test_an_account_reset_by_another_writer_mid_batch_does_not_end_the_bulk_reset(
+    postgres_database: Database, postgres_schema: str
+) -> None:
+    """The bulk reset waits on ``a`` while another writer resets it and commits.
+
+    The batch must not come back short because of it: a short batch is the
+    last one, and ``c`` and ``d`` would be left stale.
+    """
+    clock = MovableClock(datetime(2026, 1, 15, tzinfo=UTC))
+    url = psycopg.conninfo.make_conninfo(postgres_database.url, application_name="tl-bulk")
+    with TokenLedger.postgres(url, schema=postgres_schema, clock=clock) as ledger:
+        for user_id in "abcd":
+            ledger.open_account(user_id, monthly_limit=10)
+            ledger.deduct(user_id, 4)
+        clock.set(datetime(2026, 2, 2, tzinfo=UTC))
+        with psycopg.connect(postgres_database.url) as other_writer:
+            other_writer.execute(
+                sql.SQL(
+                    "UPDATE {} SET monthly_tokens_used = 0, last_monthly_reset = %s"
+                    " WHERE user_id = 'a'"
+                ).format(sql.Identifier(postgres_schema, "user_tokens")),
+                (datetime(2026, 2, 1, tzinfo=UTC),),
+            )
+            with ThreadPoolExecutor(1) as thread:
+                bulk_reset = thread.submit(ledger.reset_all_stale, batch_size=2)
+                wait_for_lock_wait(postgres_database, "tl-bulk")
+                other_writer.commit()
+                reset_count = bulk_reset.result()
+
+        assert reset_count == 3
+        assert [ledger.get_account(u).last_monthly_reset.month for u in "abcd"] == [2, 2, 2, 2]

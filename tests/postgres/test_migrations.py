@@ -1,0 +1,147 @@
+"""Versioned migrations: in a transaction, once, however many processes start at once."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from postgres import workers
+from postgres.conftest import WORKERS
+from postgres.support import on_every_worker
+from postgres_server import Database
+from token_ledger import SchemaVersionError, StorageError, TokenLedger
+from token_ledger.postgres import MIGRATIONS, PostgresRepository
+
+pytestmark = pytest.mark.postgres
+
+
+def stored_versions(database: Database, schema: str) -> list[int]:
+    with database.connect() as conn:
+        rows = conn.execute(
+            sql.SQL("SELECT version FROM {} ORDER BY version").format(
+                sql.Identifier(schema, "token_ledger_migrations")
+            )
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+@pytest.mark.slow
+def test_sixteen_processes_starting_at_once_migrate_the_schema_once(
+    postgres_database: Database, postgres_schema: str, worker_processes: ProcessPoolExecutor
+) -> None:
+    calls = [(postgres_database.url, postgres_schema)] * WORKERS
+
+    on_every_worker(worker_processes, workers.open_repository, calls)
+
+    assert stored_versions(postgres_database, postgres_schema) == [m.version for m in MIGRATIONS]
+
+
+def test_threads_starting_at_once_migrate_the_schema_once(
+    postgres_database: Database, postgres_schema: str
+) -> None:
+    start_line = threading.Barrier(8)
+
+    def open_repository(_: int) -> None:
+        start_line.wait(60)
+        PostgresRepository(postgres_database.url, schema=postgres_schema).close()
+
+    with ThreadPoolExecutor(8) as threads:
+        list(threads.map(open_repository, range(8)))
+
+    assert stored_versions(postgres_database, postgres_schema) == [m.version for m in MIGRATIONS]
+
+
+def test_reopening_a_schema_keeps_its_data_and_migrates_nothing(
+    postgres_database: Database, postgres_schema: str
+) -> None:
+    with TokenLedger.postgres(postgres_database.url, schema=postgres_schema) as ledger:
+        ledger.open_account("u1", monthly_limit=10)
+        ledger.deduct("u1", 4)
+
+    with TokenLedger.postgres(postgres_database.url, schema=postgres_schema) as reopened:
+        assert reopened.status("u1").monthly_used == 4
+
+    assert stored_versions(postgres_database, postgres_schema) == [m.version for m in MIGRATIONS]
+
+
+def test_a_schema_from_a_newer_token_ledger_is_refused(
+    postgres_database: Database, postgres_schema: str
+) -> None:
+    PostgresRepository(postgres_database.url, schema=postgres_schema).close()
+    newer = MIGRATIONS[-1].version + 1
+    with postgres_database.connect() as conn:
+        conn.execute(
+            sql.SQL("INSERT INTO {} (version) VALUES (%s)").format(
+                sql.Identifier(postgres_schema, "token_ledger_migrations")
+            ),
+            (newer,),
+        )
+
+    with pytest.raises(SchemaVersionError, match=f"version {newer}"):
+        TokenLedger.postgres(postgres_database.url, schema=postgres_schema)
+    with psycopg.connect(postgres_database.url) as conn, pytest.raises(SchemaVersionError):
+        PostgresRepository(conn, schema=postgres_schema)
+
+
+def test_a_migration_that_fails_leaves_nothing_behind(
+    postgres_database: Database, postgres_schema: str
+) -> None:
+    """A table in the way makes the first migration fail halfway; all of it is undone."""
+    with postgres_database.connect() as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(postgres_schema)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (x int)").format(
+                sql.Identifier(postgres_schema, "token_transactions")
+            )
+        )
+
+    with pytest.raises(StorageError) as raised:
+        PostgresRepository(postgres_database.url, schema=postgres_schema)
+
+    assert isinstance(raised.value.__cause__, psycopg.errors.DuplicateTable)
+    with postgres_database.connect() as conn:
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s", (postgres_schema,)
+        ).fetchall()
+    assert tables == [("token_transactions",)]
+
+
+def test_a_migrated_schema_needs_only_the_privileges_the_readme_lists(
+    postgres_database: Database, postgres_schema: str
+) -> None:
+    """The application's role creates nothing once a DBA has migrated the schema."""
+    PostgresRepository(postgres_database.url, schema=postgres_schema).close()
+    role = f"{postgres_schema}_app"
+    schema = sql.Identifier(postgres_schema)
+    tables = [
+        sql.Identifier(postgres_schema, name) for name in ("user_tokens", "token_transactions")
+    ]
+    grants = [
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'app'").format(sql.Identifier(role)),
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, sql.Identifier(role)),
+        sql.SQL("GRANT SELECT ON {} TO {}").format(
+            sql.Identifier(postgres_schema, "token_ledger_migrations"), sql.Identifier(role)
+        ),
+        sql.SQL("GRANT SELECT, INSERT, UPDATE ON {} TO {}").format(
+            sql.SQL(", ").join(tables), sql.Identifier(role)
+        ),
+    ]
+    with postgres_database.connect() as conn:
+        for grant in grants:
+            conn.execute(grant)
+    url = psycopg.conninfo.make_conninfo(postgres_database.url, user=role, password="app")
+    try:
+        with TokenLedger.postgres(url, schema=postgres_schema) as ledger:
+            ledger.open_account("u1", monthly_limit=10)
+            ledger.deduct("u1", 4, idempotency_key="request-1")
+            ledger.set_limit("u1", 20)
+            assert ledger.reset_all_stale() == 0
+            assert len(ledger.history("u1")) == 2
+    finally:
+        with postgres_database.connect() as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
