@@ -18,9 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from token_ledger import MonthlyResetPolicy, system_clock
+
+if TYPE_CHECKING:
+    import psycopg
 
 FEATURE = "benchmark"
 #: Far more than any run spends, so no deduction is ever refused.
@@ -111,6 +114,64 @@ class RawSQLite:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        balance: int = row[0]
+        return balance
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class RawPostgres:
+    """A deduction in plain ``psycopg``: one transaction, committed, on one connection."""
+
+    def __init__(self, url: str, schema: str) -> None:
+        import psycopg
+        from psycopg import sql
+        from psycopg.types.json import Jsonb
+
+        self.jsonb = Jsonb
+        self.conn: psycopg.Connection[Any] = psycopg.connect(url)
+        identifier = sql.Identifier(schema)
+        self.update = (
+            sql.SQL(
+                "UPDATE {}.user_tokens SET monthly_tokens_used = monthly_tokens_used + %s,"
+                " updated_at = %s WHERE user_id = %s AND monthly_tokens_used + %s <= monthly_limit"
+                " RETURNING monthly_limit - monthly_tokens_used"
+            )
+            .format(identifier)
+            .as_string(self.conn)
+        )
+        self.insert = (
+            sql.SQL(
+                "INSERT INTO {}.token_transactions (user_id, operation_type, amount, created_at,"
+                " balance_after, success, feature, operation_context, idempotency_key)"
+                " VALUES (%s, 'deduct', %s, %s, %s, true, %s, %s, %s)"
+            )
+            .format(identifier)
+            .as_string(self.conn)
+        )
+
+    def deduct(self, deduction: Deduction) -> int:
+        """Spend ``deduction.amount`` in one committed transaction; the balance after."""
+        now = _now()
+        with self.conn.transaction():
+            row = self.conn.execute(
+                self.update, (deduction.amount, now, deduction.user_id, deduction.amount)
+            ).fetchone()
+            if row is None:
+                raise RuntimeError(f"no tokens left for {deduction.user_id!r}")
+            self.conn.execute(
+                self.insert,
+                (
+                    deduction.user_id,
+                    deduction.amount,
+                    now,
+                    row[0],
+                    FEATURE,
+                    self.jsonb(deduction.context),
+                    deduction.idempotency_key,
+                ),
+            )
         balance: int = row[0]
         return balance
 

@@ -16,16 +16,24 @@ from multiprocessing.synchronize import Barrier
 from types import TracebackType
 from typing import Literal
 
-from baselines import FEATURE, Deduction, RawSQLite, plan
+from baselines import FEATURE, Deduction, RawPostgres, RawSQLite, plan
 from harness import Context, Outcome, alternate, library_against_raw
 from token_ledger import TokenLedger
 
 Side = Literal["library", "raw"]
-Engine = Literal["sqlite"]
+Engine = Literal["sqlite", "postgres"]
 Deduct = Callable[[Deduction], object]
 
 #: Longest wait for the other workers of a round; a crashed worker fails the round instead.
 BARRIER_TIMEOUT = 120.0
+
+
+def postgres_ledger(url: str, schema: str) -> TokenLedger:
+    """``TokenLedger.postgres(url, schema=schema)``, which lives on another branch for now."""
+    factory: Callable[..., TokenLedger] | None = getattr(TokenLedger, "postgres", None)
+    if factory is None:
+        raise RuntimeError("TokenLedger.postgres is not available")
+    return factory(url, schema=schema)
 
 
 def library_deduct(ledger: TokenLedger) -> Deduct:
@@ -45,10 +53,13 @@ def library_deduct(ledger: TokenLedger) -> Deduct:
 def deductor(side: Side, engine: Engine, target: str, schema: str) -> Iterator[Deduct]:
     """A function making one deduction, by the library or by the raw baseline."""
     if side == "library":
-        with TokenLedger.sqlite(target) as ledger:
+        ledger = (
+            TokenLedger.sqlite(target) if engine == "sqlite" else postgres_ledger(target, schema)
+        )
+        with ledger:
             yield library_deduct(ledger)
     else:
-        raw = RawSQLite(target)
+        raw = RawSQLite(target) if engine == "sqlite" else RawPostgres(target, schema)
         try:
             yield raw.deduct
         finally:

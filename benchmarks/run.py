@@ -14,12 +14,14 @@ import argparse
 import sys
 from pathlib import Path
 
+import postgres_scenarios
 import python_scenarios
 import sqlite_scenarios
 from harness import SIZES, Scenario, machine, run_all, table, write_json
 
 SCENARIOS: list[Scenario] = [
     *sqlite_scenarios.scenarios,
+    *postgres_scenarios.scenarios,
     *python_scenarios.scenarios,
 ]
 
