@@ -40,6 +40,9 @@ TRANSACTION_COLUMNS = (
     " operation_context, idempotency_key, id"
 )
 
+# ``json.dumps`` with any option builds a new encoder per call; every ledger entry is encoded.
+COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
 migrations = Migrations(MIGRATION_SET)
 KNOWN_MIGRATIONS: set[str] = set()
 MigrationFunction = Callable[[sqlite_utils.Database], None]
@@ -188,7 +191,7 @@ class _SQLiteUnitOfWork:
                     entry.balance_after,
                     int(entry.success),
                     entry.feature,
-                    json.dumps(entry.operation_context, separators=(",", ":")),
+                    COMPACT_JSON.encode(entry.operation_context),
                     entry.idempotency_key,
                 ),
             )
