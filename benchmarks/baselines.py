@@ -62,11 +62,15 @@ def previous_period() -> datetime:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)  # noqa: TID251 - the baseline reads the wall clock, as the library's default clock does
+    """The wall clock in UTC, read as the library's default clock reads it."""
+    return datetime.now(timezone.utc)  # noqa: TID251
 
 
 class RawSQLite:
-    """A deduction in plain ``sqlite3``, with the pragmas the library's adapter sets."""
+    """A deduction in plain ``sqlite3``, with the pragmas the library's adapter sets.
+
+    ``UPDATE ... RETURNING`` needs SQLite 3.35 or later.
+    """
 
     UPDATE = (
         "UPDATE user_tokens SET monthly_tokens_used = monthly_tokens_used + ?, updated_at = ?"
