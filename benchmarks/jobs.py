@@ -29,11 +29,7 @@ BARRIER_TIMEOUT = 120.0
 
 
 def postgres_ledger(url: str, schema: str) -> TokenLedger:
-    """``TokenLedger.postgres(url, schema=schema)``, which lives on another branch for now."""
-    factory: Callable[..., TokenLedger] | None = getattr(TokenLedger, "postgres", None)
-    if factory is None:
-        raise RuntimeError("TokenLedger.postgres is not available")
-    return factory(url, schema=schema)
+    return TokenLedger.postgres(url, schema=schema)
 
 
 def library_deduct(ledger: TokenLedger) -> Deduct:
