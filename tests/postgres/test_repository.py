@@ -118,7 +118,9 @@ def test_schemas_keep_ledgers_apart_and_hold_their_tables(
             "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY tablename", (odd,)
         ).fetchall()
     assert [row[0] for row in tables] == [
+        "token_grants",
         "token_ledger_migrations",
+        "token_reservations",
         "token_transactions",
         "user_tokens",
     ]
@@ -139,7 +141,7 @@ def test_columns_have_native_types(postgres_database: Database, postgres_schema:
     with postgres_database.connect() as conn:
         rows = conn.execute(
             "SELECT table_name, column_name, data_type FROM information_schema.columns"
-            " WHERE table_schema = %s AND table_name IN ('user_tokens', 'token_transactions')",
+            " WHERE table_schema = %s",
             (postgres_schema,),
         ).fetchall()
     types = {(table, column): data_type for table, column, data_type in rows}
@@ -149,6 +151,10 @@ def test_columns_have_native_types(postgres_database: Database, postgres_schema:
     assert types[("token_transactions", "id")] == "bigint"
     assert types[("token_transactions", "operation_context")] == "jsonb"
     assert types[("token_transactions", "success")] == "boolean"
+    assert types[("token_transactions", "effects")] == "jsonb"
+    assert types[("user_tokens", "overage_limit")] == "bigint"
+    assert types[("token_grants", "expires_at")] == "timestamp with time zone"
+    assert types[("token_reservations", "amount")] == "bigint"
 
 
 def test_instants_come_back_in_utc_whatever_the_session_time_zone(
