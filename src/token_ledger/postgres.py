@@ -323,8 +323,10 @@ class _Statements:
         self.lock_account = compose(
             "SELECT {accounts} FROM {user_tokens} WHERE user_id = %s FOR UPDATE"
         )
-        # Read after the accounts' rows, in the same transaction: every writer of a
-        # user's grants and holds locks the user's row first, so these are current.
+        # Read after the accounts' rows, in the same transaction. Under the row locks
+        # of a unit of work they are current, since every writer of a user's grants
+        # and holds locks the user's row first; a read without locks may see a write
+        # committed between the two statements, as any unlocked read may be stale.
         self.live_grants = compose(
             "SELECT {grants} FROM {token_grants}"
             " WHERE remaining > 0 AND user_id = ANY(%s::text[]) ORDER BY created_at, id"
