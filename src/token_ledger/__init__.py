@@ -22,7 +22,7 @@ from token_ledger.errors import (
     TokenLedgerError,
     UnknownTimeZone,
 )
-from token_ledger.ledger import DeductResult, Ledger, TokenStatus
+from token_ledger.ledger import DeductResult, History, Ledger, TokenStatus
 from token_ledger.memory import MemoryRepository
 from token_ledger.policy import MonthlyResetPolicy, Period
 from token_ledger.repository import HistoryQuery, StaleCutoffs, TokenRepository, UnitOfWork
@@ -37,6 +37,7 @@ __all__ = [
     "Change",
     "Clock",
     "DeductResult",
+    "History",
     "HistoryQuery",
     "IdempotencyConflict",
     "InsufficientTokens",

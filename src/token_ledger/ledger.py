@@ -7,11 +7,11 @@ from typing import Any
 
 import attrs
 
-from token_ledger import _validation
+from token_ledger import _html, _validation
 from token_ledger.account import Change, TokenAccount
 from token_ledger.errors import IdempotencyConflict
 from token_ledger.policy import MonthlyResetPolicy
-from token_ledger.transactions import OperationType, Transaction
+from token_ledger.transactions import COLUMNS, OperationType, Transaction
 
 
 @attrs.frozen
@@ -32,6 +32,24 @@ class TokenStatus:
             "monthlyLimit": self.monthly_limit,
             "monthlyRemaining": self.monthly_remaining,
         }
+
+    def _repr_html_(self) -> str:
+        """A one-row table, which notebooks show in place of the repr."""
+        fields = attrs.fields(TokenStatus)
+        return _html.table(
+            [field.name for field in fields], [[getattr(self, field.name) for field in fields]]
+        )
+
+
+class History(list[Transaction]):
+    """What :meth:`TokenLedger.history` returns: a plain list that notebooks show as a table."""
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """One :meth:`Transaction.to_dict` per entry: ``pandas.DataFrame(history.to_dicts())``."""
+        return [entry.to_dict() for entry in self]
+
+    def _repr_html_(self) -> str:
+        return _html.table(COLUMNS, [list(entry.to_dict().values()) for entry in self])
 
 
 @attrs.frozen

@@ -10,7 +10,7 @@ from token_ledger import _validation
 from token_ledger.account import Change, TokenAccount
 from token_ledger.clock import Clock, system_clock
 from token_ledger.errors import AccountExists, AccountNotFound, InsufficientTokens, InvalidInput
-from token_ledger.ledger import DeductResult, Ledger, TokenStatus
+from token_ledger.ledger import DeductResult, History, Ledger, TokenStatus
 from token_ledger.memory import MemoryRepository
 from token_ledger.policy import MonthlyResetPolicy
 from token_ledger.repository import HistoryQuery, StaleCutoffs, TokenRepository, UnitOfWork
@@ -233,7 +233,7 @@ class TokenLedger:
         until: datetime | None = None,
         before_id: int | None = None,
         limit: int = 100,
-    ) -> list[Transaction]:
+    ) -> History:
         """Ledger entries, newest first; page with ``before_id=page[-1].id``."""
         query = HistoryQuery(
             user_id=_validation.optional_identifier(user_id, "user_id"),
@@ -247,7 +247,7 @@ class TokenLedger:
             else _validation.positive_int(before_id, "before_id"),
             limit=_history_limit(limit),
         )
-        return self.repository.history(query)
+        return History(self.repository.history(query))
 
     # helpers
 
