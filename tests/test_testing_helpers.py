@@ -17,9 +17,15 @@ from hypothesis.errors import InvalidArgument
 import token_ledger.testing
 import token_ledger.testing.operations
 import token_ledger.testing.strategies
-from token_ledger import TokenLedger
+from token_ledger import MonthlyResetPolicy, TokenLedger
 from token_ledger.testing import MovableClock
-from token_ledger.testing.operations import Deduct, MoveClock, Scenario
+from token_ledger.testing.operations import (
+    AccountSpec,
+    Deduct,
+    MoveClock,
+    MoveToReset,
+    Scenario,
+)
 from token_ledger.testing.strategies import (
     anchors,
     clock_moves,
@@ -71,6 +77,18 @@ def test_a_clock_shows_its_instant_in_failing_examples() -> None:
     assert repr(clock) == (
         "MovableClock(datetime.datetime(2026, 1, 31, 0, 0, tzinfo=datetime.timezone.utc))"
     )
+
+
+def test_move_to_reset_lands_next_to_the_users_own_reset() -> None:
+    """Anniversary accounts reset on their own day; the move follows the user's anchor."""
+    start = datetime(2026, 1, 20, tzinfo=UTC)
+    anchor = datetime(2025, 12, 31, 9, tzinfo=UTC)
+    scenario = Scenario(MonthlyResetPolicy(), start, (AccountSpec("alice", 5, anchor),), ())
+    ledger, clock = scenario.open_ledger()
+
+    MoveToReset("alice", -timedelta(minutes=1)).apply(ledger, clock)
+
+    assert clock() == datetime(2026, 1, 31, 8, 59, tzinfo=UTC)
 
 
 @settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])

@@ -110,7 +110,22 @@ class MoveClock:
         clock.advance(self.delta)
 
 
-Operation: TypeAlias = Deduct | SetLimit | ResetIfNeeded | ResetAllStale | MoveClock
+@attrs.frozen
+class MoveToReset:
+    """Set the clock to the user's next reset plus ``offset``: just before it, or just after.
+
+    Reset bugs live at that boundary, and only the policy and the user's
+    anchor know where it is, so a fixed clock move rarely lands there.
+    """
+
+    user_id: str
+    offset: timedelta
+
+    def apply(self, ledger: TokenLedger, clock: MovableClock) -> None:
+        clock.set(ledger.status(self.user_id).next_reset + self.offset)
+
+
+Operation: TypeAlias = Deduct | SetLimit | ResetIfNeeded | ResetAllStale | MoveClock | MoveToReset
 """Anything a generated sequence does; take it apart with ``match``."""
 
 

@@ -2,9 +2,10 @@
 
 This is the one module of token-ledger that needs hypothesis
 (``pip install hypothesis``). The values lean towards where allowance bugs
-live: instants next to month boundaries, anchors on the 29th to the 31st,
-time zones whose midnight is odd or missing, clock jumps across several
-periods and small steps back, limits small enough to run out.
+live: instants next to month boundaries, anchors on the 28th to the 31st,
+time zones whose midnight is odd or missing, clock moves to just before and
+just after a user's next reset, jumps across several periods, small steps
+back, and limits small enough to run out in a few deductions.
 
 A property of your own code, across month ends, in a few lines:
 
@@ -38,6 +39,7 @@ from token_ledger.testing.operations import (
     AccountSpec,
     Deduct,
     MoveClock,
+    MoveToReset,
     Operation,
     ResetAllStale,
     ResetIfNeeded,
@@ -162,8 +164,20 @@ def user_ids() -> st.SearchStrategy[str]:
 
 
 def monthly_limits() -> st.SearchStrategy[int]:
-    """Limits small enough to run out in a few deductions, and now and then the largest one."""
-    return st.one_of(st.integers(1, 100), st.just(MAX_TOKENS))
+    """Limits of 1 to 10, so that a few generated deductions use most of an allowance.
+
+    Small numbers find reset bugs: a bug that needs a user to run low twice
+    in two periods shows up in a run of 100 examples far more often with
+    limits up to 10 than up to 100. For the extremes, pass
+    ``monthly_limit=st.integers(1, MAX_TOKENS)`` to :func:`accounts` or
+    :func:`operations`.
+    """
+    return st.integers(1, 10)
+
+
+def amounts() -> st.SearchStrategy[int]:
+    """Deduction amounts of 1 to 5, against :func:`monthly_limits` of 1 to 10."""
+    return st.integers(1, 5)
 
 
 def accounts(
@@ -240,10 +254,13 @@ def operations(
     monthly_limit: st.SearchStrategy[int] | None = None,
     move: st.SearchStrategy[timedelta] | None = None,
 ) -> st.SearchStrategy[Operation]:
-    """One operation on one of ``user_ids``: a deduction, a limit change, a reset or a clock move.
+    """One operation: a deduction, limit change or reset for one of ``user_ids``, or time passing.
 
-    Deductions use an idempotency key from a small pool a third of the time,
-    so retries and key conflicts happen.
+    Half of the ledger operations are deductions, a third of which carry an
+    idempotency key from a small pool, so retries and key conflicts happen.
+    Time passes by a :class:`MoveClock` of ``move`` (default
+    :func:`clock_moves`) or by a :class:`MoveToReset` to within five minutes
+    of a user's next reset.
 
     >>> from hypothesis import given
     >>> @given(operations(["alice"]))
@@ -251,35 +268,58 @@ def operations(
     ...     assert getattr(operation, "user_id", "alice") == "alice"
     >>> test_operations_name_known_users()
     """
+    return st.one_of(
+        _ledger_operations(user_ids, amount, monthly_limit), _time_passes(user_ids, move)
+    )
+
+
+def _time_passes(
+    user_ids: Sequence[str], move: st.SearchStrategy[timedelta] | None
+) -> st.SearchStrategy[Operation]:
+    to_a_reset = st.builds(
+        MoveToReset,
+        st.sampled_from(list(user_ids)),
+        st.timedeltas(-timedelta(minutes=5), timedelta(minutes=5)),
+    )
+    return st.one_of(st.builds(MoveClock, clock_moves() if move is None else move), to_a_reset)
+
+
+def _ledger_operations(
+    user_ids: Sequence[str],
+    amount: st.SearchStrategy[int] | None,
+    monthly_limit: st.SearchStrategy[int] | None,
+) -> st.SearchStrategy[Operation]:
     if not user_ids:
-        raise InvalidArgument("operations() needs at least one user id")
+        raise InvalidArgument("operations need at least one user id")
     user = st.sampled_from(list(user_ids))
     deductions = st.builds(
         Deduct,
         user_id=user,
-        amount=st.integers(1, 60) if amount is None else amount,
+        amount=amounts() if amount is None else amount,
         feature=st.one_of(st.none(), st.sampled_from(FEATURES)),
         idempotency_key=st.one_of(st.none(), st.none(), st.sampled_from(IDEMPOTENCY_KEYS)),
     )
-    return st.one_of(
-        deductions,
-        st.builds(MoveClock, clock_moves() if move is None else move),
+    others = st.one_of(
         st.builds(SetLimit, user, monthly_limits() if monthly_limit is None else monthly_limit),
         st.builds(ResetIfNeeded, user),
         st.just(ResetAllStale()),
     )
+    return st.one_of(deductions, others)
 
 
 def operation_sequences(
     user_ids: Sequence[str],
     *,
-    min_size: int = 0,
-    max_size: int = 40,
+    max_size: int = 60,
     amount: st.SearchStrategy[int] | None = None,
     monthly_limit: st.SearchStrategy[int] | None = None,
     move: st.SearchStrategy[timedelta] | None = None,
 ) -> st.SearchStrategy[list[Operation]]:
-    """Lists of :func:`operations` (same keywords); a failure shrinks to the steps that matter.
+    """Bursts of ledger operations, each followed by a clock move; keywords as :func:`operations`.
+
+    Bursts let a sequence spend a good part of an allowance within one
+    period and then do it again in the next, which a flat list of the same
+    length rarely does. A failure shrinks to the few steps that matter.
 
     >>> from hypothesis import given
     >>> from token_ledger import TokenLedger
@@ -294,10 +334,9 @@ def operation_sequences(
     ...         assert entry.amount > entry.balance_after
     >>> test_refusals_leave_usage_alone()
     """
-    return st.lists(
-        operations(user_ids, amount=amount, monthly_limit=monthly_limit, move=move),
-        min_size=min_size,
-        max_size=max_size,
+    burst = st.lists(_ledger_operations(user_ids, amount, monthly_limit), max_size=12)
+    return st.lists(st.tuples(burst, _time_passes(user_ids, move)), max_size=8).map(
+        lambda bursts: [step for burst, then in bursts for step in (*burst, then)][:max_size]
     )
 
 
@@ -324,10 +363,10 @@ def scenarios(
     policy: st.SearchStrategy[MonthlyResetPolicy] | None = None,
     start: st.SearchStrategy[datetime] | None = None,
     account: st.SearchStrategy[AccountSpec] | None = None,
-    max_accounts: int = 3,
-    max_operations: int = 40,
+    max_accounts: int = 2,
+    max_operations: int = 60,
 ) -> st.SearchStrategy[Scenario]:
-    """A policy, a start, one to ``max_accounts`` accounts and operations on them.
+    """A policy, a start, one or more (up to ``max_accounts``) accounts and operations on them.
 
     Pass any part to narrow it, e.g. ``scenarios(policy=policies(months=[1]))``.
     See the module's docstring for a whole property test.
