@@ -8,7 +8,6 @@ from datetime import datetime, timezone
 import pytest
 
 from token_ledger import History, InsufficientTokens, TokenLedger, TokenStatus
-from token_ledger.testing import MovableClock
 
 UTC = timezone.utc
 
@@ -47,8 +46,8 @@ def test_history_is_a_list_of_transactions_that_renders_as_a_table(ledger: Token
     assert history == [second, first]
     html = history._repr_html_()
     assert html.count("<tr>") == 3  # the header and two entries
-    assert "<th>id</th><th>created_at</th><th>user_id</th><th>operation_type</th>" in html
-    assert "<td>search</td><td>{}</td><td>r-2</td>" in html
+    assert "<th>id</th><th>user_id</th><th>operation_type</th><th>amount</th>" in html
+    assert "<td>search</td><td>{}</td><td>True</td><td>2026-01-15T12:00:00+00:00</td>" in html
 
 
 def test_history_html_escapes_features_and_contexts(ledger: TokenLedger) -> None:
@@ -63,41 +62,30 @@ def test_history_html_escapes_features_and_contexts(ledger: TokenLedger) -> None
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
 
 
-def test_an_empty_history_renders_its_headers() -> None:
-    html = History()._repr_html_()
-
-    assert "<th>operation_type</th>" in html
-    assert "<tbody></tbody>" in html
+def test_an_empty_history_says_so() -> None:
+    assert History()._repr_html_() == "<p>No ledger entries.</p>"
 
 
-def test_history_converts_to_plain_dicts_keyed_like_the_seed_columns(ledger: TokenLedger) -> None:
+def test_history_converts_to_json_ready_dicts_keyed_like_the_seed_columns(
+    ledger: TokenLedger,
+) -> None:
     ledger.open_account("alice", monthly_limit=10)
     with pytest.raises(InsufficientTokens):
         ledger.deduct("alice", 11, feature="chat", context={"tags": ["a"]})
 
     [row] = ledger.history("alice").to_dicts()
 
-    assert row == {
-        "id": row["id"],
-        "created_at": datetime(2026, 1, 15, 12, 0, tzinfo=UTC),
+    expected = {
         "user_id": "alice",
         "operation_type": "deduct",
         "amount": 11,
-        "success": False,
-        "balance_after": 10,
         "feature": "chat",
         "operation_context": {"tags": ["a"]},
+        "success": False,
+        "created_at": "2026-01-15T12:00:00+00:00",
         "idempotency_key": None,
+        "balance_after": 10,
     }
+    assert {key: row[key] for key in expected} == expected
     assert type(row["operation_type"]) is str
-    assert json.loads(json.dumps(row, default=str))["created_at"] == "2026-01-15 12:00:00+00:00"
-
-
-def test_changing_a_transaction_dict_leaves_the_entry_alone() -> None:
-    ledger = TokenLedger.memory(clock=MovableClock(datetime(2026, 1, 1, tzinfo=UTC)))
-    ledger.open_account("alice", monthly_limit=10)
-    entry = ledger.deduct("alice", 1, context={"tags": ["a"]}).transaction
-
-    entry.to_dict()["operation_context"]["tags"].append("b")
-
-    assert entry.operation_context == {"tags": ["a"]}
+    assert json.loads(json.dumps(row)) == row

@@ -11,7 +11,7 @@ from token_ledger import _html, _validation
 from token_ledger.account import Change, TokenAccount
 from token_ledger.errors import IdempotencyConflict
 from token_ledger.policy import MonthlyResetPolicy
-from token_ledger.transactions import COLUMNS, OperationType, Transaction
+from token_ledger.transactions import OperationType, Transaction
 
 
 @attrs.frozen
@@ -49,7 +49,11 @@ class History(list[Transaction]):
         return [entry.to_dict() for entry in self]
 
     def _repr_html_(self) -> str:
-        return _html.table(COLUMNS, [list(entry.to_dict().values()) for entry in self])
+        """A table with one row per entry, its columns the keys of :meth:`Transaction.to_dict`."""
+        rows = self.to_dicts()
+        if not rows:
+            return "<p>No ledger entries.</p>"
+        return _html.table(list(rows[0]), [list(row.values()) for row in rows])
 
 
 @attrs.frozen

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import enum
 from datetime import datetime
 from typing import Any
@@ -19,21 +18,6 @@ class OperationType(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
-
-
-COLUMNS = (
-    "id",
-    "created_at",
-    "user_id",
-    "operation_type",
-    "amount",
-    "success",
-    "balance_after",
-    "feature",
-    "operation_context",
-    "idempotency_key",
-)
-"""The keys of :meth:`Transaction.to_dict`, in the order history tables show them."""
 
 
 @attrs.frozen
@@ -58,13 +42,16 @@ class Transaction:
     id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values keyed by the seed's ``token_transactions`` columns, e.g. for a DataFrame.
-
-        ``operation_type`` becomes its string and ``operation_context`` a copy,
-        so changing the dict never changes the entry; instants stay aware
-        datetimes (``json.dumps(entry.to_dict(), default=str)`` writes them).
-        """
-        values = {column: getattr(self, column) for column in COLUMNS}
-        values["operation_type"] = self.operation_type.value
-        values["operation_context"] = copy.deepcopy(self.operation_context)
-        return values
+        """Plain JSON-ready values, for exports and APIs."""
+        return {
+            "id": self.id,
+            "user_id": self.user_id,
+            "operation_type": self.operation_type.value,
+            "amount": self.amount,
+            "feature": self.feature,
+            "operation_context": self.operation_context,
+            "success": self.success,
+            "created_at": self.created_at.isoformat(),
+            "idempotency_key": self.idempotency_key,
+            "balance_after": self.balance_after,
+        }
