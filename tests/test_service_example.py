@@ -30,6 +30,7 @@ from starlette.applications import Starlette
 from token_ledger import (
     AccountNotFound,
     MemoryRepository,
+    MonthlyResetPolicy,
     TokenLedger,
     TokenRepository,
 )
@@ -425,11 +426,18 @@ def test_settings_come_from_the_environment() -> None:
             "TOKEN_LEDGER_SIGNING_SECRET": "s",
             "CRON_SECRET": "",
             "TOKEN_LEDGER_DEFAULT_LIMIT": "100",
+            "TOKEN_LEDGER_TIMEZONE": "Europe/Berlin",
         }
     )
 
-    assert settings == service.Settings("memory://", "s", None, 100)
+    berlin = MonthlyResetPolicy(timezone="Europe/Berlin")
+    assert settings == service.Settings("memory://", "s", None, 100, berlin)
     assert service.Settings.from_env({}) == service.Settings("tokens.db", None, None, 50)
+
+
+def test_an_unknown_time_zone_is_a_configuration_error() -> None:
+    with pytest.raises(service.ConfigurationError, match="TOKEN_LEDGER_TIMEZONE"):
+        service.Settings.from_env({"TOKEN_LEDGER_TIMEZONE": "Mars/Olympus_Mons"})
 
 
 @pytest.mark.parametrize("limit", ["fifty", "0", "-1", "1.5"])
@@ -445,8 +453,11 @@ def test_an_unusable_default_limit_is_a_configuration_error(limit: str) -> None:
 def test_the_database_url_picks_the_engine(
     tmp_path: Path, database_url: str, repository_type: type
 ) -> None:
-    with service.open_ledger(database_url.format(tmp=tmp_path)) as ledger:
+    berlin = MonthlyResetPolicy(timezone="Europe/Berlin")
+
+    with service.open_ledger(database_url.format(tmp=tmp_path), berlin) as ledger:
         assert isinstance(ledger.repository, repository_type)
+        assert ledger.policy == berlin
 
 
 def test_an_unknown_database_scheme_is_refused_rather_than_taken_for_a_file() -> None:
@@ -457,17 +468,25 @@ def test_an_unknown_database_scheme_is_refused_rather_than_taken_for_a_file() ->
 # As a user runs it: uvicorn's command line, settings from the environment
 
 
-DatabaseUrl = Callable[[Path], str]
-DATABASES = [pytest.param(lambda directory: str(directory / "tokens.db"), id="sqlite")]
+DatabaseUrl = Callable[[pytest.FixtureRequest, Path], str]
 
 
-@pytest.mark.parametrize("database_url", DATABASES)
+def sqlite_url(request: pytest.FixtureRequest, directory: Path) -> str:
+    return str(directory / "tokens.db")
+
+
+DATABASES = [pytest.param(sqlite_url, id="sqlite")]
+"""A ``TOKEN_LEDGER_DATABASE_URL`` per engine, made for one test in a temporary directory."""
+
+
+@pytest.mark.parametrize("make_url", DATABASES)
 def test_the_service_runs_under_uvicorn_from_the_environment(
-    tmp_path: Path, database_url: DatabaseUrl
+    request: pytest.FixtureRequest, tmp_path: Path, make_url: DatabaseUrl
 ) -> None:
+    database_url = make_url(request, tmp_path)
     environment = {
         **os.environ,
-        "TOKEN_LEDGER_DATABASE_URL": database_url(tmp_path),
+        "TOKEN_LEDGER_DATABASE_URL": database_url,
         "TOKEN_LEDGER_SIGNING_SECRET": SIGNING_SECRET,
         "CRON_SECRET": CRON_SECRET,
         "TOKEN_LEDGER_DEFAULT_LIMIT": "20",
@@ -513,5 +532,5 @@ def test_the_service_runs_under_uvicorn_from_the_environment(
     assert deducted.json() == {"success": True, "monthlyRemaining": 19}, errors
     assert status.json() == {"monthlyUsed": 1, "monthlyLimit": 20, "monthlyRemaining": 19}
     assert reset.json() == {"success": True, "resetCount": 0}
-    with service.open_ledger(database_url(tmp_path)) as ledger:
+    with service.open_ledger(database_url) as ledger:
         assert [entry.feature for entry in ledger.history("alice")] == ["literature_search"]

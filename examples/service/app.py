@@ -24,6 +24,10 @@ Settings are read from the environment once, when the app is created:
     endpoint refuses everything.
 ``TOKEN_LEDGER_DEFAULT_LIMIT``
     The monthly limit of a user the ledger has not seen yet (default 50).
+``TOKEN_LEDGER_TIMEZONE``
+    The IANA time zone whose midnight of the 1st starts each month (default
+    UTC). The ``token-ledger`` command line reads the same variable: give
+    both the same value, or they disagree about when a month ends.
 
 Errors are JSON, ``{"success": false, "error": CODE, "message": TEXT}``:
 401 without a valid bearer token, 400 for a body that is not JSON, 413 for
@@ -61,8 +65,10 @@ from token_ledger import (
     InsufficientTokens,
     InvalidInput,
     Ledger,
+    MonthlyResetPolicy,
     StorageError,
     TokenLedger,
+    UnknownTimeZone,
 )
 
 logger = logging.getLogger(__name__)
@@ -86,36 +92,47 @@ class Settings:
     signing_secret: str | None = None
     cron_secret: str | None = None
     default_monthly_limit: int = attrs.field(default=50, validator=_check_limit)
+    policy: MonthlyResetPolicy = attrs.field(factory=MonthlyResetPolicy)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Empty variables count as unset, so ``CRON_SECRET=`` cannot open the reset endpoint."""
         limit = environ.get("TOKEN_LEDGER_DEFAULT_LIMIT") or "50"
+        timezone = environ.get("TOKEN_LEDGER_TIMEZONE") or "UTC"
         try:
-            return cls(
-                database_url=environ.get("TOKEN_LEDGER_DATABASE_URL") or "tokens.db",
-                signing_secret=environ.get("TOKEN_LEDGER_SIGNING_SECRET") or None,
-                cron_secret=environ.get("CRON_SECRET") or None,
-                default_monthly_limit=int(limit),
-            )
-        except ValueError:  # int() and the limit's validator (InvalidAmount) both raise it
+            default_monthly_limit = Ledger.check_limit(int(limit))
+        except ValueError:  # from int(), and InvalidAmount from check_limit
             raise ConfigurationError(
                 f"TOKEN_LEDGER_DEFAULT_LIMIT must be a whole number from 1, got {limit!r}"
             ) from None
+        try:
+            policy = MonthlyResetPolicy(timezone=timezone)
+        except UnknownTimeZone:
+            raise ConfigurationError(
+                f"TOKEN_LEDGER_TIMEZONE must be an IANA time zone such as 'Europe/Berlin',"
+                f" got {timezone!r}"
+            ) from None
+        return cls(
+            database_url=environ.get("TOKEN_LEDGER_DATABASE_URL") or "tokens.db",
+            signing_secret=environ.get("TOKEN_LEDGER_SIGNING_SECRET") or None,
+            cron_secret=environ.get("CRON_SECRET") or None,
+            default_monthly_limit=default_monthly_limit,
+            policy=policy,
+        )
 
 
-def open_ledger(database_url: str) -> TokenLedger:
+def open_ledger(database_url: str, policy: MonthlyResetPolicy | None = None) -> TokenLedger:
     """The one place that picks the storage engine, from ``TOKEN_LEDGER_DATABASE_URL``.
 
     Any other ``scheme://`` is refused rather than taken for a file name.
     """
     scheme, separator, _ = database_url.partition("://")
     if not separator:
-        return TokenLedger.sqlite(database_url)
+        return TokenLedger.sqlite(database_url, policy=policy)
     if scheme in ("postgresql", "postgres"):
-        return TokenLedger.postgres(database_url)
+        return TokenLedger.postgres(database_url, policy=policy)
     if database_url == "memory://":
-        return TokenLedger.memory()
+        return TokenLedger.memory(policy=policy)
     raise ConfigurationError(
         f"TOKEN_LEDGER_DATABASE_URL must be postgresql://..., memory:// or a SQLite file path,"
         f" got a {scheme}:// URL"
@@ -382,7 +399,7 @@ def create_app(settings: Settings | None = None, *, ledger: TokenLedger | None =
             app.state.ledger = ledger
             yield
             return
-        with open_ledger(settings.database_url) as opened:
+        with open_ledger(settings.database_url, settings.policy) as opened:
             app.state.ledger = opened
             yield
 
