@@ -69,6 +69,9 @@ def bearer(user_id: str, secret: str = SIGNING_SECRET) -> dict[str, str]:
     return {"Authorization": f"Bearer {service.sign_user_token(user_id, secret)}"}
 
 
+ALICE_SIGNATURE = service.sign_user_token("alice", SIGNING_SECRET).partition(".")[2]
+
+
 def listening_socket() -> socket.socket:
     """A socket already listening on a free loopback port: no race for the port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -322,9 +325,15 @@ def test_a_storage_failure_is_503_and_keeps_the_drivers_message_in_the_log(
         f"Bearer {service.sign_user_token('alice', 'another-secret')}",
         # bob's signature on alice's name
         "Bearer YWxpY2U." + service.sign_user_token("bob", SIGNING_SECRET).partition(".")[2],
+        # alice's own token, respelled: a stray character, then other padding bits
+        f"Bearer YW!xpY2U.{ALICE_SIGNATURE}",
+        f"Bearer YWxpY2V.{ALICE_SIGNATURE}",
+        f"Bearer gr\u00fc\u00dfe.{ALICE_SIGNATURE}".encode("latin-1"),  # not ASCII
     ],
 )
-def test_user_endpoints_need_a_valid_user_token(api: Api, authorization: str | None) -> None:
+def test_user_endpoints_need_a_valid_user_token(
+    api: Api, authorization: str | bytes | None
+) -> None:
     headers = {} if authorization is None else {"Authorization": authorization}
 
     responses = [

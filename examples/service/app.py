@@ -41,7 +41,6 @@ failed entry that records a 402, as the ledger always does.
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import hashlib
 import hmac
@@ -88,6 +87,8 @@ def _check_limit(_instance: object, _attribute: object, value: int) -> None:
 
 @attrs.frozen
 class Settings:
+    """What the service takes from its environment; see the module's docstring."""
+
     database_url: str = "tokens.db"
     signing_secret: str | None = None
     cron_secret: str | None = None
@@ -165,7 +166,7 @@ def user_from_bearer(authorization: str | None, secret: str | None) -> str | Non
         payload = _b64decode(payload_text)
         signature = _b64decode(signature_text)
         user_id = payload.decode()
-    except (binascii.Error, UnicodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, or not canonical
         return None
     expected = hmac.new(secret.encode(), payload, hashlib.sha256).digest()
     if not user_id or not hmac.compare_digest(signature, expected):
@@ -197,7 +198,11 @@ def _b64encode(data: bytes) -> str:
 
 
 def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Only the canonical spelling of some bytes: the decoder alone would skip stray characters."""
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64encode(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
 
 
 # Endpoints
