@@ -7,6 +7,7 @@ a clock it controls, and talks to it with httpx.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -477,6 +478,46 @@ def test_an_unknown_database_scheme_is_refused_rather_than_taken_for_a_file() ->
 # As a user runs it: uvicorn's command line, settings from the environment
 
 
+@contextlib.contextmanager
+def uvicorn_process(environment: dict[str, str]) -> Iterator[httpx.Client]:
+    """``uvicorn ... app:create_app --factory`` on a loopback socket, and a client for it.
+
+    The process is stopped on the way out, within a bounded wait; if it does
+    not answer, the failure carries what it wrote to stderr.
+    """
+    with listening_socket() as sock:  # closed once passed on: a dead server refuses at once
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "uvicorn", "--app-dir", str(SERVICE_DIRECTORY)),
+                *("app:create_app", "--factory", "--fd", str(sock.fileno())),
+                *("--log-level", "warning"),
+            ],
+            env=environment,
+            pass_fds=[sock.fileno()],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        with httpx.Client(base_url=url, timeout=3 * DEADLINE, trust_env=False) as client:
+            yield client
+    except httpx.HTTPError as error:
+        raise AssertionError(f"the service did not answer: {error}\n{stop(process)}") from error
+    finally:
+        if process.poll() is None:
+            stop(process)
+
+
+def stop(process: subprocess.Popen[str]) -> str:
+    """End the process (SIGTERM, then SIGKILL after the deadline); return its stderr."""
+    process.terminate()
+    try:
+        return process.communicate(timeout=DEADLINE)[1]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.communicate()[1]
+
+
 DatabaseUrl = Callable[[pytest.FixtureRequest, Path], str]
 
 
@@ -508,37 +549,19 @@ def test_the_service_runs_under_uvicorn_from_the_environment(
         timeout=60,
         check=True,
     ).stdout.strip()
-    with listening_socket() as sock:
-        server = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "uvicorn", "--app-dir", str(SERVICE_DIRECTORY)),
-                *("app:create_app", "--factory", "--fd", str(sock.fileno())),
-                *("--log-level", "warning"),
-            ],
-            env=environment,
-            pass_fds=[sock.fileno()],
-            stderr=subprocess.PIPE,
-            text=True,
+    with uvicorn_process(environment) as client:
+        headers = {"Authorization": f"Bearer {token}"}
+        deducted = client.post(
+            "/api/user/tokens/deduct",
+            content=json.dumps({"feature": "literature_search", "amount": 1}),
+            headers={**headers, "Content-Type": "application/json"},
         )
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        try:
-            with httpx.Client(base_url=url, timeout=60, trust_env=False) as client:
-                headers = {"Authorization": f"Bearer {token}"}
-                deducted = client.post(
-                    "/api/user/tokens/deduct",
-                    content=json.dumps({"feature": "literature_search", "amount": 1}),
-                    headers={**headers, "Content-Type": "application/json"},
-                )
-                status = client.get("/api/user/tokens", headers=headers)
-                reset = client.post(
-                    "/api/admin/reset-monthly-tokens",
-                    headers={"Authorization": f"Bearer {CRON_SECRET}"},
-                )
-        finally:
-            server.terminate()
-            _, errors = server.communicate(timeout=DEADLINE)
+        status = client.get("/api/user/tokens", headers=headers)
+        reset = client.post(
+            "/api/admin/reset-monthly-tokens", headers={"Authorization": f"Bearer {CRON_SECRET}"}
+        )
 
-    assert deducted.json() == {"success": True, "monthlyRemaining": 19}, errors
+    assert deducted.json() == {"success": True, "monthlyRemaining": 19}
     assert status.json() == {"monthlyUsed": 1, "monthlyLimit": 20, "monthlyRemaining": 19}
     assert reset.json() == {"success": True, "resetCount": 0}
     with service.open_ledger(database_url) as ledger:
