@@ -315,7 +315,7 @@ def operation_sequences(
     monthly_limit: st.SearchStrategy[int] | None = None,
     move: st.SearchStrategy[timedelta] | None = None,
 ) -> st.SearchStrategy[list[Operation]]:
-    """Bursts of ledger operations, each followed by a clock move; keywords as :func:`operations`.
+    """Bursts of ledger operations, each followed by time passing; keywords as :func:`operations`.
 
     Bursts let a sequence spend a good part of an allowance within one
     period and then do it again in the next, which a flat list of the same
