@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import psycopg
 import pytest
@@ -88,3 +89,13 @@ def running_database() -> Iterator[Database]:
             yield database
         finally:
             server.cleanup()
+
+
+def as_url(conninfo: str) -> str:
+    """The ``postgresql://`` form of a libpq connection string, as operators write it."""
+    parts = psycopg.conninfo.conninfo_to_dict(conninfo)
+    user = quote(str(parts.pop("user", "")), safe="")
+    password = parts.pop("password", None)
+    credentials = f"{user}:{quote(str(password), safe='')}@" if password else f"{user}@"
+    dbname = quote(str(parts.pop("dbname", "")), safe="")
+    return f"postgresql://{credentials}/{dbname}?{urlencode({k: str(v) for k, v in parts.items()})}"

@@ -27,7 +27,7 @@ from token_ledger.errors import (
     UnknownTimeZone,
 )
 from token_ledger.grants import Grant, Reservation, ReservationStatus
-from token_ledger.ledger import DeductResult, Ledger, TokenStatus
+from token_ledger.ledger import DeductResult, History, Ledger, TokenStatus
 from token_ledger.memory import MemoryRepository
 from token_ledger.monitoring import Alert, AlertReport, Health
 from token_ledger.policy import MonthlyResetPolicy, Period
@@ -57,6 +57,7 @@ __all__ = [
     "Effects",
     "Grant",
     "Health",
+    "History",
     "HistoryQuery",
     "IdempotencyConflict",
     "InsufficientTokens",

@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from token_ledger import _validation
+from token_ledger import _html, _validation
 from token_ledger.account import Change, TokenAccount
 from token_ledger.errors import IdempotencyConflict, InvalidAmount, InvalidInput
 from token_ledger.grants import Grant, Reservation
@@ -39,6 +39,28 @@ class TokenStatus:
             "monthlyLimit": self.monthly_limit,
             "monthlyRemaining": self.monthly_remaining,
         }
+
+    def _repr_html_(self) -> str:
+        """A one-row table, which notebooks show in place of the repr."""
+        fields = attrs.fields(TokenStatus)
+        return _html.table(
+            [field.name for field in fields], [[getattr(self, field.name) for field in fields]]
+        )
+
+
+class History(list[Transaction]):
+    """What :meth:`TokenLedger.history` returns: a plain list that notebooks show as a table."""
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """One :meth:`Transaction.to_dict` per entry: ``pandas.DataFrame(history.to_dicts())``."""
+        return [entry.to_dict() for entry in self]
+
+    def _repr_html_(self) -> str:
+        """A table with one row per entry, its columns the keys of :meth:`Transaction.to_dict`."""
+        rows = self.to_dicts()
+        if not rows:
+            return "<p>No ledger entries.</p>"
+        return _html.table(list(rows[0]), [list(row.values()) for row in rows])
 
 
 @attrs.frozen

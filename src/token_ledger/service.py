@@ -25,7 +25,7 @@ from token_ledger.errors import (
     TransientStorageError,
 )
 from token_ledger.grants import Grant, Reservation, ReservationStatus
-from token_ledger.ledger import DeductResult, Ledger, TokenStatus
+from token_ledger.ledger import DeductResult, History, Ledger, TokenStatus
 from token_ledger.memory import MemoryRepository
 from token_ledger.monitoring import Alert, AlertReport, Health
 from token_ledger.policy import MonthlyResetPolicy
@@ -556,7 +556,7 @@ class TokenLedger:
         before_id: int | None = None,
         reference: str | None = None,
         limit: int = 100,
-    ) -> list[Transaction]:
+    ) -> History:
         """Ledger entries, newest first; page with ``before_id=page[-1].id``."""
         query = HistoryQuery(
             user_id=_validation.optional_identifier(user_id, "user_id"),
@@ -569,7 +569,7 @@ class TokenLedger:
             reference=_validation.optional_identifier(reference, "reference"),
             limit=_history_limit(limit),
         )
-        return self.repository.history(query)
+        return History(self.repository.history(query))
 
     # helpers
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import enum
 from collections.abc import Mapping
 from datetime import datetime
@@ -109,7 +110,7 @@ class Transaction:
             "operation_type": self.operation_type.value,
             "amount": self.amount,
             "feature": self.feature,
-            "operation_context": self.operation_context,
+            "operation_context": copy.deepcopy(self.operation_context),
             "success": self.success,
             "created_at": self.created_at.isoformat(),
             "idempotency_key": self.idempotency_key,

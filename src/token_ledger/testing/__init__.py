@@ -1,4 +1,10 @@
-"""Helpers for testing code that uses token-ledger; no test framework is imported here."""
+"""Helpers for testing code that uses token-ledger; no test framework is imported here.
+
+- :class:`MovableClock`: a clock that stands still until a test moves it.
+- :mod:`token_ledger.testing.operations`: accounts, operations and scenarios as values.
+- :mod:`token_ledger.testing.strategies`: hypothesis strategies that generate them
+  (the only module here that needs hypothesis).
+"""
 
 from __future__ import annotations
 
@@ -23,6 +29,10 @@ class MovableClock:
 
     def __call__(self) -> datetime:
         return self._now
+
+    def __repr__(self) -> str:
+        """Shows the instant, which is what matters in a failing example hypothesis prints."""
+        return f"MovableClock({self._now!r})"
 
     def set(self, instant: datetime) -> datetime:
         """Jump to ``instant``, forwards or backwards."""

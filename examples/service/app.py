@@ -1,0 +1,426 @@
+"""The seed's token API as a small ASGI service (Starlette) over ``TokenLedger``.
+
+    GET  /api/user/tokens                 -> {"monthlyUsed", "monthlyLimit", "monthlyRemaining"}
+    POST /api/user/tokens/deduct          {"feature", "amount", "context"}
+                                          -> {"success": true, "monthlyRemaining": X}
+    POST /api/admin/reset-monthly-tokens  -> {"success": true, "resetCount": N}
+
+Run it from the repository root (see ``examples/README.md``)::
+
+    pip install -e ".[examples]"
+    export TOKEN_LEDGER_SIGNING_SECRET=... CRON_SECRET=...
+    uvicorn --app-dir examples/service app:create_app --factory
+
+Settings are read from the environment once, when the app is created:
+
+``TOKEN_LEDGER_DATABASE_URL``
+    ``postgresql://...`` for PostgreSQL, ``memory://`` for a ledger that lives
+    and dies with one process, anything else is a SQLite file (default ``tokens.db``).
+``TOKEN_LEDGER_SIGNING_SECRET``
+    The key user tokens are signed with (see :func:`user_from_bearer`). Unset,
+    every user request is refused.
+``CRON_SECRET``
+    The bearer token of the reset endpoint, as in the seed. Unset, the
+    endpoint refuses everything.
+``TOKEN_LEDGER_DEFAULT_LIMIT``
+    The monthly limit of a user the ledger has not seen yet (default 50).
+``TOKEN_LEDGER_TIMEZONE``
+    The IANA time zone whose midnight of the 1st starts each month (default
+    UTC). The ``token-ledger`` command line reads the same variable: give
+    both the same value, or they disagree about when a month ends.
+
+Errors are JSON, ``{"success": false, "error": CODE, "message": TEXT}``:
+401 without a valid bearer token, 400 for a body that is not JSON, 413 for
+one over 64 KiB, 415 without ``Content-Type: application/json``, 422 for
+unknown fields, wrong types or values, and a reused ``Idempotency-Key``,
+402 when too few tokens remain (with ``monthlyRemaining``), 503 when the
+database is busy or down. A refused request writes nothing, except the
+failed entry that records a 402, as the ledger always does.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import attrs
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from token_ledger import (
+    AccountNotFound,
+    DeductResult,
+    IdempotencyConflict,
+    InsufficientTokens,
+    InvalidInput,
+    Ledger,
+    MonthlyResetPolicy,
+    StorageError,
+    TokenLedger,
+    UnknownTimeZone,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+DEDUCT_FIELDS = ("amount", "feature", "context")
+
+
+class ConfigurationError(ValueError):
+    """A setting in the environment cannot be used."""
+
+
+def _check_limit(_instance: object, _attribute: object, value: int) -> None:
+    Ledger.check_limit(value)
+
+
+@attrs.frozen
+class Settings:
+    """What the service takes from its environment; see the module's docstring."""
+
+    database_url: str = "tokens.db"
+    signing_secret: str | None = None
+    cron_secret: str | None = None
+    default_monthly_limit: int = attrs.field(default=50, validator=_check_limit)
+    policy: MonthlyResetPolicy = attrs.field(factory=MonthlyResetPolicy)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Empty variables count as unset, so ``CRON_SECRET=`` cannot open the reset endpoint."""
+        limit = environ.get("TOKEN_LEDGER_DEFAULT_LIMIT") or "50"
+        timezone = environ.get("TOKEN_LEDGER_TIMEZONE") or "UTC"
+        try:
+            default_monthly_limit = Ledger.check_limit(int(limit))
+        except ValueError:  # from int(), and InvalidAmount from check_limit
+            raise ConfigurationError(
+                f"TOKEN_LEDGER_DEFAULT_LIMIT must be a whole number from 1, got {limit!r}"
+            ) from None
+        try:
+            policy = MonthlyResetPolicy(timezone=timezone)
+        except UnknownTimeZone:
+            raise ConfigurationError(
+                f"TOKEN_LEDGER_TIMEZONE must be an IANA time zone such as 'Europe/Berlin',"
+                f" got {timezone!r}"
+            ) from None
+        return cls(
+            database_url=environ.get("TOKEN_LEDGER_DATABASE_URL") or "tokens.db",
+            signing_secret=environ.get("TOKEN_LEDGER_SIGNING_SECRET") or None,
+            cron_secret=environ.get("CRON_SECRET") or None,
+            default_monthly_limit=default_monthly_limit,
+            policy=policy,
+        )
+
+
+def open_ledger(database_url: str, policy: MonthlyResetPolicy | None = None) -> TokenLedger:
+    """The one place that picks the storage engine, from ``TOKEN_LEDGER_DATABASE_URL``.
+
+    Any other ``scheme://`` is refused rather than taken for a file name.
+    """
+    scheme, separator, _ = database_url.partition("://")
+    if not separator:
+        return TokenLedger.sqlite(database_url, policy=policy)
+    if scheme in ("postgresql", "postgres"):
+        return TokenLedger.postgres(database_url, policy=policy)
+    if database_url == "memory://":
+        return TokenLedger.memory(policy=policy)
+    raise ConfigurationError(
+        f"TOKEN_LEDGER_DATABASE_URL must be postgresql://..., memory:// or a SQLite file path,"
+        f" got a {scheme}:// URL"
+    )
+
+
+# Who is asking. Replace these two functions with your identity provider's check
+# (a JWT library, a session lookup): the endpoints only need a user id, or None.
+
+
+def sign_user_token(user_id: str, secret: str) -> str:
+    """A bearer token for ``user_id``: ``base64url(user_id) "." base64url(HMAC-SHA256)``.
+
+    The user id is encoded, not encrypted: anyone holding the token can read
+    it, and only holders of ``secret`` can make one. It never expires; a real
+    service would add an expiry, or use JWTs.
+    """
+    payload = user_id.encode()
+    signature = hmac.new(secret.encode(), payload, hashlib.sha256).digest()
+    return f"{_b64encode(payload)}.{_b64encode(signature)}"
+
+
+def user_from_bearer(authorization: str | None, secret: str | None) -> str | None:
+    """The user an ``Authorization: Bearer`` header speaks for, or ``None`` if it is not valid."""
+    token = _bearer_credentials(authorization)
+    if token is None or not secret:
+        return None
+    payload_text, _, signature_text = token.partition(".")
+    try:
+        payload = _b64decode(payload_text)
+        signature = _b64decode(signature_text)
+        user_id = payload.decode()
+    except ValueError:  # binascii.Error, UnicodeDecodeError, or not canonical
+        return None
+    expected = hmac.new(secret.encode(), payload, hashlib.sha256).digest()
+    if not user_id or not hmac.compare_digest(signature, expected):
+        return None
+    return user_id
+
+
+def is_cron_request(authorization: str | None, cron_secret: str | None) -> bool:
+    """Whether the header carries ``CRON_SECRET``, compared in constant time.
+
+    Without a configured secret nothing matches, not even an empty bearer.
+    """
+    token = _bearer_credentials(authorization)
+    if token is None or not cron_secret:
+        return False
+    return hmac.compare_digest(token.encode(), cron_secret.encode())
+
+
+def _bearer_credentials(authorization: str | None) -> str | None:
+    scheme, _, credentials = (authorization or "").partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() != "bearer" or not credentials:
+        return None
+    return credentials
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _b64decode(text: str) -> bytes:
+    """Only the canonical spelling of some bytes: the decoder alone would skip stray characters."""
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64encode(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
+
+
+# Endpoints
+
+
+class ApiError(Exception):
+    """A refusal, answered as ``{"success": false, "error": code, "message": message}``."""
+
+    def __init__(
+        self, status_code: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
+
+
+async def get_tokens(request: Request) -> Response:
+    """The caller's status; an unknown user gets the default allowance, and nothing is written."""
+    settings, ledger = _context(request)
+    user_id = _authenticated_user(request, settings)
+    try:
+        status = await run_in_threadpool(ledger.status, user_id)
+    except AccountNotFound:
+        limit = settings.default_monthly_limit
+        return JSONResponse({"monthlyUsed": 0, "monthlyLimit": limit, "monthlyRemaining": limit})
+    return JSONResponse(status.to_dict())
+
+
+async def deduct_tokens(request: Request) -> Response:
+    """Spend tokens; a user's first deduction opens their account with the default limit."""
+    settings, ledger = _context(request)
+    user_id = _authenticated_user(request, settings)
+    body = await _json_object(request)
+    unknown = sorted(set(body) - set(DEDUCT_FIELDS))
+    if unknown:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"unknown field(s) {', '.join(unknown)}; expected {', '.join(DEDUCT_FIELDS)}",
+        )
+    if "amount" not in body:
+        raise ApiError(422, "invalid_request", "amount is required")
+    try:
+        result = await run_in_threadpool(
+            _deduct,
+            ledger,
+            settings.default_monthly_limit,
+            user_id,
+            body["amount"],
+            feature=body.get("feature"),
+            context=body.get("context"),
+            idempotency_key=_idempotency_key(request, user_id),
+        )
+    except InsufficientTokens as refused:
+        return JSONResponse(
+            {
+                "success": False,
+                "monthlyRemaining": refused.remaining,
+                "error": "insufficient_tokens",
+                "message": f"asked for {refused.requested} tokens, {refused.remaining} remaining",
+            },
+            status_code=402,
+        )
+    return JSONResponse(result.to_dict())
+
+
+def _deduct(
+    ledger: TokenLedger, default_limit: int, user_id: str, amount: Any, **options: Any
+) -> DeductResult:
+    """Deduct, opening the account on a user's first deduction.
+
+    The first attempt validates every argument before it touches storage, so
+    a bad request is refused before any account is created.
+    """
+    try:
+        return ledger.deduct(user_id, amount, **options)
+    except AccountNotFound:
+        ledger.ensure_account(user_id, default_limit)
+        return ledger.deduct(user_id, amount, **options)
+
+
+async def reset_monthly_tokens(request: Request) -> Response:
+    """The seed's cron job: persist every pending reset (users never wait for it)."""
+    settings, ledger = _context(request)
+    if not is_cron_request(request.headers.get("authorization"), settings.cron_secret):
+        raise _unauthorized("send Authorization: Bearer <CRON_SECRET>")
+    reset_count = await run_in_threadpool(ledger.reset_all_stale)
+    return JSONResponse({"success": True, "resetCount": reset_count})
+
+
+def _context(request: Request) -> tuple[Settings, TokenLedger]:
+    return request.app.state.settings, request.app.state.ledger
+
+
+def _authenticated_user(request: Request, settings: Settings) -> str:
+    user_id = user_from_bearer(request.headers.get("authorization"), settings.signing_secret)
+    if user_id is None:
+        raise _unauthorized("send Authorization: Bearer <a valid user token>")
+    return user_id
+
+
+def _idempotency_key(request: Request, user_id: str) -> str | None:
+    """The ledger's key for the request's ``Idempotency-Key``, scoped to the user.
+
+    Keys are unique across the whole ledger; storing a digest of (user, key)
+    means one user's keys can never collide with, or reveal, another's.
+    """
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters",
+        )
+    return hashlib.sha256(json.dumps([user_id, key]).encode()).hexdigest()
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send Content-Type: application/json")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(
+                413, "body_too_large", f"the body must be at most {MAX_BODY_BYTES // 1024} KiB"
+            )
+    try:
+        value = json.loads(body, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as error:
+        message = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {message}") from None
+    if not isinstance(value, dict):
+        raise ApiError(422, "invalid_request", "the body must be a JSON object")
+    return value
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Two values for one key are ambiguous (which amount?), so such a body is refused."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise ValueError("an object repeats a key")
+    return value
+
+
+async def _api_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, ApiError)
+    return _error_response(error.status_code, error.code, error.message, error.headers)
+
+
+async def _ledger_error(request: Request, error: Exception) -> Response:
+    if isinstance(error, IdempotencyConflict):
+        return _error_response(422, "idempotency_conflict", str(error))
+    if isinstance(error, InvalidInput):
+        return _error_response(422, "invalid_request", str(error))
+    # A driver's message may name files or hosts: it goes to the log, not to the client.
+    logger.error("storage error on %s %s", request.method, request.url.path, exc_info=error)
+    return _error_response(
+        503, "storage_unavailable", "the ledger is busy or unavailable", {"Retry-After": "1"}
+    )
+
+
+def _error_response(
+    status_code: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    return JSONResponse(
+        {"success": False, "error": code, "message": message},
+        status_code=status_code,
+        headers=headers,
+    )
+
+
+def create_app(settings: Settings | None = None, *, ledger: TokenLedger | None = None) -> Starlette:
+    """The ASGI app; ``uvicorn --factory`` calls it with no arguments.
+
+    Without ``settings`` they come from the environment. Without a ``ledger``
+    one is opened from ``settings.database_url`` at startup and closed at
+    shutdown; a ledger passed in is used as it is and left open. Endpoints
+    find the ledger in ``app.state.ledger``.
+    """
+    settings = Settings.from_env(os.environ) if settings is None else settings
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if ledger is not None:
+            app.state.ledger = ledger
+            yield
+            return
+        with open_ledger(settings.database_url, settings.policy) as opened:
+            app.state.ledger = opened
+            yield
+
+    app = Starlette(
+        routes=[
+            Route("/api/user/tokens", get_tokens, methods=["GET"]),
+            Route("/api/user/tokens/deduct", deduct_tokens, methods=["POST"]),
+            Route("/api/admin/reset-monthly-tokens", reset_monthly_tokens, methods=["POST"]),
+        ],
+        exception_handlers={
+            ApiError: _api_error,
+            InvalidInput: _ledger_error,
+            IdempotencyConflict: _ledger_error,
+            StorageError: _ledger_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    return app

@@ -1,0 +1,579 @@
+"""``examples/service``: the seed's HTTP API, served by uvicorn, spoken to over HTTP.
+
+One server per module listens on 127.0.0.1; each test installs a fresh
+ledger of the engine under test (every engine in ``tests/backends.py``) with
+a clock it controls, and talks to it with httpx.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+
+from postgres_server import as_url
+from token_ledger import (
+    AccountNotFound,
+    MemoryRepository,
+    MonthlyResetPolicy,
+    TokenLedger,
+    TokenRepository,
+)
+from token_ledger.sqlite import SQLiteRepository
+from token_ledger.testing import MovableClock
+
+SERVICE_DIRECTORY = Path(__file__).resolve().parent.parent / "examples" / "service"
+SIGNING_SECRET = "test-signing-secret"
+CRON_SECRET = "test-cron-secret"
+DEADLINE = 10.0  # seconds: for the server to start or stop, and for each request
+
+
+def load_service() -> ModuleType:
+    """Import ``examples/service/app.py`` under a name no other module uses."""
+    spec = importlib.util.spec_from_file_location(
+        "token_ledger_service_example", SERVICE_DIRECTORY / "app.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+service = load_service()
+SETTINGS = service.Settings(
+    database_url="memory://",
+    signing_secret=SIGNING_SECRET,
+    cron_secret=CRON_SECRET,
+    default_monthly_limit=50,
+)
+
+
+def bearer(user_id: str, secret: str = SIGNING_SECRET) -> dict[str, str]:
+    return {"Authorization": f"Bearer {service.sign_user_token(user_id, secret)}"}
+
+
+ALICE_SIGNATURE = service.sign_user_token("alice", SIGNING_SECRET).partition(".")[2]
+
+
+def listening_socket() -> socket.socket:
+    """A socket already listening on a free loopback port: no race for the port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+@attrs.frozen
+class Server:
+    app: Starlette
+    url: str
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    app = service.create_app(SETTINGS)
+    sock = listening_socket()
+    uvicorn_server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + DEADLINE
+    while not uvicorn_server.started:
+        assert thread.is_alive(), "the server thread died while starting"
+        assert time.monotonic() < deadline, "the server did not start in time"
+        time.sleep(0.01)
+    yield Server(app, f"http://127.0.0.1:{sock.getsockname()[1]}")
+    uvicorn_server.should_exit = True
+    thread.join(DEADLINE)
+    sock.close()
+    assert not thread.is_alive(), "the server did not stop in time"
+
+
+@attrs.frozen
+class Api:
+    client: httpx.Client
+    ledger: TokenLedger
+    clock: MovableClock
+
+    def status(self, user_id: str) -> httpx.Response:
+        return self.client.get("/api/user/tokens", headers=bearer(user_id))
+
+    def deduct(self, user_id: str, body: Any, **headers: str) -> httpx.Response:
+        return self.client.post(
+            "/api/user/tokens/deduct", json=body, headers={**bearer(user_id), **headers}
+        )
+
+    def reset(self, authorization: str | bytes | None) -> httpx.Response:
+        headers = {} if authorization is None else {"Authorization": authorization}
+        return self.client.post("/api/admin/reset-monthly-tokens", headers=headers)
+
+
+@pytest.fixture
+def api(server: Server, repository: TokenRepository, clock: MovableClock) -> Iterator[Api]:
+    ledger = TokenLedger(repository, clock=clock)
+    server.app.state.ledger = ledger
+    with httpx.Client(base_url=server.url, timeout=DEADLINE, trust_env=False) as client:
+        yield Api(client, ledger, clock)
+
+
+def assert_nothing_written(ledger: TokenLedger, user_id: str) -> None:
+    with pytest.raises(AccountNotFound):
+        ledger.get_account(user_id)
+    assert ledger.history(limit=10_000) == []
+
+
+# GET /api/user/tokens
+
+
+def test_a_new_user_sees_the_default_allowance_and_nothing_is_written(api: Api) -> None:
+    response = api.status("alice")
+
+    assert response.status_code == 200
+    assert response.json() == {"monthlyUsed": 0, "monthlyLimit": 50, "monthlyRemaining": 50}
+    assert_nothing_written(api.ledger, "alice")
+
+
+def test_status_reports_the_ledger(api: Api) -> None:
+    api.ledger.open_account("alice", monthly_limit=50)
+    api.ledger.deduct("alice", 36)
+
+    response = api.status("alice")
+
+    assert response.json() == {"monthlyUsed": 36, "monthlyLimit": 50, "monthlyRemaining": 14}
+
+
+# POST /api/user/tokens/deduct
+
+
+def test_a_deduction_answers_the_seed_json_and_opens_a_new_users_account(api: Api) -> None:
+    response = api.deduct(
+        "alice", {"feature": "literature_search", "amount": 1, "context": {"test": True}}
+    )
+
+    assert response.status_code == 200
+    assert response.json() == {"success": True, "monthlyRemaining": 49}
+    assert api.status("alice").json()["monthlyUsed"] == 1
+    [entry] = api.ledger.history("alice")
+    assert (entry.feature, entry.amount, entry.operation_context) == (
+        "literature_search",
+        1,
+        {"test": True},
+    )
+
+
+def test_feature_and_context_are_optional(api: Api) -> None:
+    response = api.deduct("alice", {"amount": 5})
+
+    assert response.json() == {"success": True, "monthlyRemaining": 45}
+
+
+def test_too_few_tokens_is_402_with_success_false_and_a_recorded_refusal(api: Api) -> None:
+    api.deduct("alice", {"amount": 40})
+
+    response = api.deduct("alice", {"amount": 11, "feature": "chat"})
+
+    assert response.status_code == 402
+    body = response.json()
+    assert (body["success"], body["monthlyRemaining"], body["error"]) == (
+        False,
+        10,
+        "insufficient_tokens",
+    )
+    assert [entry.amount for entry in api.ledger.history("alice", success=False)] == [11]
+    assert api.status("alice").json()["monthlyUsed"] == 40
+
+
+def test_a_retry_with_the_same_idempotency_key_replays_and_spends_once(api: Api) -> None:
+    first = api.deduct("alice", {"amount": 3}, **{"Idempotency-Key": "req-1"})
+    retry = api.deduct("alice", {"amount": 3}, **{"Idempotency-Key": "req-1"})
+
+    assert first.json() == retry.json() == {"success": True, "monthlyRemaining": 47}
+    assert len(api.ledger.history("alice")) == 1
+
+
+def test_a_retried_refusal_is_refused_again_without_a_second_entry(api: Api) -> None:
+    first = api.deduct("alice", {"amount": 51}, **{"Idempotency-Key": "req-1"})
+    retry = api.deduct("alice", {"amount": 51}, **{"Idempotency-Key": "req-1"})
+
+    assert first.status_code == retry.status_code == 402
+    assert len(api.ledger.history("alice")) == 1
+
+
+def test_a_key_reused_for_another_amount_is_422_and_spends_nothing(api: Api) -> None:
+    api.deduct("alice", {"amount": 3}, **{"Idempotency-Key": "req-1"})
+
+    response = api.deduct("alice", {"amount": 4}, **{"Idempotency-Key": "req-1"})
+
+    assert response.status_code == 422
+    assert response.json()["error"] == "idempotency_conflict"
+    assert api.status("alice").json()["monthlyUsed"] == 3
+
+
+def test_idempotency_keys_belong_to_one_user(api: Api) -> None:
+    """Two users picking the same key neither collide nor learn about each other."""
+    alice = api.deduct("alice", {"amount": 3}, **{"Idempotency-Key": "req-1"})
+    bob = api.deduct("bob", {"amount": 4}, **{"Idempotency-Key": "req-1"})
+
+    assert alice.json() == {"success": True, "monthlyRemaining": 47}
+    assert bob.json() == {"success": True, "monthlyRemaining": 46}
+
+
+@pytest.mark.parametrize("key", ["", "k" * 256])
+def test_an_unusable_idempotency_key_is_422(api: Api, key: str) -> None:
+    response = api.deduct("alice", {"amount": 1}, **{"Idempotency-Key": key})
+
+    assert response.status_code == 422
+    assert "Idempotency-Key" in response.json()["message"]
+    assert_nothing_written(api.ledger, "alice")
+
+
+BAD_BODIES = [
+    pytest.param(b'{"amount": 1', "application/json", 400, "not valid JSON", id="truncated"),
+    pytest.param(b"", "application/json", 400, "not valid JSON", id="empty"),
+    pytest.param(b'{"amount": NaN}', "application/json", 400, "NaN", id="nan"),
+    pytest.param(b'{"amount": 1, "amount": 50}', "application/json", 400, "repeats", id="dup"),
+    pytest.param(b"[" * 50_000 + b"]" * 50_000, "application/json", 413, "64 KiB", id="too-large"),
+    pytest.param(b"[" * 30_000 + b"]" * 30_000, "application/json", 400, "deeply", id="deep"),
+    pytest.param(b"\xff\xfe{", "application/json", 400, "not valid JSON", id="not-utf8"),
+    pytest.param(b'{"amount": 1}', "text/plain", 415, "application/json", id="text"),
+    pytest.param(b"[1]", "application/json", 422, "JSON object", id="array"),
+    pytest.param(b"{}", "application/json", 422, "amount is required", id="no-amount"),
+    pytest.param(b'{"amount": 1, "user_id": "bob"}', "application/json", 422, "user_id", id="xtra"),
+    pytest.param(b'{"amount": "1"}', "application/json", 422, "whole number", id="str-amount"),
+    pytest.param(b'{"amount": 1.5}', "application/json", 422, "whole number", id="float"),
+    pytest.param(b'{"amount": true}', "application/json", 422, "whole number", id="bool"),
+    pytest.param(b'{"amount": 0}', "application/json", 422, "between 1", id="zero"),
+    pytest.param(b'{"amount": -5}', "application/json", 422, "between 1", id="negative"),
+    pytest.param(b'{"amount": 1e400}', "application/json", 422, "whole number", id="inf"),
+    pytest.param(b'{"amount": 9223372036854775808}', "application/json", 422, "between", id="big"),
+    pytest.param(b'{"amount": 1, "feature": 5}', "application/json", 422, "feature", id="feat"),
+    pytest.param(b'{"amount": 1, "feature": ""}', "application/json", 422, "feature", id="empty-f"),
+    pytest.param(b'{"amount": 1, "context": [1]}', "application/json", 422, "context", id="ctx"),
+]
+
+
+@pytest.mark.parametrize(("content", "content_type", "status", "message"), BAD_BODIES)
+def test_bad_bodies_get_a_clear_error_and_write_nothing(
+    api: Api, content: bytes, content_type: str, status: int, message: str
+) -> None:
+    response = api.client.post(
+        "/api/user/tokens/deduct",
+        content=content,
+        headers={**bearer("alice"), "Content-Type": content_type},
+    )
+
+    assert response.status_code == status
+    body = response.json()
+    assert body["success"] is False
+    assert message in body["message"]
+    assert_nothing_written(api.ledger, "alice")
+
+
+def test_a_storage_failure_is_503_and_keeps_the_drivers_message_in_the_log(
+    server: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = TokenLedger.sqlite(tmp_path / "tokens.db")
+    broken.close()
+    server.app.state.ledger = broken
+
+    with httpx.Client(base_url=server.url, timeout=DEADLINE, trust_env=False) as client:
+        responses = [
+            client.get("/api/user/tokens", headers=bearer("alice")),
+            client.post("/api/user/tokens/deduct", json={"amount": 1}, headers=bearer("alice")),
+        ]
+
+    for response in responses:
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "1"
+        assert response.json() == {
+            "success": False,
+            "error": "storage_unavailable",
+            "message": "the ledger is busy or unavailable",
+        }
+    assert "closed database" in caplog.text
+
+
+# Authentication
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "",
+        "Bearer",
+        "Basic YWxpY2U6eA==",
+        "Bearer not-a-token",
+        "Bearer YWxpY2U.",
+        "Bearer YWxpY2U.@@@",
+        f"Bearer {service.sign_user_token('alice', 'another-secret')}",
+        # bob's signature on alice's name
+        "Bearer YWxpY2U." + service.sign_user_token("bob", SIGNING_SECRET).partition(".")[2],
+        # alice's own token, respelled: a stray character, then other padding bits
+        f"Bearer YW!xpY2U.{ALICE_SIGNATURE}",
+        f"Bearer YWxpY2V.{ALICE_SIGNATURE}",
+        f"Bearer gr\u00fc\u00dfe.{ALICE_SIGNATURE}".encode("latin-1"),  # not ASCII
+    ],
+)
+def test_user_endpoints_need_a_valid_user_token(
+    api: Api, authorization: str | bytes | None
+) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+
+    responses = [
+        api.client.get("/api/user/tokens", headers=headers),
+        api.client.post("/api/user/tokens/deduct", json={"amount": 1}, headers=headers),
+    ]
+
+    for response in responses:
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+        assert response.json()["error"] == "unauthorized"
+    assert_nothing_written(api.ledger, "alice")
+
+
+def test_the_bearer_scheme_is_case_insensitive(api: Api) -> None:
+    token = service.sign_user_token("alice", SIGNING_SECRET)
+
+    response = api.client.get("/api/user/tokens", headers={"Authorization": f"bearer {token}"})
+
+    assert response.status_code == 200
+
+
+def test_any_user_id_survives_the_token(api: Api) -> None:
+    user_id = "ali.ce 🦊 \u05e9 'x'"
+
+    api.deduct(user_id, {"amount": 2})
+
+    assert api.ledger.status(user_id).monthly_used == 2
+
+
+# POST /api/admin/reset-monthly-tokens
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "Bearer",
+        f"Bearer {CRON_SECRET}x",
+        f"Basic {CRON_SECRET}",
+        f"Bearer {service.sign_user_token('alice', SIGNING_SECRET)}",
+        "Bearer gr\u00fc\u00dfe".encode("latin-1"),  # not ASCII: never a TypeError
+    ],
+)
+def test_the_reset_endpoint_refuses_anything_but_the_cron_secret(
+    api: Api, authorization: str | bytes | None
+) -> None:
+    response = api.reset(authorization)
+
+    assert response.status_code == 401
+    assert response.json()["success"] is False
+
+
+def test_the_reset_endpoint_persists_every_pending_reset_after_a_month_end(api: Api) -> None:
+    for user_id in ("alice", "bob", "carol"):
+        api.deduct(user_id, {"amount": 10})
+    api.clock.set(datetime(2026, 2, 1, 0, 1, tzinfo=timezone.utc))
+
+    first = api.reset(f"Bearer {CRON_SECRET}")
+    second = api.reset(f"Bearer {CRON_SECRET}")
+
+    assert first.json() == {"success": True, "resetCount": 3}
+    assert second.json() == {"success": True, "resetCount": 0}
+    assert len(api.ledger.history(operation_type="reset")) == 3
+
+
+def test_a_month_end_needs_no_cron_job(api: Api) -> None:
+    """The reset is lazy: the first request of February already sees a whole allowance."""
+    api.deduct("alice", {"amount": 50})
+    api.clock.advance(timedelta(days=31))
+
+    assert api.status("alice").json() == {
+        "monthlyUsed": 0,
+        "monthlyLimit": 50,
+        "monthlyRemaining": 50,
+    }
+    assert api.deduct("alice", {"amount": 50}).json() == {"success": True, "monthlyRemaining": 0}
+
+
+# Settings and the functions a deployment replaces
+
+
+def test_an_unset_cron_secret_opens_nothing() -> None:
+    assert not service.is_cron_request("Bearer ", None)
+    assert not service.is_cron_request("Bearer ", "")
+    assert not service.is_cron_request("Bearer x", None)
+    assert service.is_cron_request("Bearer x", "x")
+
+
+def test_an_unset_signing_secret_accepts_no_user() -> None:
+    assert service.user_from_bearer(bearer("alice", "")["Authorization"], None) is None
+    assert service.user_from_bearer(bearer("alice", "")["Authorization"], "") is None
+
+
+def test_settings_come_from_the_environment() -> None:
+    settings = service.Settings.from_env(
+        {
+            "TOKEN_LEDGER_DATABASE_URL": "memory://",
+            "TOKEN_LEDGER_SIGNING_SECRET": "s",
+            "CRON_SECRET": "",
+            "TOKEN_LEDGER_DEFAULT_LIMIT": "100",
+            "TOKEN_LEDGER_TIMEZONE": "Europe/Berlin",
+        }
+    )
+
+    berlin = MonthlyResetPolicy(timezone="Europe/Berlin")
+    assert settings == service.Settings("memory://", "s", None, 100, berlin)
+    assert service.Settings.from_env({}) == service.Settings("tokens.db", None, None, 50)
+
+
+def test_an_unknown_time_zone_is_a_configuration_error() -> None:
+    with pytest.raises(service.ConfigurationError, match="TOKEN_LEDGER_TIMEZONE"):
+        service.Settings.from_env({"TOKEN_LEDGER_TIMEZONE": "Mars/Olympus_Mons"})
+
+
+@pytest.mark.parametrize("limit", ["fifty", "0", "-1", "1.5"])
+def test_an_unusable_default_limit_is_a_configuration_error(limit: str) -> None:
+    with pytest.raises(service.ConfigurationError, match="TOKEN_LEDGER_DEFAULT_LIMIT"):
+        service.Settings.from_env({"TOKEN_LEDGER_DEFAULT_LIMIT": limit})
+
+
+@pytest.mark.parametrize(
+    ("database_url", "repository_type"),
+    [("memory://", MemoryRepository), ("{tmp}/tokens.db", SQLiteRepository)],
+)
+def test_the_database_url_picks_the_engine(
+    tmp_path: Path, database_url: str, repository_type: type
+) -> None:
+    berlin = MonthlyResetPolicy(timezone="Europe/Berlin")
+
+    with service.open_ledger(database_url.format(tmp=tmp_path), berlin) as ledger:
+        assert isinstance(ledger.repository, repository_type)
+        assert ledger.policy == berlin
+
+
+def test_an_unknown_database_scheme_is_refused_rather_than_taken_for_a_file() -> None:
+    with pytest.raises(service.ConfigurationError, match="mysql://"):
+        service.open_ledger("mysql://localhost/tokens")
+
+
+# As a user runs it: uvicorn's command line, settings from the environment
+
+
+@contextlib.contextmanager
+def uvicorn_process(environment: dict[str, str]) -> Iterator[httpx.Client]:
+    """``uvicorn ... app:create_app --factory`` on a loopback socket, and a client for it.
+
+    The process is stopped on the way out, within a bounded wait; if it does
+    not answer, the failure carries what it wrote to stderr.
+    """
+    with listening_socket() as sock:  # closed once passed on: a dead server refuses at once
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "uvicorn", "--app-dir", str(SERVICE_DIRECTORY)),
+                *("app:create_app", "--factory", "--fd", str(sock.fileno())),
+                *("--log-level", "warning"),
+            ],
+            env=environment,
+            pass_fds=[sock.fileno()],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        with httpx.Client(base_url=url, timeout=3 * DEADLINE, trust_env=False) as client:
+            yield client
+    except httpx.HTTPError as error:
+        raise AssertionError(f"the service did not answer: {error}\n{stop(process)}") from error
+    finally:
+        if process.poll() is None:
+            stop(process)
+
+
+def stop(process: subprocess.Popen[str]) -> str:
+    """End the process (SIGTERM, then SIGKILL after the deadline); return its stderr."""
+    process.terminate()
+    try:
+        return process.communicate(timeout=DEADLINE)[1]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.communicate()[1]
+
+
+DatabaseUrl = Callable[[pytest.FixtureRequest, Path], str]
+
+
+def sqlite_url(request: pytest.FixtureRequest, directory: Path) -> str:
+    return str(directory / "tokens.db")
+
+
+def postgres_url(request: pytest.FixtureRequest, directory: Path) -> str:
+    """A database of its own on the test server, reached by a ``postgresql://`` URL."""
+    made = request.getfixturevalue("postgres_database").new_database()
+    request.addfinalizer(lambda: made.__exit__(None, None, None))
+    return as_url(made.__enter__())
+
+
+DATABASES = [
+    pytest.param(sqlite_url, id="sqlite"),
+    pytest.param(postgres_url, id="postgres", marks=pytest.mark.postgres),
+]
+"""A ``TOKEN_LEDGER_DATABASE_URL`` per engine, made for one test in a temporary directory."""
+
+
+@pytest.mark.parametrize("make_url", DATABASES)
+def test_the_service_runs_under_uvicorn_from_the_environment(
+    request: pytest.FixtureRequest, tmp_path: Path, make_url: DatabaseUrl
+) -> None:
+    database_url = make_url(request, tmp_path)
+    environment = {
+        **os.environ,
+        "TOKEN_LEDGER_DATABASE_URL": database_url,
+        "TOKEN_LEDGER_SIGNING_SECRET": SIGNING_SECRET,
+        "CRON_SECRET": CRON_SECRET,
+        "TOKEN_LEDGER_DEFAULT_LIMIT": "20",
+    }
+    token = subprocess.run(
+        [sys.executable, str(SERVICE_DIRECTORY / "mint_token.py"), "alice"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    with uvicorn_process(environment) as client:
+        headers = {"Authorization": f"Bearer {token}"}
+        deducted = client.post(
+            "/api/user/tokens/deduct",
+            content=json.dumps({"feature": "literature_search", "amount": 1}),
+            headers={**headers, "Content-Type": "application/json"},
+        )
+        status = client.get("/api/user/tokens", headers=headers)
+        reset = client.post(
+            "/api/admin/reset-monthly-tokens", headers={"Authorization": f"Bearer {CRON_SECRET}"}
+        )
+
+    assert deducted.json() == {"success": True, "monthlyRemaining": 19}
+    assert status.json() == {"monthlyUsed": 1, "monthlyLimit": 20, "monthlyRemaining": 19}
+    assert reset.json() == {"success": True, "resetCount": 0}
+    with service.open_ledger(database_url) as ledger:
+        assert [entry.feature for entry in ledger.history("alice")] == ["literature_search"]
