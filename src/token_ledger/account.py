@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
-from typing import Any, overload
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, overload
 
 import attrs
 
 from token_ledger.grants import Grant, Reservation, ReservationStatus
 from token_ledger.policy import MonthlyResetPolicy, Period
 from token_ledger.transactions import Effects, OperationType, Transaction
+
+if TYPE_CHECKING:
+    from typing import Concatenate, ParamSpec
+
+    P = ParamSpec("P")
+    Operation = Callable[Concatenate["TokenAccount", MonthlyResetPolicy, datetime, P], "Change"]
+
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def _merge_by_id(
@@ -43,6 +52,36 @@ class Change:
             tuple(_merge_by_id(self.grants, later.grants).values()),
             tuple(_merge_by_id(self.reservations, later.reservations).values()),
         )
+
+
+def _stamped(operation: Operation[P]) -> Operation[P]:
+    """Make an operation at ``now`` stamp the account it writes with a later ``updated_at``.
+
+    ``updated_at`` is ``now`` when the clock has moved past the stored value, and
+    one microsecond after it otherwise (a frozen test clock, a clock stepped
+    back), so that every write changes it. The optional SQL's triggers
+    (:mod:`token_ledger.sql`) rely on that: they take a writer's instant from
+    ``updated_at`` when the write changes it, and the database clock otherwise.
+    The stamp is applied once to the operation's result, so steps within one
+    operation (a reset, then a deduction) do not push it further.
+    """
+
+    @functools.wraps(operation)
+    def stamped(
+        self: TokenAccount,
+        policy: MonthlyResetPolicy,
+        now: datetime,
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Change:
+        change = operation(self, policy, now, *args, **kwargs)
+        if change.account is self or change.account == self:
+            return change
+        stamp = now if now > self.updated_at else self.updated_at + _MICROSECOND
+        return attrs.evolve(change, account=attrs.evolve(change.account, updated_at=stamp))
+
+    return stamped
 
 
 @attrs.frozen
@@ -108,6 +147,7 @@ class TokenAccount:
 
     # the passage of time
 
+    @_stamped
     def as_of(self, policy: MonthlyResetPolicy, now: datetime) -> Change:
         """The account as it is at ``now``: reset if a period boundary was crossed
         (exactly one ``reset`` entry however many periods were skipped), expired
@@ -184,6 +224,7 @@ class TokenAccount:
 
     # spending
 
+    @_stamped
     def deduct(
         self,
         policy: MonthlyResetPolicy,
@@ -250,6 +291,7 @@ class TokenAccount:
 
     # grants, reservations and refunds
 
+    @_stamped
     def add_grant(
         self,
         policy: MonthlyResetPolicy,
@@ -277,6 +319,7 @@ class TokenAccount:
         )
         return current.then(Change(account, (entry,), (grant,)))
 
+    @_stamped
     def reserve(
         self,
         policy: MonthlyResetPolicy,
@@ -315,6 +358,7 @@ class TokenAccount:
         )
         return current.then(Change(account, (entry,), (), (hold,)))
 
+    @_stamped
     def settle_hold(
         self, policy: MonthlyResetPolicy, now: datetime, hold_id: str, actual: int | None
     ) -> Change:
@@ -355,6 +399,7 @@ class TokenAccount:
         closed = attrs.evolve(hold, status=ReservationStatus.COMMITTED)
         return current.then(attrs.evolve(spent, reservations=(closed,)))
 
+    @_stamped
     def refund(
         self,
         policy: MonthlyResetPolicy,
@@ -445,6 +490,7 @@ class TokenAccount:
         )
         return current.then(Change(account, (entry,), (*returned_grants, *new_grants)))
 
+    @_stamped
     def with_limits(
         self,
         policy: MonthlyResetPolicy,
