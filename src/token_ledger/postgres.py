@@ -36,8 +36,9 @@ from token_ledger.errors import (
     StorageError,
     TransientStorageError,
 )
-from token_ledger.repository import HistoryQuery, StaleCutoffs
-from token_ledger.transactions import Transaction
+from token_ledger.grants import Grant, Reservation
+from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs
+from token_ledger.transactions import Effects, Transaction
 
 PostgresTarget = str | psycopg.Connection[Any] | ConnectionPool[Any]
 
@@ -52,12 +53,14 @@ _BUSY = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
 ACCOUNT_COLUMNS = (
     "user_id, monthly_limit, monthly_tokens_used, last_monthly_reset,"
-    " created_at, updated_at, reset_anchor"
+    " created_at, updated_at, reset_anchor, overage_limit, grant_balance, reserved_tokens"
 )
 TRANSACTION_COLUMNS = (
     "id, user_id, operation_type, amount, created_at, balance_after, success, feature,"
-    " operation_context, idempotency_key"
+    " operation_context, idempotency_key, effects, reference"
 )
+GRANT_COLUMNS = "id, user_id, amount, remaining, created_at, expires_at, reason"
+RESERVATION_COLUMNS = "id, user_id, amount, created_at, expires_at, status, feature"
 
 
 @attrs.frozen
@@ -102,6 +105,50 @@ MIGRATIONS = (
                 ON {schema}.token_transactions (operation_type, created_at)""",
             """CREATE INDEX idx_token_transactions_failed
                 ON {schema}.token_transactions (created_at) WHERE NOT success""",
+        ),
+    ),
+    Migration(
+        2,
+        (
+            """ALTER TABLE {schema}.user_tokens
+                ADD COLUMN overage_limit bigint NOT NULL DEFAULT 0 CHECK (overage_limit >= 0),
+                ADD COLUMN grant_balance bigint NOT NULL DEFAULT 0 CHECK (grant_balance >= 0),
+                ADD COLUMN reserved_tokens bigint NOT NULL DEFAULT 0
+                    CHECK (reserved_tokens >= 0)""",
+            """ALTER TABLE {schema}.token_transactions
+                ADD COLUMN effects jsonb NOT NULL DEFAULT '{{}}',
+                ADD COLUMN reference text NULL""",
+            # Entries written before effects existed: deductions used, resets cleared.
+            # One pass over the log rather than one per kind of entry.
+            """UPDATE {schema}.token_transactions
+                SET effects = jsonb_build_object('usage',
+                    CASE WHEN operation_type = 'deduct' THEN amount ELSE -amount END)
+                WHERE (operation_type = 'deduct' AND success)
+                    OR (operation_type = 'reset' AND amount > 0)""",
+            """CREATE TABLE {schema}.token_grants (
+                id text PRIMARY KEY,
+                user_id text NOT NULL,
+                amount bigint NOT NULL CHECK (amount > 0),
+                remaining bigint NOT NULL CHECK (remaining >= 0 AND remaining <= amount),
+                created_at timestamptz NOT NULL,
+                expires_at timestamptz NULL,
+                reason text NULL
+            )""",
+            """CREATE INDEX idx_token_grants_live
+                ON {schema}.token_grants (user_id) WHERE remaining > 0""",
+            """CREATE TABLE {schema}.token_reservations (
+                id text PRIMARY KEY,
+                user_id text NOT NULL,
+                amount bigint NOT NULL CHECK (amount > 0),
+                status text NOT NULL,
+                feature text NULL,
+                created_at timestamptz NOT NULL,
+                expires_at timestamptz NOT NULL
+            )""",
+            """CREATE INDEX idx_token_reservations_held
+                ON {schema}.token_reservations (user_id) WHERE status = 'held'""",
+            """CREATE INDEX idx_token_transactions_reference
+                ON {schema}.token_transactions (reference) WHERE reference IS NOT NULL""",
         ),
     ),
 )
@@ -151,6 +198,9 @@ def _account(row: Sequence[Any]) -> TokenAccount:
         created_at=_utc(row[4]),
         updated_at=_utc(row[5]),
         reset_anchor=None if row[6] is None else _utc(row[6]),
+        overage_limit=row[7],
+        grant_balance=row[8],
+        reserved_tokens=row[9],
     )
 
 
@@ -166,7 +216,88 @@ def _transaction(row: Sequence[Any]) -> Transaction:
         feature=row[7],
         operation_context=row[8],
         idempotency_key=row[9],
+        effects=Effects.from_dict(row[10]),
+        reference=row[11],
     )
+
+
+def _grant(row: Sequence[Any]) -> Grant:
+    return Grant(
+        id=row[0],
+        user_id=row[1],
+        amount=row[2],
+        remaining=row[3],
+        created_at=_utc(row[4]),
+        expires_at=None if row[5] is None else _utc(row[5]),
+        reason=row[6],
+    )
+
+
+def _reservation(row: Sequence[Any]) -> Reservation:
+    return Reservation(
+        id=row[0],
+        user_id=row[1],
+        amount=row[2],
+        created_at=_utc(row[3]),
+        expires_at=_utc(row[4]),
+        status=row[5],
+        feature=row[6],
+    )
+
+
+def _conditions(filters: Sequence[tuple[str, Any]]) -> tuple[list[sql.Composable], list[Any]]:
+    """The conditions whose value is given, each with its ``%s`` values in order.
+
+    A value is one parameter, or a tuple of several for a condition with more
+    than one ``%s``; ``None`` leaves the condition out.
+    """
+    conditions: list[sql.Composable] = []
+    params: list[Any] = []
+    for condition, value in filters:
+        if value is not None:
+            conditions.append(sql.SQL(condition))
+            params.extend(value if isinstance(value, tuple) else (value,))
+    return conditions, params
+
+
+def _account_filter(
+    where: AccountFilter, after_user_id: str | None
+) -> tuple[list[sql.Composable], list[Any]]:
+    stale = where.stale
+    return _conditions(
+        [
+            ("user_id > %s", after_user_id),
+            (
+                "((reset_anchor IS NULL AND last_monthly_reset < %s)"
+                " OR (reset_anchor IS NOT NULL AND last_monthly_reset <= %s))",
+                None if stale is None else (stale.calendar, stale.anchored),
+            ),
+            # The seed's own high-usage formula, so both count the same accounts.
+            ("monthly_tokens_used::float8 / monthly_limit > %s", where.usage_above),
+        ]
+    )
+
+
+def _history_filter(query: HistoryQuery) -> tuple[list[sql.Composable], list[Any]]:
+    operation_type = query.operation_type
+    return _conditions(
+        [
+            ("user_id = %s", query.user_id),
+            ("operation_type = %s", None if operation_type is None else operation_type.value),
+            ("feature = %s", query.feature),
+            ("success = %s", query.success),
+            ("created_at >= %s", query.since),
+            ("created_at < %s", query.until),
+            ("id < %s", query.before_id),
+            ("reference = %s", query.reference),
+        ]
+    )
+
+
+def _fetch(
+    conn: psycopg.Connection[Any], query: sql.Composed, params: Sequence[Any]
+) -> list[tuple[Any, ...]]:
+    return conn.cursor(row_factory=tuple_row).execute(query, params).fetchall()
 
 
 class _Statements:
@@ -176,8 +307,12 @@ class _Statements:
         names = {
             "user_tokens": sql.Identifier(schema, "user_tokens"),
             "token_transactions": sql.Identifier(schema, "token_transactions"),
+            "token_grants": sql.Identifier(schema, "token_grants"),
+            "token_reservations": sql.Identifier(schema, "token_reservations"),
             "accounts": sql.SQL(ACCOUNT_COLUMNS),
             "entries": sql.SQL(TRANSACTION_COLUMNS),
+            "grants": sql.SQL(GRANT_COLUMNS),
+            "reservations": sql.SQL(RESERVATION_COLUMNS),
         }
 
         def compose(text: str) -> sql.Composed:
@@ -188,80 +323,163 @@ class _Statements:
         self.lock_account = compose(
             "SELECT {accounts} FROM {user_tokens} WHERE user_id = %s FOR UPDATE"
         )
+        # Read after the accounts' rows, in the same transaction. Under the row locks
+        # of a unit of work they are current, since every writer of a user's grants
+        # and holds locks the user's row first; a read without locks may see a write
+        # committed between the two statements, as any unlocked read may be stale.
+        self.live_grants = compose(
+            "SELECT {grants} FROM {token_grants}"
+            " WHERE remaining > 0 AND user_id = ANY(%s::text[]) ORDER BY created_at, id"
+        )
+        self.held_reservations = compose(
+            "SELECT {reservations} FROM {token_reservations}"
+            " WHERE status = 'held' AND user_id = ANY(%s::text[]) ORDER BY created_at, id"
+        )
         self.insert_account = compose(
-            "INSERT INTO {user_tokens} ({accounts}) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            "INSERT INTO {user_tokens} ({accounts})"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (user_id) DO NOTHING"
         )
-        # Usage may only grow within the limit (a downgrade may leave it above, so
-        # no CHECK can say this): checked against the row as locked, so a write
-        # that would overspend changes nothing and the unit of work is refused.
+        # Usage may grow up to the limit plus the overage limit. Above that (a limit
+        # lowered below what was used) it may stay or fall, but only within the
+        # stored period: a new period starts from zero. No CHECK can say this, so
+        # it is checked against the row as locked: a write that would overspend
+        # changes nothing and the unit of work is refused. A difference rather than
+        # a sum, because two bigint limits can add up past bigint.
         self.save_accounts = compose(
             "UPDATE {user_tokens} AS t SET monthly_limit = v.monthly_limit,"
             " monthly_tokens_used = v.monthly_tokens_used,"
             " last_monthly_reset = v.last_monthly_reset, reset_anchor = v.reset_anchor,"
-            " updated_at = v.updated_at"
+            " updated_at = v.updated_at, overage_limit = v.overage_limit,"
+            " grant_balance = v.grant_balance, reserved_tokens = v.reserved_tokens"
             " FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::timestamptz[],"
-            " %s::timestamptz[], %s::timestamptz[])"
+            " %s::timestamptz[], %s::timestamptz[], %s::bigint[], %s::bigint[], %s::bigint[])"
             " AS v(user_id, monthly_limit, monthly_tokens_used, last_monthly_reset,"
-            " reset_anchor, updated_at)"
-            " WHERE t.user_id = v.user_id AND (v.monthly_tokens_used <= v.monthly_limit"
-            " OR v.monthly_tokens_used <= t.monthly_tokens_used)"
+            " reset_anchor, updated_at, overage_limit, grant_balance, reserved_tokens)"
+            " WHERE t.user_id = v.user_id"
+            " AND (v.monthly_tokens_used - v.monthly_limit <= v.overage_limit"
+            " OR (v.monthly_tokens_used <= t.monthly_tokens_used"
+            " AND v.last_monthly_reset = t.last_monthly_reset))"
+        )
+        self.save_grants = compose(
+            "INSERT INTO {token_grants} ({grants})"
+            " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[],"
+            " %s::timestamptz[], %s::timestamptz[], %s::text[])"
+            " ON CONFLICT (id) DO UPDATE SET remaining = excluded.remaining"
+        )
+        self.save_reservations = compose(
+            "INSERT INTO {token_reservations} ({reservations})"
+            " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::timestamptz[],"
+            " %s::timestamptz[], %s::text[], %s::text[])"
+            " ON CONFLICT (id) DO UPDATE SET status = excluded.status"
         )
         self.append_transactions = compose(
             "INSERT INTO {token_transactions} (user_id, operation_type, amount, created_at,"
-            " balance_after, success, feature, operation_context, idempotency_key)"
+            " balance_after, success, feature, operation_context, idempotency_key, effects,"
+            " reference)"
             " SELECT user_id, operation_type, amount, created_at, balance_after, success,"
-            " feature, operation_context, idempotency_key"
+            " feature, operation_context, idempotency_key, effects, reference"
             " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::timestamptz[],"
-            " %s::bigint[], %s::boolean[], %s::text[], %s::jsonb[], %s::text[])"
+            " %s::bigint[], %s::boolean[], %s::text[], %s::jsonb[], %s::text[], %s::jsonb[],"
+            " %s::text[])"
             " WITH ORDINALITY AS e(user_id, operation_type, amount, created_at, balance_after,"
-            " success, feature, operation_context, idempotency_key, position)"
+            " success, feature, operation_context, idempotency_key, effects, reference,"
+            " position)"
             " ORDER BY position RETURNING id"
         )
         self.find_by_idempotency_key = compose(
             "SELECT {entries} FROM {token_transactions} WHERE idempotency_key = %s"
         )
-        # LIMIT counts rows after they are locked: a row that another writer reset
-        # meanwhile fails the re-check and the next candidate takes its place, so
-        # only the last batch comes back short. Locking in user_id order keeps two
-        # bulk resets from deadlocking.
-        stale = (
-            "SELECT {accounts} FROM {user_tokens}"
-            " WHERE {after}((reset_anchor IS NULL AND last_monthly_reset < %(calendar)s)"
-            " OR (reset_anchor IS NOT NULL AND last_monthly_reset <= %(anchored)s))"
-            " ORDER BY user_id LIMIT %(limit)s FOR UPDATE"
+        self.find_transaction = compose("SELECT {entries} FROM {token_transactions} WHERE id = %s")
+        self.entries_referencing = compose(
+            "SELECT {entries} FROM {token_transactions} WHERE reference = %s ORDER BY id"
         )
-        self.lock_stale_from_start = sql.SQL(stale).format(after=sql.SQL(""), **names)
-        self.lock_stale_after = sql.SQL(stale).format(
-            after=sql.SQL("user_id > %(after)s AND "), **names
+        self.find_reservation = compose(
+            "SELECT {reservations} FROM {token_reservations} WHERE id = %s"
         )
+        self.count_accounts = compose("SELECT count(*) FROM {user_tokens}")
         self._names = names
 
+    def _where(self, conditions: Sequence[sql.Composable]) -> sql.Composable:
+        return sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("true")
+
+    def select_accounts(self, conditions: Sequence[sql.Composable], *, lock: bool) -> sql.Composed:
+        """Accounts by ``user_id``, up to ``LIMIT %s``; locked with ``lock``.
+
+        LIMIT counts rows after they are locked: a row that another writer
+        changed meanwhile is checked again, and if it no longer matches the next
+        candidate takes its place, so only the last page comes back short.
+        Locking in user_id order keeps two bulk resets from deadlocking.
+        """
+        return sql.SQL(
+            "SELECT {accounts} FROM {user_tokens} WHERE {where} ORDER BY user_id LIMIT %s{lock}"
+        ).format(
+            where=self._where(conditions),
+            lock=sql.SQL(" FOR UPDATE" if lock else ""),
+            **self._names,
+        )
+
     def history_query(self, conditions: Sequence[sql.Composable]) -> sql.Composed:
-        where = sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("true")
         return sql.SQL(
             "SELECT {entries} FROM {token_transactions} WHERE {where} ORDER BY id DESC LIMIT %s"
-        ).format(where=where, **self._names)
+        ).format(where=self._where(conditions), **self._names)
+
+    def count_query(self, conditions: Sequence[sql.Composable]) -> sql.Composed:
+        return sql.SQL("SELECT count(*) FROM {token_transactions} WHERE {where}").format(
+            where=self._where(conditions), **self._names
+        )
 
     def migration(self, statement: str) -> sql.Composed:
         return sql.SQL(statement).format(schema=self.schema)
 
 
+def _with_balances(
+    conn: psycopg.Connection[Any], statements: _Statements, accounts: list[TokenAccount]
+) -> list[TokenAccount]:
+    """Attach live grants and held reservations to the accounts whose row says they have some.
+
+    One query per kind for the whole batch, and none for an account without
+    either, so the hot path stays a single query.
+    """
+    with_grants = [a.user_id for a in accounts if a.grant_balance > 0]
+    with_holds = [a.user_id for a in accounts if a.reserved_tokens > 0]
+    if not with_grants and not with_holds:
+        return accounts
+    grants: dict[str, list[Grant]] = {}
+    if with_grants:
+        for row in _fetch(conn, statements.live_grants, (with_grants,)):
+            grants.setdefault(row[1], []).append(_grant(row))
+    holds: dict[str, list[Reservation]] = {}
+    if with_holds:
+        for row in _fetch(conn, statements.held_reservations, (with_holds,)):
+            holds.setdefault(row[1], []).append(_reservation(row))
+    return [
+        attrs.evolve(
+            account,
+            grants=tuple(grants.get(account.user_id, ())),
+            holds=tuple(holds.get(account.user_id, ())),
+        )
+        if account.grant_balance > 0 or account.reserved_tokens > 0
+        else account
+        for account in accounts
+    ]
+
+
 class PostgresUnitOfWork:
-    """One transaction on one connection; every method is one statement."""
+    """One transaction on one connection; every write is one statement, however many rows."""
 
     def __init__(self, conn: psycopg.Connection[Any], statements: _Statements) -> None:
         self._conn = conn
         self._sql = statements
 
     def _execute(
-        self, query: sql.Composed, params: Sequence[Any] | dict[str, Any]
+        self, query: sql.Composed, params: Sequence[Any]
     ) -> psycopg.Cursor[tuple[Any, ...]]:
         return self._conn.cursor(row_factory=tuple_row).execute(query, params)
 
     def load_account(self, user_id: str) -> TokenAccount | None:
         row = self._execute(self._sql.lock_account, (user_id,)).fetchone()
-        return None if row is None else _account(row)
+        return None if row is None else _with_balances(self._conn, self._sql, [_account(row)])[0]
 
     def insert_account(self, account: TokenAccount) -> bool:
         cursor = self._execute(
@@ -274,6 +492,9 @@ class PostgresUnitOfWork:
                 account.created_at,
                 account.updated_at,
                 account.reset_anchor,
+                account.overage_limit,
+                account.grant_balance,
+                account.reserved_tokens,
             ),
         )
         return cursor.rowcount == 1
@@ -290,13 +511,60 @@ class PostgresUnitOfWork:
                 [a.last_monthly_reset for a in accounts],
                 [a.reset_anchor for a in accounts],
                 [a.updated_at for a in accounts],
+                [a.overage_limit for a in accounts],
+                [a.grant_balance for a in accounts],
+                [a.reserved_tokens for a in accounts],
             ),
         )
         if cursor.rowcount != len(accounts):
             raise StorageError(
                 f"refused to store {len(accounts)} accounts: {len(accounts) - cursor.rowcount}"
-                " would spend beyond their limit or do not exist"
+                " would spend beyond their limit and overage, or do not exist"
             )
+
+    def save_grants(self, grants: Sequence[Grant]) -> None:
+        if not grants:
+            return
+        self._execute(
+            self._sql.save_grants,
+            (
+                [g.id for g in grants],
+                [g.user_id for g in grants],
+                [g.amount for g in grants],
+                [g.remaining for g in grants],
+                [g.created_at for g in grants],
+                [g.expires_at for g in grants],
+                [g.reason for g in grants],
+            ),
+        )
+
+    def save_reservations(self, reservations: Sequence[Reservation]) -> None:
+        if not reservations:
+            return
+        self._execute(
+            self._sql.save_reservations,
+            (
+                [r.id for r in reservations],
+                [r.user_id for r in reservations],
+                [r.amount for r in reservations],
+                [r.created_at for r in reservations],
+                [r.expires_at for r in reservations],
+                [r.status.value for r in reservations],
+                [r.feature for r in reservations],
+            ),
+        )
+
+    def find_transaction(self, transaction_id: int) -> Transaction | None:
+        row = self._execute(self._sql.find_transaction, (transaction_id,)).fetchone()
+        return None if row is None else _transaction(row)
+
+    def entries_referencing(self, reference: str) -> list[Transaction]:
+        rows = self._execute(self._sql.entries_referencing, (reference,)).fetchall()
+        return [_transaction(row) for row in rows]
+
+    def find_reservation(self, reservation_id: str) -> Reservation | None:
+        row = self._execute(self._sql.find_reservation, (reservation_id,)).fetchone()
+        return None if row is None else _reservation(row)
 
     def append_transactions(self, entries: Sequence[Transaction]) -> list[Transaction]:
         if not entries:
@@ -313,6 +581,8 @@ class PostgresUnitOfWork:
                 [e.feature for e in entries],
                 [Jsonb(e.operation_context) for e in entries],
                 [e.idempotency_key for e in entries],
+                [Jsonb(e.effects.to_dict()) for e in entries],
+                [e.reference for e in entries],
             ),
         ).fetchall()
         # Rows are inserted in ``position`` order, so their identities grow in it.
@@ -326,16 +596,10 @@ class PostgresUnitOfWork:
     def lock_stale_candidates(
         self, cutoffs: StaleCutoffs, after_user_id: str | None, limit: int
     ) -> list[TokenAccount]:
-        params = {
-            "calendar": cutoffs.calendar,
-            "anchored": cutoffs.anchored,
-            "limit": limit,
-            "after": after_user_id,
-        }
-        query = (
-            self._sql.lock_stale_from_start if after_user_id is None else self._sql.lock_stale_after
-        )
-        return [_account(row) for row in self._execute(query, params).fetchall()]
+        conditions, params = _account_filter(AccountFilter(stale=cutoffs), after_user_id)
+        query = self._sql.select_accounts(conditions, lock=True)
+        rows = self._execute(query, [*params, limit]).fetchall()
+        return _with_balances(self._conn, self._sql, [_account(row) for row in rows])
 
 
 class PostgresRepository:
@@ -461,29 +725,36 @@ class PostgresRepository:
 
     def _read(self, query: sql.Composed, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self._transaction() as conn:
-            return conn.cursor(row_factory=tuple_row).execute(query, params).fetchall()
+            return _fetch(conn, query, params)
+
+    def _read_accounts(self, query: sql.Composed, params: Sequence[Any]) -> list[TokenAccount]:
+        """Accounts with their balances, read in one transaction without locks."""
+        with self._transaction() as conn:
+            accounts = [_account(row) for row in _fetch(conn, query, params)]
+            return _with_balances(conn, self._sql, accounts)
 
     def get_account(self, user_id: str) -> TokenAccount | None:
-        rows = self._read(self._sql.select_account, (user_id,))
-        return _account(rows[0]) if rows else None
+        accounts = self._read_accounts(self._sql.select_account, (user_id,))
+        return accounts[0] if accounts else None
 
     def history(self, query: HistoryQuery) -> list[Transaction]:
-        filters: list[tuple[str, Any]] = [
-            ("user_id = %s", query.user_id),
-            (
-                "operation_type = %s",
-                None if query.operation_type is None else query.operation_type.value,
-            ),
-            ("feature = %s", query.feature),
-            ("success = %s", query.success),
-            ("created_at >= %s", query.since),
-            ("created_at < %s", query.until),
-            ("id < %s", query.before_id),
-        ]
-        used = [(condition, value) for condition, value in filters if value is not None]
-        statement = self._sql.history_query([sql.SQL(condition) for condition, _ in used])
-        params = [value for _, value in used] + [query.limit]
-        return [_transaction(row) for row in self._read(statement, params)]
+        conditions, params = _history_filter(query)
+        statement = self._sql.history_query(conditions)
+        return [_transaction(row) for row in self._read(statement, [*params, query.limit])]
+
+    def count_transactions(self, query: HistoryQuery) -> int:
+        conditions, params = _history_filter(attrs.evolve(query, before_id=None))
+        return int(self._read(self._sql.count_query(conditions), params)[0][0])
+
+    def count_accounts(self) -> int:
+        return int(self._read(self._sql.count_accounts, ())[0][0])
+
+    def scan_accounts(
+        self, where: AccountFilter, after_user_id: str | None, limit: int
+    ) -> list[TokenAccount]:
+        conditions, params = _account_filter(where, after_user_id)
+        query = self._sql.select_accounts(conditions, lock=False)
+        return self._read_accounts(query, [*params, limit])
 
     def close(self) -> None:
         """Close the pool made from a URL; a pool or connection you passed stays open."""

@@ -88,3 +88,39 @@ def test_an_account_reset_by_another_writer_mid_batch_does_not_end_the_bulk_rese
 
         assert reset_count == 3
         assert [ledger.get_account(u).last_monthly_reset.month for u in "abcd"] == [2, 2, 2, 2]
+
+
+def test_a_batch_with_grants_and_holds_reads_and_writes_them_once_for_all_its_accounts(
+    postgres_database: Database, postgres_schema: str
+) -> None:
+    """Expiring grants and holds add one read and one write of each kind, not one per account."""
+    clock = MovableClock(datetime(2026, 1, 15, tzinfo=UTC))
+    cursor = counting_cursor()
+    pool = ConnectionPool(
+        postgres_database.url, min_size=1, max_size=1, open=True, kwargs={"cursor_factory": cursor}
+    )
+    users = [f"user-{n:02d}" for n in range(20)]
+    with pool, TokenLedger.postgres(pool, schema=postgres_schema, clock=clock) as ledger:
+        for user_id in users:
+            ledger.open_account(user_id, monthly_limit=10)
+            ledger.deduct(user_id, 4)
+            ledger.grant(user_id, 5, expires_at=datetime(2026, 1, 20, tzinfo=UTC))
+            ledger.reserve(user_id, 3)
+        clock.set(datetime(2026, 2, 1, 0, 1, tzinfo=UTC))
+        cursor.statements.clear()
+
+        assert ledger.reset_all_stale(batch_size=BATCH) == len(users)
+
+        # the table each statement is about: the first quoted name after the schema's
+        tables = [text.split('"')[3] for text in cursor.statements]
+        assert tables == [
+            "user_tokens",  # the locking SELECT of the batch
+            "token_grants",
+            "token_reservations",
+            "user_tokens",  # UPDATE
+            "token_grants",  # written off
+            "token_reservations",  # released
+            "token_transactions",
+        ]
+        assert ledger.reconcile() == []
+        assert {ledger.status(u).grant_balance for u in users} == {0}

@@ -126,6 +126,30 @@ def test_sixteen_workers_never_overspend(
         assert ledger.history(success=False, limit=1), "the demand was meant to be refused"
 
 
+def test_sixteen_workers_spending_grants_overage_and_holds_never_overspend(
+    postgres_database: Database, postgres_schema: str, run_workers: Runner
+) -> None:
+    """Every write of an account's grants and holds queues on the account's row."""
+    with open_accounts(postgres_database, postgres_schema, {"hot": 60}) as ledger:
+        ledger.set_limit("hot", overage_limit=20)
+        for amount in (15, 25):
+            ledger.grant("hot", amount)
+
+    outcomes = run_workers(
+        workers.spend_hold_and_refund, [("hot", 12, seed) for seed in range(WORKERS)]
+    )
+
+    assert [surprise for _, surprises in outcomes for surprise in surprises] == []
+    acknowledged = sum(amount for seen, _ in outcomes for _user, amount, _key, _id in seen)
+    with TokenLedger.postgres(postgres_database.url, schema=postgres_schema) as ledger:
+        account = ledger.get_account("hot")
+        spent = account.monthly_tokens_used + 40 - account.grant_balance
+        assert acknowledged == spent <= 60 + 20 + 40
+        assert (account.reserved_tokens, account.holds) == (0, ())
+        assert ledger.reconcile() == []
+        assert ledger.history("hot", success=False, limit=1), "the demand was meant to be refused"
+
+
 def test_a_request_retried_by_every_worker_applies_once(
     postgres_database: Database, postgres_schema: str, run_workers: Runner
 ) -> None:

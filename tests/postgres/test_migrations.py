@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from datetime import datetime, timezone
 
 import psycopg
 import pytest
@@ -13,8 +14,9 @@ from postgres import workers
 from postgres.conftest import WORKERS
 from postgres.support import on_every_worker
 from postgres_server import Database
-from token_ledger import SchemaVersionError, StorageError, TokenLedger
+from token_ledger import SchemaVersionError, StorageError, TokenLedger, postgres
 from token_ledger.postgres import MIGRATIONS, PostgresRepository
+from token_ledger.testing import MovableClock
 
 pytestmark = pytest.mark.postgres
 
@@ -87,6 +89,47 @@ def test_a_schema_from_a_newer_token_ledger_is_refused(
         PostgresRepository(conn, schema=postgres_schema)
 
 
+def test_a_version_one_schema_is_migrated_and_its_log_still_reconciles(
+    postgres_database: Database, postgres_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries written before effects existed are given theirs by the migration."""
+    with monkeypatch.context() as version_one:
+        version_one.setattr(postgres, "MIGRATIONS", MIGRATIONS[:1])
+        PostgresRepository(postgres_database.url, schema=postgres_schema).close()
+    with postgres_database.connect() as conn:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (user_id, monthly_limit, monthly_tokens_used, last_monthly_reset)"
+                " VALUES ('old', 50, 7, '2026-01-01 00:00:00+00')"
+            ).format(sql.Identifier(postgres_schema, "user_tokens"))
+        )
+        for operation, amount, success in [
+            ("deduct", 9, True),
+            ("reset", 9, True),
+            ("deduct", 7, True),
+            ("deduct", 100, False),
+        ]:
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (user_id, operation_type, amount, success, balance_after)"
+                    " VALUES ('old', %s, %s, %s, 0)"
+                ).format(sql.Identifier(postgres_schema, "token_transactions")),
+                (operation, amount, success),
+            )
+    assert stored_versions(postgres_database, postgres_schema) == [1]
+
+    clock = MovableClock(datetime(2026, 1, 15, tzinfo=timezone.utc))
+    with TokenLedger.postgres(postgres_database.url, schema=postgres_schema, clock=clock) as ledger:
+        assert ledger.reconcile() == []
+        assert ledger.get_account("old").monthly_tokens_used == 7
+        assert [entry.effects.usage for entry in ledger.history("old")] == [0, 7, -9, 9]
+
+        ledger.grant("old", 5)
+        assert ledger.deduct("old", 45).transaction.effects.usage == 43
+        assert ledger.reconcile() == []
+    assert stored_versions(postgres_database, postgres_schema) == [1, 2]
+
+
 def test_a_migration_that_fails_leaves_nothing_behind(
     postgres_database: Database, postgres_schema: str
 ) -> None:
@@ -118,7 +161,8 @@ def test_a_migrated_schema_needs_only_the_privileges_the_readme_lists(
     role = f"{postgres_schema}_app"
     schema = sql.Identifier(postgres_schema)
     tables = [
-        sql.Identifier(postgres_schema, name) for name in ("user_tokens", "token_transactions")
+        sql.Identifier(postgres_schema, name)
+        for name in ("user_tokens", "token_transactions", "token_grants", "token_reservations")
     ]
     grants = [
         sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'app'").format(sql.Identifier(role)),
@@ -137,10 +181,15 @@ def test_a_migrated_schema_needs_only_the_privileges_the_readme_lists(
     try:
         with TokenLedger.postgres(url, schema=postgres_schema) as ledger:
             ledger.open_account("u1", monthly_limit=10)
-            ledger.deduct("u1", 4, idempotency_key="request-1")
-            ledger.set_limit("u1", 20)
+            spent = ledger.deduct("u1", 4, idempotency_key="request-1").transaction
+            ledger.set_limit("u1", 20, overage_limit=5)
+            ledger.grant("u1", 3)
+            ledger.commit(ledger.reserve("u1", 6).id, 2)
+            assert spent.id is not None
+            ledger.refund(spent.id, 1)
             assert ledger.reset_all_stale() == 0
-            assert len(ledger.history("u1")) == 2
+            assert ledger.reconcile() == []
+            assert len(ledger.history("u1")) == 6
     finally:
         with postgres_database.connect() as conn:
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))

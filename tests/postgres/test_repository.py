@@ -118,7 +118,9 @@ def test_schemas_keep_ledgers_apart_and_hold_their_tables(
             "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY tablename", (odd,)
         ).fetchall()
     assert [row[0] for row in tables] == [
+        "token_grants",
         "token_ledger_migrations",
+        "token_reservations",
         "token_transactions",
         "user_tokens",
     ]
@@ -139,7 +141,7 @@ def test_columns_have_native_types(postgres_database: Database, postgres_schema:
     with postgres_database.connect() as conn:
         rows = conn.execute(
             "SELECT table_name, column_name, data_type FROM information_schema.columns"
-            " WHERE table_schema = %s AND table_name IN ('user_tokens', 'token_transactions')",
+            " WHERE table_schema = %s",
             (postgres_schema,),
         ).fetchall()
     types = {(table, column): data_type for table, column, data_type in rows}
@@ -149,6 +151,10 @@ def test_columns_have_native_types(postgres_database: Database, postgres_schema:
     assert types[("token_transactions", "id")] == "bigint"
     assert types[("token_transactions", "operation_context")] == "jsonb"
     assert types[("token_transactions", "success")] == "boolean"
+    assert types[("token_transactions", "effects")] == "jsonb"
+    assert types[("user_tokens", "overage_limit")] == "bigint"
+    assert types[("token_grants", "expires_at")] == "timestamp with time zone"
+    assert types[("token_reservations", "amount")] == "bigint"
 
 
 def test_instants_come_back_in_utc_whatever_the_session_time_zone(
@@ -326,4 +332,47 @@ def test_the_tables_refuse_usage_no_operation_can_produce(
 
     assert type(raised.value.__cause__) is cause
     assert repository.get_account("u1") == account
+    repository.close()
+
+
+def test_the_guard_admits_overage_and_usage_kept_above_a_lowered_limit(
+    postgres_database: Database, postgres_schema: str
+) -> None:
+    """Usage may grow up to the limit plus the overage limit; above the limits it may
+    only stay or fall, and only in the stored period: a new period starts from zero."""
+    repository = PostgresRepository(postgres_database.url, schema=postgres_schema)
+    opened = attrs.evolve(
+        Ledger().open("u1", 10, datetime(2026, 1, 15, tzinfo=UTC)), overage_limit=5
+    )
+    with repository.unit_of_work() as work:
+        work.insert_account(opened)
+    into_overage = attrs.evolve(opened, monthly_tokens_used=15)
+    downgraded = attrs.evolve(into_overage, monthly_limit=4, overage_limit=0)
+    partly_refunded = attrs.evolve(downgraded, monthly_tokens_used=12)
+    for admitted in (into_overage, downgraded, partly_refunded):
+        with repository.unit_of_work() as work:
+            work.save_accounts([admitted])
+        assert repository.get_account("u1") == admitted
+
+    growing = attrs.evolve(partly_refunded, monthly_tokens_used=13)
+    next_period = attrs.evolve(partly_refunded, last_monthly_reset=datetime(2026, 2, 1, tzinfo=UTC))
+    for refused in (growing, next_period):
+        with pytest.raises(StorageError), repository.unit_of_work() as work:
+            work.save_accounts([refused])
+        assert repository.get_account("u1") == partly_refunded
+    repository.close()
+
+
+def test_limits_that_add_up_past_bigint_do_not_break_the_guard(
+    postgres_database: Database, postgres_schema: str
+) -> None:
+    most = 2**63 - 1
+    repository = PostgresRepository(postgres_database.url, schema=postgres_schema)
+    opened = Ledger().open("u1", most, datetime(2026, 1, 15, tzinfo=UTC))
+    spent = attrs.evolve(opened, overage_limit=most, monthly_tokens_used=most)
+    with repository.unit_of_work() as work:
+        work.insert_account(opened)
+        work.save_accounts([spent])
+
+    assert repository.get_account("u1") == spent
     repository.close()

@@ -7,6 +7,7 @@ once rather than one after another as they finish starting up.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from threading import Barrier
 from typing import Any, TypeVar
@@ -49,6 +50,38 @@ def spend(ledger: TokenLedger, plan: Plan) -> Outcome:
             surprises.append(repr(error))
         else:
             seen.append((user_id, amount, key, result.transaction.id))
+    return seen, surprises
+
+
+def spend_hold_and_refund(ledger: TokenLedger, user_id: str, rounds: int, seed: int) -> Outcome:
+    """Deductions, holds committed in part, and refunds of this worker's own deductions.
+
+    What was spent is seen with its amount, what was refunded with minus its
+    amount; refusals are expected, any other error is a surprise.
+    """
+    rng = random.Random(seed)
+    seen: list[tuple[str, int, str | None, int | None]] = []
+    surprises: list[str] = []
+    refundable: list[int] = []
+    for _ in range(rounds):
+        try:
+            choice = rng.random()
+            if choice < 0.2 and refundable:
+                refunded = ledger.refund(refundable.pop(), 1)
+                seen.append((user_id, -1, None, refunded.id))
+                continue
+            if choice < 0.6:
+                spent = ledger.deduct(user_id, rng.randint(1, 5), feature="load").transaction
+                if spent.id is not None:
+                    refundable.append(spent.id)
+            else:
+                hold = ledger.reserve(user_id, rng.randint(2, 6), feature="load")
+                spent = ledger.commit(hold.id, rng.randint(0, hold.amount)).transaction
+            seen.append((user_id, spent.amount, None, spent.id))
+        except InsufficientTokens:
+            continue
+        except Exception as error:
+            surprises.append(repr(error))
     return seen, surprises
 
 
