@@ -55,15 +55,17 @@ class Change:
 
 
 def _stamped(operation: Operation[P]) -> Operation[P]:
-    """Make an operation at ``now`` stamp the account it writes with a later ``updated_at``.
+    """Make an operation at ``now`` change ``updated_at`` of the account it writes.
 
-    ``updated_at`` is ``now`` when the clock has moved past the stored value, and
-    one microsecond after it otherwise (a frozen test clock, a clock stepped
-    back), so that every write changes it. The optional SQL's triggers
-    (:mod:`token_ledger.sql`) rely on that: they take a writer's instant from
-    ``updated_at`` when the write changes it, and the database clock otherwise.
-    The stamp is applied once to the operation's result, so steps within one
-    operation (a reset, then a deduction) do not push it further.
+    ``updated_at`` becomes ``now``, or one microsecond before ``now`` when the
+    stored value is ``now`` already (two writes at one instant, as on a frozen
+    test clock). The optional SQL's triggers (:mod:`token_ledger.sql`) rely on
+    it: they judge a write at its ``updated_at`` when the write changes it, and
+    at the database clock otherwise. Never later than ``now``, so they never
+    see a period the library has not reached: a stamp one microsecond *after*
+    the stored value could fall on the 1st while the library is still in the
+    last microsecond of the month. The stamp is applied once to the
+    operation's result, so steps within one operation share it.
     """
 
     @functools.wraps(operation)
@@ -78,7 +80,7 @@ def _stamped(operation: Operation[P]) -> Operation[P]:
         change = operation(self, policy, now, *args, **kwargs)
         if change.account is self or change.account == self:
             return change
-        stamp = now if now > self.updated_at else self.updated_at + _MICROSECOND
+        stamp = now - _MICROSECOND if now == self.updated_at else now
         return attrs.evolve(change, account=attrs.evolve(change.account, updated_at=stamp))
 
     return stamped

@@ -302,7 +302,8 @@ $$;
 
 -- Write p_account over p_stored (the row as locked) if anything changed,
 -- stamped like TokenLedger stamps its writes: p_now, or one microsecond
--- after the stored updated_at when the clock has not moved past it.
+-- earlier when the stored updated_at is p_now already, so that the write
+-- changes updated_at and the update trigger judges it at its own instant.
 CREATE OR REPLACE FUNCTION @schema@.token_ledger_save(
     p_stored @schema@.user_tokens, p_account @schema@.user_tokens, p_now timestamptz
 ) RETURNS void
@@ -318,7 +319,8 @@ BEGIN
         overage_limit = p_account.overage_limit,
         grant_balance = p_account.grant_balance,
         reserved_tokens = p_account.reserved_tokens,
-        updated_at = greatest(p_now, p_stored.updated_at + interval '1 microsecond')
+        updated_at = CASE WHEN p_stored.updated_at = p_now
+            THEN p_now - interval '1 microsecond' ELSE p_now END
     WHERE user_id = p_stored.user_id;
 END
 $$;
@@ -421,7 +423,8 @@ BEGIN
             last_monthly_reset = greatest(s.period_start, t.last_monthly_reset),
             grant_balance = t.grant_balance - s.written_off,
             reserved_tokens = t.reserved_tokens - s.released,
-            updated_at = greatest(p_now, t.updated_at + interval '1 microsecond')
+            updated_at = CASE WHEN t.updated_at = p_now
+                THEN p_now - interval '1 microsecond' ELSE p_now END
         FROM settled AS s WHERE t.user_id = s.user_id
     ),
     entries AS (
