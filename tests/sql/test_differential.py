@@ -9,12 +9,14 @@ sequences, and both views show every account as ``TokenLedger.status`` does.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
@@ -23,7 +25,16 @@ from hypothesis import strategies as st
 from postgres_server import Database
 from sql.support import connect_to, installed_schema
 from sql.worlds import LibraryWorld, PostgresSQLWorld, SQLiteSQLWorld, World
-from token_ledger import TokenLedger, install_sqlite_sql
+from token_ledger import (
+    InsufficientTokens,
+    InvalidAmount,
+    InvalidInput,
+    ReservationClosed,
+    TokenLedger,
+    TransactionNotFound,
+    install_sqlite_sql,
+    service,
+)
 from token_ledger.sqlite import parse_instant
 from token_ledger.testing import MovableClock
 
@@ -302,3 +313,150 @@ def test_sqlite_view_and_triggers_write_what_the_library_writes(
     engine = sqlite_engine()
     apply(engine, ops)
     assert engine.sql_ledger.reconcile() == []
+
+
+def credit_operations() -> st.SearchStrategy[list[tuple[Any, ...]]]:
+    """Grants, holds, refunds and overage around SQL deductions and resets.
+
+    The SQL has no functions for grants, holds and refunds: both worlds make
+    them through the library, with the same ids, and deduct and reset through
+    their own means.
+    """
+    two_users = st.sampled_from(("u1", "u2"))
+    by_kind = {
+        "deduct": st.tuples(
+            st.just("deduct"),
+            two_users,
+            st.integers(1, 80),
+            st.sampled_from([None, "chat"]),
+            st.none(),
+        ),
+        "grant": st.tuples(
+            st.just("grant"), two_users, st.integers(1, 60), st.none() | st.integers(1, 45)
+        ),
+        "reserve": st.tuples(
+            st.just("reserve"), two_users, st.integers(1, 60), st.integers(1, 900)
+        ),
+        "commit": st.tuples(st.just("commit"), st.integers(0, 5), st.integers(0, 100)),
+        "release": st.tuples(st.just("release"), st.integers(0, 5)),
+        "refund": st.tuples(st.just("refund"), st.integers(1, 40), st.none() | st.integers(1, 60)),
+        "overage": st.tuples(st.just("overage"), two_users, st.integers(0, 40)),
+        "move": st.tuples(st.just("move"), moves),
+        "reset_one": st.tuples(st.just("reset_one"), two_users),
+        "reset_all": st.tuples(st.just("reset_all")),
+    }
+    weighted = (
+        ["deduct"] * 4
+        + ["grant", "reserve"] * 2
+        + ["move"] * 3
+        + [
+            "commit",
+            "release",
+            "refund",
+            "overage",
+            "reset_one",
+            "reset_all",
+        ]
+    )
+    opening = [("open", "u1", 50, None), ("open", "u2", 20, None)]
+    return st.lists(
+        st.sampled_from(weighted).flatmap(by_kind.__getitem__), min_size=10, max_size=30
+    ).map(lambda ops: [*opening, *ops])
+
+
+REFUSALS = (
+    InsufficientTokens,
+    InvalidAmount,
+    InvalidInput,
+    ReservationClosed,
+    TransactionNotFound,
+)
+
+
+def credit_call(
+    ledger: TokenLedger, kind: str, args: list[Any], now: datetime, holds: list[str]
+) -> object:
+    """One library call; its result, or the kind of refusal."""
+    try:
+        if kind == "grant":
+            user_id, amount, days = args
+            expires_at = None if days is None else now + timedelta(days=days)
+            return ledger.grant(user_id, amount, expires_at=expires_at).reference
+        if kind == "reserve":
+            user_id, amount, minutes = args
+            return ledger.reserve(user_id, amount, ttl=timedelta(minutes=minutes)).id
+        if kind == "commit":
+            index, percent = args
+            hold = holds[index % len(holds)]
+            reserved = ledger.history(reference=hold, operation_type="reserve")[0].amount
+            return ledger.commit(hold, reserved * percent // 100).transaction.id
+        if kind == "release":
+            return ledger.release(holds[args[0] % len(holds)]).transaction.id
+        if kind == "refund":
+            return ledger.refund(*args).id
+        user_id, overage = args
+        return ledger.set_limit(user_id, overage_limit=overage).overage_limit
+    except REFUSALS as refused:
+        return type(refused).__name__
+
+
+def numbered_ids(prefix: str) -> Callable[[], str]:
+    """Ids for what the library creates, the same in both worlds."""
+    numbers = itertools.count()
+    return lambda: f"{prefix}-{next(numbers)}"
+
+
+@pytest.mark.postgres
+@settings(max_examples=30, suppress_health_check=FIXTURES_PER_TEST)
+@given(ops=credit_operations())
+@example(
+    ops=[
+        ("open", "u1", 50, None),
+        ("open", "u2", 20, None),
+        ("grant", "u1", 10, None),
+        ("grant", "u1", 10, 5),
+        ("grant", "u1", 10, 2),
+        ("overage", "u1", 15),
+        ("reserve", "u1", 5, 60),
+        ("deduct", "u1", 75, "chat", None),  # the allowance, then grants by expiry
+        ("deduct", "u1", 14, None, None),  # the grant that never expires, then overage
+        ("move", timedelta(hours=5)),
+        ("deduct", "u1", 2, None, None),  # the expired hold is released first
+        ("grant", "u2", 30, 1),
+        ("move", timedelta(days=2)),
+        ("move", "first microsecond of the next month"),
+        ("reset_all",),  # u2's reset and its expired grant, in one statement
+        ("deduct", "u1", 60, None, None),
+    ]
+)
+def test_postgres_deductions_spend_grants_overage_and_holds_as_the_library_does(
+    postgres_engine: Callable[[], Engine], ops: list[tuple[Any, ...]]
+) -> None:
+    engine = postgres_engine()
+    now = START
+    holds: list[str] = []
+    for step, op in enumerate(ops):
+        kind, *args = op
+        if kind == "move":
+            now = moved(now, args[0])
+            continue
+        if kind in ("open", "deduct", "reset_one", "reset_all"):
+            for world in (engine.library, engine.sql):
+                getattr(world, kind)(*args, now)
+        elif kind in ("commit", "release") and not holds:
+            continue
+        else:
+            results = []
+            for ledger in (engine.library.ledger, engine.sql_ledger):
+                engine.library.clock.set(now)
+                with patch.object(service, "_new_id", numbered_ids(f"{step:02d}")):
+                    results.append(credit_call(ledger, kind, args, now, holds))
+            assert results[0] == results[1], op
+            if kind == "reserve" and isinstance(results[0], str) and results[0][0].isdigit():
+                holds.append(results[0])
+        event(kind)
+        assert_same(engine, now, op)
+    assert engine.sql_ledger.reconcile() == []
+    for entry in engine.sql_ledger.history(limit=1000):
+        if entry.operation_type in ("expire", "release") or entry.effects.grants:
+            event(f"{entry.operation_type}{' of grants' if entry.effects.grants else ''}")
