@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     import psycopg
     import sqlite_utils
 
-MAX_SCHEMA_NAME_BYTES = 63
 _PLACEHOLDER = re.compile(r"\$\$|@(schema|timezone|timezone_name)@")
 SQLITE_REQUIRED = {
     "user_tokens": {"reset_anchor", "overage_limit", "grant_balance", "reserved_tokens"},
@@ -54,9 +53,7 @@ def postgres_script(schema: str = "public", timezone: str = "UTC") -> str:
     library's rows by it. Identifiers are quoted in the text, so it runs as
     it is in ``psql`` (``--single-transaction``) or any other client.
     """
-    name = _validation.identifier(schema, "schema")
-    if len(name.encode()) > MAX_SCHEMA_NAME_BYTES:
-        raise InvalidInput(f"schema must be at most {MAX_SCHEMA_NAME_BYTES} bytes long")
+    name = _validation.schema_name(schema)
     load_zone(timezone)  # IANA names: letters, digits and "/_-+", nothing to escape
     # Function bodies are dollar-quoted: the tag must not occur in the schema's name.
     tag, n = "$$", 0
