@@ -1,4 +1,4 @@
--- token-ledger: the optional SQL for PostgreSQL (12 or later).
+-- token-ledger: the optional SQL for PostgreSQL.
 --
 -- The seed system's view, triggers and functions, keeping its names, for
 -- teams that also write to user_tokens from outside Python: the database
