@@ -16,6 +16,8 @@ from token_ledger.errors import InvalidAmount, InvalidInput, NaiveDatetime
 INT64_MAX = 2**63 - 1
 MAX_IDENTIFIER_LENGTH = 255
 MAX_SCHEMA_NAME_BYTES = 63
+# ``json.dumps`` with any option builds a new encoder per call; every deduction checks a context.
+_STRICT_JSON = json.JSONEncoder(allow_nan=False)
 
 
 def positive_int(value: object, name: str = "amount") -> int:
@@ -85,7 +87,7 @@ def json_context(value: object) -> dict[str, Any]:
     if any(not isinstance(key, str) for key in value):
         raise InvalidInput("context keys must be strings")
     try:
-        text = json.dumps(value, allow_nan=False)
+        text = _STRICT_JSON.encode(value)
     except (TypeError, ValueError) as error:
         raise InvalidInput(f"context must be JSON-serialisable: {error}") from error
     if "\\u0000" in text:

@@ -46,6 +46,8 @@ class Change:
 
     def then(self, later: Change) -> Change:
         """This change followed by ``later``, which was computed from this one's account."""
+        if not (self.entries or self.grants or self.reservations):
+            return later
         return Change(
             later.account,
             self.entries + later.entries,
@@ -287,7 +289,8 @@ class TokenAccount:
             grants=tuple(g for g in (changed.get(g.id, g) for g in self.grants) if g.remaining > 0),
             updated_at=now,
         )
-        effects = (base or Effects()) + Effects(usage=usage, grants=taken)
+        spent = Effects(usage=usage, grants=taken)
+        effects = spent if base is None else base + spent
         entry = self._entry(account, operation_type, amount, now, effects=effects, **entry_fields)
         return Change(account, (entry,), tuple(grants))
 

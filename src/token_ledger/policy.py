@@ -12,6 +12,7 @@ from token_ledger import _validation
 from token_ledger.errors import InvalidInput, UnknownTimeZone
 
 MAX_PERIOD_MONTHS = 1200
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @attrs.frozen
@@ -66,6 +67,11 @@ class MonthlyResetPolicy:
         eq=False,
         default=attrs.Factory(lambda self: load_zone(self.timezone), takes_self=True),
     )
+    # The calendar period asked for last: nearly every call of a month asks for it again.
+    # A one-element list, so that this frozen value can still remember it.
+    _last_calendar_period: list[Period] = attrs.field(
+        init=False, repr=False, eq=False, factory=lambda: [Period(_EPOCH, _EPOCH)]
+    )
 
     @property
     def shortest_period(self) -> timedelta:
@@ -80,9 +86,16 @@ class MonthlyResetPolicy:
         return self._anniversary_period(at, _validation.instant(anchor, "anchor"))
 
     def _calendar_period(self, at: datetime) -> Period:
+        last = self._last_calendar_period[0]
+        if last.start <= at < last.end:
+            return last
         local = at.astimezone(self._zone)
         first_month = (local.year * 12 + local.month - 1) // self.months * self.months
-        return Period(self._month_start(first_month), self._month_start(first_month + self.months))
+        period = Period(
+            self._month_start(first_month), self._month_start(first_month + self.months)
+        )
+        self._last_calendar_period[0] = period
+        return period
 
     def _month_start(self, month_index: int) -> datetime:
         year, month = divmod(month_index, 12)

@@ -44,6 +44,9 @@ GRANT_COLUMNS = "id, user_id, amount, remaining, created_at, expires_at, reason"
 RESERVATION_COLUMNS = "id, user_id, amount, created_at, expires_at, status, feature"
 MAX_PARAMETERS = 500
 
+# ``json.dumps`` with any option builds a new encoder per call; every ledger entry is encoded.
+COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
 migrations = Migrations(MIGRATION_SET)
 KNOWN_MIGRATIONS: set[str] = set()
 MigrationFunction = Callable[[sqlite_utils.Database], None]
@@ -357,7 +360,7 @@ class _SQLiteUnitOfWork:
                     entry.balance_after,
                     int(entry.success),
                     entry.feature,
-                    json.dumps(entry.operation_context, separators=(",", ":")),
+                    COMPACT_JSON.encode(entry.operation_context),
                     entry.idempotency_key,
                     json.dumps(entry.effects.to_dict(), separators=(",", ":")),
                     entry.reference,

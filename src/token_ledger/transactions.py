@@ -30,6 +30,8 @@ class OperationType(str, enum.Enum):
 def _grant_items(
     value: Mapping[str, int] | tuple[tuple[str, int], ...],
 ) -> tuple[tuple[str, int], ...]:
+    if not value:
+        return ()
     items = value.items() if isinstance(value, Mapping) else value
     return tuple(sorted((key, amount) for key, amount in items if amount))
 

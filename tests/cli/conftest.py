@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
+import psycopg
 import pytest
 from click.testing import CliRunner, Result
 
 from cli.helpers import LedgerDatabase, Run
+from postgres_server import Database
 from token_ledger import TokenLedger
 from token_ledger.cli import cli
 from token_ledger.testing import MovableClock
@@ -31,7 +34,32 @@ def sqlite_database(request: pytest.FixtureRequest, directory: Path) -> LedgerDa
     return database
 
 
-ENGINES = [pytest.param(sqlite_database, id="sqlite")]
+def postgres_database(request: pytest.FixtureRequest, directory: Path) -> LedgerDatabase:
+    """A database of its own on the test server, reached by a ``postgresql://`` URL."""
+    server: Database = request.getfixturevalue("postgres_database")
+    made = server.new_database()
+    conninfo = made.__enter__()
+    request.addfinalizer(lambda: made.__exit__(None, None, None))
+    url = as_url(conninfo)
+    database = LedgerDatabase(url, lambda url, clock: TokenLedger.postgres(url, clock=clock))
+    database.open().close()
+    return database
+
+
+def as_url(conninfo: str) -> str:
+    """The ``postgresql://`` form of a libpq connection string, as operators write it."""
+    parts = psycopg.conninfo.conninfo_to_dict(conninfo)
+    user = quote(str(parts.pop("user", "")), safe="")
+    password = parts.pop("password", None)
+    credentials = f"{user}:{quote(str(password), safe='')}@" if password else f"{user}@"
+    dbname = quote(str(parts.pop("dbname", "")), safe="")
+    return f"postgresql://{credentials}/{dbname}?{urlencode({k: str(v) for k, v in parts.items()})}"
+
+
+ENGINES = [
+    pytest.param(sqlite_database, id="sqlite"),
+    pytest.param(postgres_database, id="postgres", marks=pytest.mark.postgres),
+]
 
 
 @pytest.fixture(autouse=True)

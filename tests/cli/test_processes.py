@@ -1,4 +1,4 @@
-"""The command line as cron runs it: real processes on a real SQLite file."""
+"""The command line as cron runs it: real processes on a real SQLite file and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from cli.conftest import postgres_database
 from token_ledger import TokenLedger, Transaction
 
 ENV_VARS = ("TOKEN_LEDGER_DATABASE_URL", "TOKEN_LEDGER_TIMEZONE")
@@ -110,3 +113,21 @@ def test_importing_the_package_does_not_import_click() -> None:
     )
 
     assert completed.stdout.strip() == "False"
+
+
+@pytest.mark.postgres
+def test_the_installed_script_serves_a_postgresql_url_from_the_environment(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The cron recipe on PostgreSQL: the URL (and its password) only in the environment."""
+    database = postgres_database(request, tmp_path)
+    script = installed_script()
+    env = {"TOKEN_LEDGER_DATABASE_URL": database.url}
+
+    created = run([script, "account", "create", "u1", "--limit", "10"], tmp_path, env)
+    spent = run([script, "deduct", "u1", "4", "--json"], tmp_path, env)
+    reset = run([script, "reset", "--all", "--json"], tmp_path, env)
+
+    assert created.returncode == 0, created.stderr
+    assert json.loads(spent.stdout) == {"success": True, "monthlyRemaining": 6}
+    assert (reset.returncode, reset.stdout) == (0, '{"reset_count": 0}\n')

@@ -1,0 +1,198 @@
+"""Library against raw deductions, in this process or in worker processes that start together.
+
+The engine-independent half of the deduction scenarios. It is its own
+module so that ``multiprocessing`` can import it in a freshly spawned
+interpreter without running the benchmarks.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing.synchronize import Barrier
+from types import TracebackType
+from typing import Literal
+
+from baselines import FEATURE, Deduction, RawPostgres, RawSQLite, plan
+from harness import Context, Outcome, alternate, library_against_raw
+from token_ledger import TokenLedger
+
+Side = Literal["library", "raw"]
+Engine = Literal["sqlite", "postgres"]
+Deduct = Callable[[Deduction], object]
+
+#: Longest wait for the other workers of a round; a crashed worker fails the round instead.
+BARRIER_TIMEOUT = 120.0
+
+
+def postgres_ledger(url: str, schema: str) -> TokenLedger:
+    return TokenLedger.postgres(url, schema=schema)
+
+
+def library_deduct(ledger: TokenLedger) -> Deduct:
+    def deduct(deduction: Deduction) -> object:
+        return ledger.deduct(
+            deduction.user_id,
+            deduction.amount,
+            feature=FEATURE,
+            context=deduction.context,
+            idempotency_key=deduction.idempotency_key,
+        )
+
+    return deduct
+
+
+@contextmanager
+def deductor(side: Side, engine: Engine, target: str, schema: str) -> Iterator[Deduct]:
+    """A function making one deduction, by the library or by the raw baseline."""
+    if side == "library":
+        ledger = (
+            TokenLedger.sqlite(target) if engine == "sqlite" else postgres_ledger(target, schema)
+        )
+        with ledger:
+            yield library_deduct(ledger)
+    else:
+        raw = RawSQLite(target) if engine == "sqlite" else RawPostgres(target, schema)
+        try:
+            yield raw.deduct
+        finally:
+            raw.close()
+
+
+def throughput(deduct: Deduct, deductions: Sequence[Deduction]) -> float:
+    """Deductions per second, the calls made one after the other."""
+    start = time.perf_counter()
+    for deduction in deductions:
+        deduct(deduction)
+    return len(deductions) / (time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One worker's share of a round: ``count`` deductions over ``user_ids``."""
+
+    side: Side
+    engine: Engine
+    target: str
+    schema: str
+    user_ids: tuple[str, ...]
+    count: int
+    tag: str
+
+
+_barrier: Barrier | None = None
+
+
+def _remember_barrier(barrier: Barrier) -> None:
+    global _barrier
+    _barrier = barrier
+
+
+def run_job(job: Job) -> tuple[float, float]:
+    """In a worker: connect, wait for every worker, deduct; the start and end instants.
+
+    ``time.perf_counter`` is the system-wide monotonic clock on Linux and
+    macOS, so instants from different workers can be compared.
+    """
+    deductions = plan(job.user_ids, job.count, job.tag)
+    with deductor(job.side, job.engine, job.target, job.schema) as deduct:
+        assert _barrier is not None, "run_job runs in a Workers pool"
+        _barrier.wait(BARRIER_TIMEOUT)
+        start = time.perf_counter()
+        for deduction in deductions:
+            deduct(deduction)
+        return start, time.perf_counter()
+
+
+class Workers:
+    """``processes`` spawned workers; each round, all of them start deducting at once."""
+
+    def __init__(self, processes: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.processes = processes
+        self._pool = context.Pool(
+            processes, initializer=_remember_barrier, initargs=(context.Barrier(processes),)
+        )
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self._pool.close()
+        else:
+            self._pool.terminate()
+        self._pool.join()
+
+    def throughput(self, jobs: Sequence[Job]) -> float:
+        """All the jobs' deductions per second, from the first start to the last end.
+
+        There is one job per worker: each waits at the barrier, so no worker takes two.
+        """
+        if len(jobs) != self.processes:
+            raise ValueError(f"one job per worker: {self.processes} expected, got {len(jobs)}")
+        spans = self._pool.map(run_job, jobs, chunksize=1)
+        first = min(start for start, _ in spans)
+        last = max(end for _, end in spans)
+        return sum(job.count for job in jobs) / (last - first)
+
+
+def one_at_a_time(
+    context: Context, engine: Engine, target: str, schema: str, user_ids: Sequence[str]
+) -> Outcome:
+    """Library against raw in this process, each on its own connection, deducting in turn."""
+    count = context.size.deductions
+    with (
+        deductor("library", engine, target, schema) as library,
+        deductor("raw", engine, target, schema) as raw,
+    ):
+        rounds = alternate(
+            context.size.rounds,
+            lambda tag: throughput(library, plan(user_ids, count, tag)),
+            lambda tag: throughput(raw, plan(user_ids, count, tag)),
+        )
+    return library_against_raw(rounds, "/s")
+
+
+def at_once(
+    context: Context,
+    engine: Engine,
+    target: str,
+    schema: str,
+    user_ids: Sequence[str],
+    processes: int,
+) -> Outcome:
+    """Library against raw, ``processes`` workers deducting at once; worker n on one account.
+
+    Worker ``n`` uses ``user_ids[n % len(user_ids)]``: one account each, or all on one.
+    """
+
+    def jobs(side: Side, tag: str) -> list[Job]:
+        return [
+            Job(
+                side,
+                engine,
+                target,
+                schema,
+                (user_ids[number % len(user_ids)],),
+                context.size.process_deductions,
+                f"{tag}-{number}",
+            )
+            for number in range(processes)
+        ]
+
+    with Workers(processes) as workers:
+        rounds = alternate(
+            context.size.rounds,
+            lambda tag: workers.throughput(jobs("library", tag)),
+            lambda tag: workers.throughput(jobs("raw", tag)),
+        )
+    return library_against_raw(rounds, "/s")
