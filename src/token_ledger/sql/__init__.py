@@ -13,15 +13,13 @@ the functions ``auto_reset_monthly_tokens()`` and
 ``reset_user_tokens_if_needed(user_id)``, and ``deduct_tokens(...)``. SQLite
 gets the view and the two triggers, for calendar months in UTC.
 
-Nothing here imports psycopg: :func:`install_postgres_sql` only calls the
-connection it is given.
+``import token_ledger`` imports this module, but not psycopg, sqlite3 or
+``importlib.resources``: the functions import what they use when called.
 """
 
 from __future__ import annotations
 
 import re
-import sqlite3
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from token_ledger import _validation
@@ -29,6 +27,8 @@ from token_ledger.errors import InvalidInput, StorageError
 from token_ledger.policy import load_zone
 
 if TYPE_CHECKING:
+    import sqlite3
+
     import psycopg
     import sqlite_utils
 
@@ -42,6 +42,8 @@ SQLITE_REQUIRED = {
 
 
 def _script(name: str) -> str:
+    from importlib import resources  # not at import: it takes longer than the rest of the package
+
     return resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
 
 
@@ -98,6 +100,8 @@ def install_sqlite_sql(db: sqlite3.Connection | sqlite_utils.Database) -> None:
     The ledger's tables must exist (open a ledger on the file once). The
     connection must not be inside a transaction of its own.
     """
+    import sqlite3
+
     conn = db if isinstance(db, sqlite3.Connection) else db.conn
     if conn.in_transaction:
         raise InvalidInput("install_sqlite_sql needs a connection outside any transaction")
