@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 
 _PLACEHOLDER = re.compile(r"\$\$|@(schema|timezone|timezone_name)@")
+# Columns the SQLite SQL reads that only the ledger's second migration adds.
 SQLITE_REQUIRED = {
     "user_tokens": {"reset_anchor", "overage_limit", "grant_balance", "reserved_tokens"},
     "token_transactions": {"effects", "reference"},
