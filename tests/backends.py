@@ -62,13 +62,16 @@ class PostgresWithSQL(PostgresRepository):
         super().__init__(database.url, schema=schema)
         self.database = database
         self.schema = schema
+        self.timezone: str | None = None
         self.adopt_policy(MonthlyResetPolicy())
 
     def adopt_policy(self, policy: MonthlyResetPolicy) -> None:
         if policy.months != 1:
             pytest.skip("the PostgreSQL SQL counts periods of one month")
-        with self.database.connect() as conn:
-            install_postgres_sql(conn, schema=self.schema, timezone=policy.timezone)
+        if policy.timezone != self.timezone:
+            with self.database.connect() as conn:
+                install_postgres_sql(conn, schema=self.schema, timezone=policy.timezone)
+            self.timezone = policy.timezone
 
 
 def postgres_with_sql_repository(
