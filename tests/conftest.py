@@ -61,6 +61,10 @@ def repository(repository_factory: Callable[[], TokenRepository]) -> TokenReposi
 @pytest.fixture
 def make_ledger(repository: TokenRepository, clock: MovableClock) -> Callable[..., TokenLedger]:
     def make(policy: MonthlyResetPolicy | None = None) -> TokenLedger:
+        policy = policy if policy is not None else MonthlyResetPolicy()
+        adopt_policy = getattr(repository, "adopt_policy", None)  # see backends.py
+        if adopt_policy is not None:
+            adopt_policy(policy)
         return TokenLedger(repository, policy=policy, clock=clock)
 
     return make

@@ -40,6 +40,7 @@ from token_ledger.repository import (
     UnitOfWork,
 )
 from token_ledger.service import TokenLedger
+from token_ledger.sql import install_postgres_sql, install_sqlite_sql
 from token_ledger.transactions import Effects, OperationType, Transaction
 
 __version__ = "0.1.0"
@@ -86,5 +87,7 @@ __all__ = [
     "TransientStorageError",
     "UnitOfWork",
     "UnknownTimeZone",
+    "install_postgres_sql",
+    "install_sqlite_sql",
     "system_clock",
 ]

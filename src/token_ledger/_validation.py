@@ -15,6 +15,7 @@ from token_ledger.errors import InvalidAmount, InvalidInput, NaiveDatetime
 
 INT64_MAX = 2**63 - 1
 MAX_IDENTIFIER_LENGTH = 255
+MAX_SCHEMA_NAME_BYTES = 63
 # ``json.dumps`` with any option builds a new encoder per call; every deduction checks a context.
 _STRICT_JSON = json.JSONEncoder(allow_nan=False)
 
@@ -48,6 +49,14 @@ def identifier(value: object, name: str) -> str:
     if "\x00" in value:
         raise InvalidInput(f"{name} must not contain NUL characters")
     return value
+
+
+def schema_name(value: object) -> str:
+    """A PostgreSQL schema: longer names are cut to 63 bytes, and then it would not find its own."""
+    name = identifier(value, "schema")
+    if len(name.encode()) > MAX_SCHEMA_NAME_BYTES:
+        raise InvalidInput(f"schema must be at most {MAX_SCHEMA_NAME_BYTES} bytes long")
+    return name
 
 
 def optional_identifier(value: object, name: str) -> str | None:

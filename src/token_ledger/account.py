@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
-from typing import Any, overload
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, overload
 
 import attrs
 
 from token_ledger.grants import Grant, Reservation, ReservationStatus
 from token_ledger.policy import MonthlyResetPolicy, Period
 from token_ledger.transactions import Effects, OperationType, Transaction
+
+if TYPE_CHECKING:
+    from typing import Concatenate, ParamSpec
+
+    P = ParamSpec("P")
+    Operation = Callable[Concatenate["TokenAccount", MonthlyResetPolicy, datetime, P], "Change"]
+
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def _merge_by_id(
@@ -45,6 +54,38 @@ class Change:
             tuple(_merge_by_id(self.grants, later.grants).values()),
             tuple(_merge_by_id(self.reservations, later.reservations).values()),
         )
+
+
+def _stamped(operation: Operation[P]) -> Operation[P]:
+    """Make an operation at ``now`` change ``updated_at`` of the account it writes.
+
+    ``updated_at`` becomes ``now``, or one microsecond before ``now`` when the
+    stored value is ``now`` already (two writes at one instant, as on a frozen
+    test clock). The optional SQL's triggers (:mod:`token_ledger.sql`) rely on
+    it: they judge a write at its ``updated_at`` when the write changes it, and
+    at the database clock otherwise. Never later than ``now``, so they never
+    see a period the library has not reached: a stamp one microsecond *after*
+    the stored value could fall on the 1st while the library is still in the
+    last microsecond of the month. The stamp is applied once to the
+    operation's result, so steps within one operation share it.
+    """
+
+    @functools.wraps(operation)
+    def stamped(
+        self: TokenAccount,
+        policy: MonthlyResetPolicy,
+        now: datetime,
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Change:
+        change = operation(self, policy, now, *args, **kwargs)
+        if change.account is self or change.account == self:
+            return change
+        stamp = now - _MICROSECOND if now == self.updated_at else now
+        return attrs.evolve(change, account=attrs.evolve(change.account, updated_at=stamp))
+
+    return stamped
 
 
 @attrs.frozen
@@ -110,6 +151,7 @@ class TokenAccount:
 
     # the passage of time
 
+    @_stamped
     def as_of(self, policy: MonthlyResetPolicy, now: datetime) -> Change:
         """The account as it is at ``now``: reset if a period boundary was crossed
         (exactly one ``reset`` entry however many periods were skipped), expired
@@ -186,6 +228,7 @@ class TokenAccount:
 
     # spending
 
+    @_stamped
     def deduct(
         self,
         policy: MonthlyResetPolicy,
@@ -253,6 +296,7 @@ class TokenAccount:
 
     # grants, reservations and refunds
 
+    @_stamped
     def add_grant(
         self,
         policy: MonthlyResetPolicy,
@@ -280,6 +324,7 @@ class TokenAccount:
         )
         return current.then(Change(account, (entry,), (grant,)))
 
+    @_stamped
     def reserve(
         self,
         policy: MonthlyResetPolicy,
@@ -318,6 +363,7 @@ class TokenAccount:
         )
         return current.then(Change(account, (entry,), (), (hold,)))
 
+    @_stamped
     def settle_hold(
         self, policy: MonthlyResetPolicy, now: datetime, hold_id: str, actual: int | None
     ) -> Change:
@@ -358,6 +404,7 @@ class TokenAccount:
         closed = attrs.evolve(hold, status=ReservationStatus.COMMITTED)
         return current.then(attrs.evolve(spent, reservations=(closed,)))
 
+    @_stamped
     def refund(
         self,
         policy: MonthlyResetPolicy,
@@ -448,6 +495,7 @@ class TokenAccount:
         )
         return current.then(Change(account, (entry,), (*returned_grants, *new_grants)))
 
+    @_stamped
     def with_limits(
         self,
         policy: MonthlyResetPolicy,

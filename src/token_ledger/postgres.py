@@ -43,7 +43,6 @@ from token_ledger.transactions import Effects, Transaction
 PostgresTarget = str | psycopg.Connection[Any] | ConnectionPool[Any]
 
 DEFAULT_POOL_SIZE = 10
-MAX_SCHEMA_NAME_BYTES = 63
 # The bytes of "token_lg" as a bigint: a constant, so every process on every host
 # takes the same lock (a Python ``hash()`` of a string differs between processes).
 MIGRATION_LOCK_KEY = 0x746F6B656E5F6C67
@@ -174,14 +173,6 @@ def _translated_errors() -> Iterator[None]:
         yield
     except psycopg.Error as error:
         raise _storage_error(error) from error
-
-
-def _schema_name(value: object) -> str:
-    """PostgreSQL cuts longer names to 63 bytes, and then would not find its own schema."""
-    name = _validation.identifier(value, "schema")
-    if len(name.encode()) > MAX_SCHEMA_NAME_BYTES:
-        raise InvalidInput(f"schema must be at most {MAX_SCHEMA_NAME_BYTES} bytes long")
-    return name
 
 
 def _utc(value: datetime) -> datetime:
@@ -615,7 +606,7 @@ class PostgresRepository:
     """
 
     def __init__(self, target: PostgresTarget, *, schema: str = "public") -> None:
-        self._schema = _schema_name(schema)
+        self._schema = _validation.schema_name(schema)
         self._sql = _Statements(self._schema)
         self._lock = threading.Lock()
         self._owned_pool: ConnectionPool[Any] | None = None

@@ -90,3 +90,20 @@ def test_user_ids_are_opaque_strings(ledger: TokenLedger) -> None:
 
     assert ledger.status(odd).monthly_used == 2
     assert [entry.user_id for entry in ledger.history(odd)] == [odd]
+
+
+def test_every_write_changes_updated_at_even_when_the_clock_does_not_move(
+    ledger: TokenLedger, clock: MovableClock
+) -> None:
+    """The optional SQL's triggers tell the library's writes by a changed ``updated_at``."""
+    opened = ledger.open_account("u1", monthly_limit=50).updated_at
+    microsecond = timedelta(microseconds=1)
+
+    ledger.deduct("u1", 1)
+    assert ledger.get_account("u1").updated_at == opened - microsecond
+    ledger.deduct("u1", 1)
+    assert ledger.get_account("u1").updated_at == opened
+
+    clock.advance(timedelta(hours=-1))
+    ledger.set_limit("u1", 60)
+    assert ledger.get_account("u1").updated_at == clock()

@@ -265,8 +265,13 @@ def test_reconcile_finds_a_tampered_balance(ledger: TokenLedger) -> None:
     ledger.open_account("u1", monthly_limit=10)
     ledger.deduct("u1", 4)
     account = ledger.get_account("u1")
+    # Stamped a second later, as every writer records when it wrote: the optional
+    # SQL's triggers judge an unstamped write by the database's clock, not the test's.
+    tampered = attrs.evolve(
+        account, monthly_tokens_used=3, updated_at=account.updated_at + timedelta(seconds=1)
+    )
     with ledger.repository.unit_of_work() as work:
-        work.save_accounts([attrs.evolve(account, monthly_tokens_used=3)])
+        work.save_accounts([tampered])
 
     found = ledger.reconcile()
 

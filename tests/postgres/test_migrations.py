@@ -14,7 +14,13 @@ from postgres import workers
 from postgres.conftest import WORKERS
 from postgres.support import on_every_worker
 from postgres_server import Database
-from token_ledger import SchemaVersionError, StorageError, TokenLedger, postgres
+from token_ledger import (
+    SchemaVersionError,
+    StorageError,
+    TokenLedger,
+    install_postgres_sql,
+    postgres,
+)
 from token_ledger.postgres import MIGRATIONS, PostgresRepository
 from token_ledger.testing import MovableClock
 
@@ -153,11 +159,19 @@ def test_a_migration_that_fails_leaves_nothing_behind(
     assert tables == [("token_transactions",)]
 
 
+@pytest.mark.parametrize("with_sql", [False, True], ids=["tables", "tables-and-sql"])
 def test_a_migrated_schema_needs_only_the_privileges_the_readme_lists(
-    postgres_database: Database, postgres_schema: str
+    postgres_database: Database, postgres_schema: str, with_sql: bool
 ) -> None:
-    """The application's role creates nothing once a DBA has migrated the schema."""
+    """The application's role creates nothing once a DBA has migrated the schema.
+
+    With the optional SQL installed too, its triggers run on the role's writes
+    and the role may call its functions: they run with the caller's rights.
+    """
     PostgresRepository(postgres_database.url, schema=postgres_schema).close()
+    if with_sql:
+        with postgres_database.connect() as conn:
+            install_postgres_sql(conn, schema=postgres_schema)
     role = f"{postgres_schema}_app"
     schema = sql.Identifier(postgres_schema)
     tables = [
@@ -190,6 +204,11 @@ def test_a_migrated_schema_needs_only_the_privileges_the_readme_lists(
             assert ledger.reset_all_stale() == 0
             assert ledger.reconcile() == []
             assert len(ledger.history("u1")) == 6
+        if with_sql:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(sql.SQL("SET search_path TO {}").format(schema))
+                assert conn.execute("SELECT * FROM deduct_tokens('u1', 1)").fetchone()[0]
+                assert conn.execute("SELECT auto_reset_monthly_tokens()").fetchone() == (0,)
     finally:
         with postgres_database.connect() as conn:
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))

@@ -1,8 +1,10 @@
-"""The seed system's maintenance queries run, verbatim, against the tables we create.
+"""The seed system's maintenance queries of its tables run, verbatim, on the library's alone.
 
-They are copied from its "Token System Maintenance Guide" with ``'uuid'``
-left as it is: the account below is called ``uuid``. The guide's queries of
-its own view, functions and triggers are not here; the library replaces those.
+The queries are those of ``tests/seed_guide.py`` that read only the tables,
+with ``'uuid'`` left as it is: the account below is called ``uuid``. Without
+the optional SQL installed, a stale row stays stale until its next write.
+The guide's queries of its view, functions and triggers run in
+``tests/sql/test_seed_guide.py``, with the SQL installed.
 """
 
 from __future__ import annotations
@@ -13,45 +15,20 @@ import pytest
 from psycopg import sql
 
 from postgres_server import Database
+from seed_guide import (
+    FAILED_ALERT,
+    HEALTH_CHECK,
+    HIGH_USAGE_ALERT,
+    LAST_RESET,
+    RECENT_RESETS,
+    STALE_ALERT,
+    USER_STATUS,
+)
 from token_ledger import InsufficientTokens, TokenLedger
 from token_ledger.clock import system_clock
 from token_ledger.testing import MovableClock
 
 pytestmark = pytest.mark.postgres
-
-HEALTH_CHECK = """
-SELECT
-  COUNT(*) as total_users,
-  COUNT(*) FILTER (WHERE last_monthly_reset >= DATE_TRUNC('month', CURRENT_DATE)) as current,
-  COUNT(*) FILTER (WHERE last_monthly_reset < DATE_TRUNC('month', CURRENT_DATE)) as stale
-FROM user_tokens;
-"""
-RECENT_RESETS = """
-SELECT user_id, created_at, operation_context
-FROM token_transactions
-WHERE operation_type = 'reset'
-  AND created_at >= NOW() - INTERVAL '7 days'
-ORDER BY created_at DESC;
-"""
-USER_STATUS = "SELECT * FROM user_tokens WHERE user_id = 'uuid';"
-LAST_RESET = """
-SELECT * FROM token_transactions
-WHERE user_id = 'uuid' AND operation_type = 'reset'
-ORDER BY created_at DESC LIMIT 1;
-"""
-STALE_ALERT = """
-SELECT COUNT(*) FROM user_tokens
-WHERE last_monthly_reset < DATE_TRUNC('month', CURRENT_DATE) - INTERVAL '1 day';
-"""
-FAILED_ALERT = """
-SELECT COUNT(*) FROM token_transactions
-WHERE success = false
-  AND created_at >= NOW() - INTERVAL '1 hour';
-"""
-HIGH_USAGE = """
-SELECT COUNT(*) FROM user_tokens
-WHERE monthly_tokens_used::float / monthly_limit > 0.9;
-"""
 
 
 @pytest.fixture
@@ -91,7 +68,7 @@ def test_the_alerts_see_stale_users_failures_and_high_usage(
 ) -> None:
     assert run(seeded, postgres_schema, STALE_ALERT) == [(1,)]
     assert run(seeded, postgres_schema, FAILED_ALERT) == [(1,)]
-    assert run(seeded, postgres_schema, HIGH_USAGE) == [(1,)]
+    assert run(seeded, postgres_schema, HIGH_USAGE_ALERT) == [(1,)]
 
 
 def test_the_troubleshooting_queries_show_the_user_and_the_reset(

@@ -1,0 +1,612 @@
+-- token-ledger: the optional SQL for PostgreSQL.
+--
+-- The seed system's view, triggers and functions, keeping its names, for
+-- teams that also write to user_tokens from outside Python: the database
+-- itself then applies the reset rules. The Python library works with or
+-- without it. Generated for months that start at local midnight of the 1st
+-- in @timezone_name@ (accounts with a reset_anchor reset on their own day of
+-- the month): the zone of the ledger's MonthlyResetPolicy. Written for
+-- PostgreSQL 12 or later, tested on 18. Safe to run again. Run it in one
+-- transaction (psql --single-transaction) on tables token-ledger has created.
+--
+-- Instants: a write's instant is its new updated_at when the write changes
+-- it, and the database clock (now()) otherwise. The functions take the
+-- instant as p_now, default now(). Entries are the ones TokenLedger writes,
+-- with the same operation_context and effects, so reconcile() stays [].
+
+SELECT pg_advisory_xact_lock(8390042714202139751);  -- the migrations' lock
+
+DO $$
+DECLARE
+    v_version integer;
+BEGIN
+    PERFORM now() AT TIME ZONE @timezone@;  -- an unknown time zone fails here
+    BEGIN
+        SELECT max(version) INTO v_version FROM @schema@.token_ledger_migrations;
+    EXCEPTION WHEN undefined_table OR invalid_schema_name THEN
+        v_version := NULL;
+    END;
+    IF v_version IS NULL OR v_version < 2 THEN
+        RAISE EXCEPTION 'token-ledger''s tables are missing, or older than this SQL'
+            USING HINT = 'Open the ledger once with this token-ledger (TokenLedger.postgres or'
+                ' token-ledger init) in the same schema, then install the SQL.';
+    END IF;
+END
+$$;
+
+-- The zone whose months the SQL counts.
+CREATE OR REPLACE FUNCTION @schema@.token_ledger_timezone() RETURNS text
+LANGUAGE sql IMMUTABLE AS $$ SELECT @timezone@::text $$;
+
+-- An instant as the library writes it in operation_context:
+-- fixed-width UTC text, 2026-01-01T00:00:00.000000+00:00.
+CREATE OR REPLACE FUNCTION @schema@.token_ledger_iso(p_instant timestamptz) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT to_char(p_instant AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US') || '+00:00'
+$$;
+
+-- The instant of a local wall time, read as Python reads it (fold=0): a time
+-- in a gap takes the offset from before the change (as PostgreSQL does too),
+-- and a time that occurs twice is the earlier of the two instants (where
+-- PostgreSQL takes the later one).
+CREATE OR REPLACE FUNCTION @schema@.token_ledger_local_instant(
+    p_local timestamp, p_timezone text
+) RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_later timestamptz := p_local AT TIME ZONE p_timezone;
+    v_day_before timestamptz := v_later - interval '1 day';
+    v_offset_before interval :=
+        (v_day_before AT TIME ZONE p_timezone) - (v_day_before AT TIME ZONE 'UTC');
+    v_earlier timestamptz := (p_local - v_offset_before) AT TIME ZONE 'UTC';
+BEGIN
+    IF v_earlier < v_later AND v_earlier AT TIME ZONE p_timezone = p_local THEN
+        RETURN v_earlier;
+    END IF;
+    RETURN v_later;
+END
+$$;
+
+-- MonthlyResetPolicy(timezone=p_timezone).period(p_at, p_anchor).start.
+-- Without an anchor, local midnight of the 1st of p_at's month. With one,
+-- period n starts at the anchor's local wall time plus n months; like
+-- relativedelta, interval arithmetic on a timestamp keeps the day of the
+-- month where the month has it and takes the month's last day otherwise
+-- (January 31 + 1 month = February 28), always counted from the anchor.
+CREATE OR REPLACE FUNCTION @schema@.token_ledger_period_start(
+    p_at timestamptz, p_anchor timestamptz, p_timezone text
+) RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_local_at timestamp := p_at AT TIME ZONE p_timezone;
+    v_local_anchor timestamp := p_anchor AT TIME ZONE p_timezone;
+    v_months integer;
+BEGIN
+    IF p_anchor IS NULL THEN
+        RETURN @schema@.token_ledger_local_instant(
+            date_trunc('month', v_local_at), p_timezone);
+    END IF;
+    v_months := (extract(year FROM v_local_at) - extract(year FROM v_local_anchor)) * 12
+        + extract(month FROM v_local_at) - extract(month FROM v_local_anchor);
+    WHILE @schema@.token_ledger_local_instant(
+        v_local_anchor + make_interval(months => v_months), p_timezone) > p_at
+    LOOP
+        v_months := v_months - 1;
+    END LOOP;
+    WHILE @schema@.token_ledger_local_instant(
+        v_local_anchor + make_interval(months => v_months + 1), p_timezone) <= p_at
+    LOOP
+        v_months := v_months + 1;
+    END LOOP;
+    RETURN @schema@.token_ledger_local_instant(
+        v_local_anchor + make_interval(months => v_months), p_timezone);
+END
+$$;
+
+-- The reset entry TokenLedger writes when it clears p_previous_used.
+CREATE OR REPLACE FUNCTION @schema@.token_ledger_log_reset(
+    p_user_id text,
+    p_previous_used bigint,
+    p_previous_period_start timestamptz,
+    p_period_start timestamptz,
+    p_monthly_limit bigint,
+    p_now timestamptz
+) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO @schema@.token_transactions (user_id, operation_type, amount, created_at,
+        balance_after, success, operation_context, effects)
+    VALUES (
+        p_user_id, 'reset', p_previous_used, p_now, greatest(p_monthly_limit, 0), true,
+        jsonb_build_object(
+            'previous_used', p_previous_used,
+            'previous_period_start', @schema@.token_ledger_iso(p_previous_period_start),
+            'period_start', @schema@.token_ledger_iso(p_period_start)),
+        CASE WHEN p_previous_used = 0 THEN '{}'::jsonb
+            ELSE jsonb_build_object('usage', -p_previous_used) END
+    )
+$$;
+
+-- Every column of user_tokens as TokenLedger.status sees it at p_now: a
+-- period that has ended shows nothing used and the current period's start,
+-- grants past their expiry are no longer counted, nor holds past theirs.
+-- A plain SQL function, so PostgreSQL inlines it into the query that calls
+-- it and a filter on user_id still uses the primary key.
+CREATE OR REPLACE FUNCTION @schema@.user_tokens_with_auto_reset_at(p_now timestamptz)
+RETURNS TABLE (
+    user_id text,
+    monthly_limit bigint,
+    monthly_tokens_used bigint,
+    last_monthly_reset timestamptz,
+    reset_anchor timestamptz,
+    created_at timestamptz,
+    updated_at timestamptz,
+    overage_limit bigint,
+    grant_balance bigint,
+    reserved_tokens bigint
+)
+LANGUAGE sql STABLE AS $$
+    SELECT
+        t.user_id,
+        t.monthly_limit,
+        CASE WHEN p.start > t.last_monthly_reset THEN 0 ELSE t.monthly_tokens_used END,
+        greatest(p.start, t.last_monthly_reset),
+        t.reset_anchor,
+        t.created_at,
+        t.updated_at,
+        t.overage_limit,
+        t.grant_balance - CASE WHEN t.grant_balance = 0 THEN 0 ELSE (
+            SELECT coalesce(sum(g.remaining), 0)::bigint FROM @schema@.token_grants AS g
+            WHERE g.user_id = t.user_id AND g.remaining > 0 AND g.expires_at <= p_now) END,
+        t.reserved_tokens - CASE WHEN t.reserved_tokens = 0 THEN 0 ELSE (
+            SELECT coalesce(sum(h.amount), 0)::bigint FROM @schema@.token_reservations AS h
+            WHERE h.user_id = t.user_id AND h.status = 'held' AND h.expires_at <= p_now) END
+    FROM @schema@.user_tokens AS t
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN t.reset_anchor IS NULL
+            THEN (SELECT @schema@.token_ledger_period_start(
+                p_now, NULL, @schema@.token_ledger_timezone()))
+            ELSE @schema@.token_ledger_period_start(
+                p_now, t.reset_anchor, @schema@.token_ledger_timezone())
+            END AS start
+    ) AS p
+$$;
+
+CREATE OR REPLACE VIEW @schema@.user_tokens_with_auto_reset AS
+    SELECT user_id, monthly_limit, monthly_tokens_used, last_monthly_reset, reset_anchor,
+        created_at, updated_at, overage_limit, grant_balance, reserved_tokens
+    FROM @schema@.user_tokens_with_auto_reset_at(now());
+
+-- BEFORE INSERT and BEFORE UPDATE of a user_tokens row: a row written into a
+-- period that has ended is reset as it is written, and a reset entry logged.
+-- The instant is the write's new updated_at, or now() when the write leaves
+-- updated_at as it was. TokenLedger's rows are always current at the instant
+-- it stamps, so for its own writes this does nothing. For an UPDATE the
+-- writer's change of usage is kept on top of the reset
+-- (SET monthly_tokens_used = monthly_tokens_used + 5 on last month's row
+-- leaves 5); an UPDATE that sets last_monthly_reset itself is the writer's
+-- own reset and is left as it is. An INSERT without last_monthly_reset
+-- starts the current period.
+CREATE OR REPLACE FUNCTION @schema@.check_and_reset_monthly_tokens() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now timestamptz := coalesce(NEW.updated_at, now());
+    v_start timestamptz;
+    v_before @schema@.user_tokens;
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        IF NEW.last_monthly_reset IS DISTINCT FROM OLD.last_monthly_reset THEN
+            RETURN NEW;
+        END IF;
+        v_before := OLD;
+        IF NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
+            v_now := now();
+        END IF;
+    END IF;
+    v_start := @schema@.token_ledger_period_start(
+        v_now, NEW.reset_anchor, @schema@.token_ledger_timezone());
+    IF TG_OP = 'INSERT' AND NEW.last_monthly_reset IS NULL THEN
+        NEW.last_monthly_reset := v_start;
+    END IF;
+    IF NEW.last_monthly_reset >= v_start THEN
+        RETURN NEW;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        -- INSERT ... ON CONFLICT runs this before it finds the conflict: an
+        -- existing row is left to the UPDATE trigger (or to nothing).
+        IF EXISTS (SELECT FROM @schema@.user_tokens AS t WHERE t.user_id = NEW.user_id) THEN
+            RETURN NEW;
+        END IF;
+        v_before := NEW;
+    END IF;
+    PERFORM @schema@.token_ledger_log_reset(NEW.user_id, v_before.monthly_tokens_used,
+        v_before.last_monthly_reset, v_start, v_before.monthly_limit, v_now);
+    NEW.monthly_tokens_used := CASE WHEN TG_OP = 'INSERT' THEN 0
+        ELSE greatest(NEW.monthly_tokens_used - OLD.monthly_tokens_used, 0) END;
+    NEW.last_monthly_reset := v_start;
+    NEW.updated_at := v_now;
+    RETURN NEW;
+END
+$$;
+
+DROP TRIGGER IF EXISTS auto_monthly_reset_trigger_insert ON @schema@.user_tokens;
+CREATE TRIGGER auto_monthly_reset_trigger_insert
+    BEFORE INSERT ON @schema@.user_tokens
+    FOR EACH ROW EXECUTE FUNCTION @schema@.check_and_reset_monthly_tokens();
+
+DROP TRIGGER IF EXISTS auto_monthly_reset_trigger_update ON @schema@.user_tokens;
+CREATE TRIGGER auto_monthly_reset_trigger_update
+    BEFORE UPDATE ON @schema@.user_tokens
+    FOR EACH ROW EXECUTE FUNCTION @schema@.check_and_reset_monthly_tokens();
+
+-- TokenAccount.as_of for one locked row: the reset of an ended period, then
+-- grants past their expiry written off and holds past theirs released, each
+-- with the entry TokenLedger writes, in its order. Grant and hold rows are
+-- written here; the account comes back to be written once by the caller.
+CREATE OR REPLACE FUNCTION @schema@.token_ledger_settle(
+    p_account @schema@.user_tokens, p_now timestamptz
+) RETURNS @schema@.user_tokens
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_account @schema@.user_tokens := p_account;
+    v_start timestamptz := @schema@.token_ledger_period_start(
+        p_now, p_account.reset_anchor, @schema@.token_ledger_timezone());
+    v_grant record;
+    v_hold record;
+BEGIN
+    IF v_start > v_account.last_monthly_reset THEN
+        PERFORM @schema@.token_ledger_log_reset(v_account.user_id,
+            v_account.monthly_tokens_used, v_account.last_monthly_reset, v_start,
+            v_account.monthly_limit, p_now);
+        v_account.monthly_tokens_used := 0;
+        v_account.last_monthly_reset := v_start;
+    END IF;
+    IF v_account.grant_balance > 0 THEN
+        FOR v_grant IN
+            SELECT g.id, g.remaining, g.expires_at FROM @schema@.token_grants AS g
+            WHERE g.user_id = v_account.user_id AND g.remaining > 0 AND g.expires_at <= p_now
+            ORDER BY g.created_at, g.id
+        LOOP
+            UPDATE @schema@.token_grants SET remaining = 0 WHERE id = v_grant.id;
+            v_account.grant_balance := v_account.grant_balance - v_grant.remaining;
+            INSERT INTO @schema@.token_transactions (user_id, operation_type, amount,
+                created_at, balance_after, success, operation_context, effects, reference)
+            VALUES (v_account.user_id, 'expire', v_grant.remaining, p_now,
+                greatest(v_account.monthly_limit - v_account.monthly_tokens_used, 0), true,
+                jsonb_build_object('expires_at', @schema@.token_ledger_iso(v_grant.expires_at)),
+                jsonb_build_object('grants', jsonb_build_object(v_grant.id, -v_grant.remaining)),
+                v_grant.id);
+        END LOOP;
+    END IF;
+    IF v_account.reserved_tokens > 0 THEN
+        FOR v_hold IN
+            SELECT h.id, h.amount, h.expires_at, h.feature FROM @schema@.token_reservations AS h
+            WHERE h.user_id = v_account.user_id AND h.status = 'held' AND h.expires_at <= p_now
+            ORDER BY h.created_at, h.id
+        LOOP
+            UPDATE @schema@.token_reservations SET status = 'expired' WHERE id = v_hold.id;
+            v_account.reserved_tokens := v_account.reserved_tokens - v_hold.amount;
+            INSERT INTO @schema@.token_transactions (user_id, operation_type, amount,
+                created_at, balance_after, success, feature, operation_context, effects,
+                reference)
+            VALUES (v_account.user_id, 'release', v_hold.amount, p_now,
+                greatest(v_account.monthly_limit - v_account.monthly_tokens_used, 0), true,
+                v_hold.feature,
+                jsonb_build_object('reason', 'expired',
+                    'expires_at', @schema@.token_ledger_iso(v_hold.expires_at)),
+                jsonb_build_object('reserved', -v_hold.amount), v_hold.id);
+        END LOOP;
+    END IF;
+    RETURN v_account;
+END
+$$;
+
+-- Write p_account over p_stored (the row as locked) if anything changed,
+-- stamped like TokenLedger stamps its writes: p_now, or one microsecond
+-- earlier when the stored updated_at is p_now already, so that the write
+-- changes updated_at and the update trigger judges it at its own instant.
+CREATE OR REPLACE FUNCTION @schema@.token_ledger_save(
+    p_stored @schema@.user_tokens, p_account @schema@.user_tokens, p_now timestamptz
+) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_account IS NOT DISTINCT FROM p_stored THEN
+        RETURN;
+    END IF;
+    UPDATE @schema@.user_tokens SET
+        monthly_limit = p_account.monthly_limit,
+        monthly_tokens_used = p_account.monthly_tokens_used,
+        last_monthly_reset = p_account.last_monthly_reset,
+        overage_limit = p_account.overage_limit,
+        grant_balance = p_account.grant_balance,
+        reserved_tokens = p_account.reserved_tokens,
+        updated_at = CASE WHEN p_stored.updated_at = p_now
+            THEN p_now - interval '1 microsecond' ELSE p_now END
+    WHERE user_id = p_stored.user_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @schema@.token_ledger_lock_account(p_user_id text)
+RETURNS @schema@.user_tokens
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_account @schema@.user_tokens;
+BEGIN
+    SELECT * INTO v_account FROM @schema@.user_tokens AS t
+    WHERE t.user_id = p_user_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no token account for user %', p_user_id USING ERRCODE = 'P0002';
+    END IF;
+    RETURN v_account;
+END
+$$;
+
+-- TokenLedger.reset_if_needed: persists a pending reset of one account (and
+-- expired grants and holds, as every write does); true if it reset.
+CREATE OR REPLACE FUNCTION @schema@.reset_user_tokens_if_needed(
+    p_user_id text, p_now timestamptz DEFAULT now()
+) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_stored @schema@.user_tokens := @schema@.token_ledger_lock_account(p_user_id);
+    v_account @schema@.user_tokens := @schema@.token_ledger_settle(v_stored, p_now);
+BEGIN
+    PERFORM @schema@.token_ledger_save(v_stored, v_account, p_now);
+    RETURN v_account.last_monthly_reset > v_stored.last_monthly_reset;
+END
+$$;
+
+-- TokenLedger.reset_all_stale in one set-based statement: every account
+-- whose period has ended is reset, with its reset entry; returns how many
+-- (SELECT auto_reset_monthly_tokens(), or the reset_count column of
+-- SELECT * FROM auto_reset_monthly_tokens()). Like the library, it looks at
+-- the accounts that can be stale (calendar accounts before this month's
+-- start, anchored ones whose period began at least 28 days less 2 hours
+-- ago), and writes off those accounts' expired grants and holds too.
+-- It locks every account it resets until the transaction ends; on a large
+-- table, the library's batched reset (token-ledger reset --all) holds fewer.
+CREATE OR REPLACE FUNCTION @schema@.auto_reset_monthly_tokens(
+    p_now timestamptz DEFAULT now(), OUT reset_count bigint
+)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_calendar timestamptz := @schema@.token_ledger_period_start(
+        p_now, NULL, @schema@.token_ledger_timezone());
+    v_anchored timestamptz := p_now - (interval '28 days' - interval '2 hours');
+BEGIN
+    WITH candidates AS (
+        SELECT t.user_id, t.monthly_limit, t.monthly_tokens_used, t.last_monthly_reset,
+            t.grant_balance, t.reserved_tokens,
+            CASE WHEN t.reset_anchor IS NULL THEN v_calendar
+                ELSE @schema@.token_ledger_period_start(
+                    p_now, t.reset_anchor, @schema@.token_ledger_timezone())
+                END AS period_start
+        FROM @schema@.user_tokens AS t
+        WHERE (t.reset_anchor IS NULL AND t.last_monthly_reset < v_calendar)
+            OR (t.reset_anchor IS NOT NULL AND t.last_monthly_reset <= v_anchored)
+        ORDER BY t.user_id
+        FOR UPDATE OF t
+    ),
+    expired_grants AS (
+        SELECT g.id, g.user_id, g.remaining, g.expires_at, g.created_at
+        FROM @schema@.token_grants AS g JOIN candidates AS c ON c.user_id = g.user_id
+        WHERE c.grant_balance > 0 AND g.remaining > 0 AND g.expires_at <= p_now
+    ),
+    expired_holds AS (
+        SELECT h.id, h.user_id, h.amount, h.expires_at, h.created_at, h.feature
+        FROM @schema@.token_reservations AS h JOIN candidates AS c ON c.user_id = h.user_id
+        WHERE c.reserved_tokens > 0 AND h.status = 'held' AND h.expires_at <= p_now
+    ),
+    settled AS (
+        SELECT c.*, c.period_start > c.last_monthly_reset AS stale,
+            CASE WHEN c.period_start > c.last_monthly_reset THEN 0
+                ELSE c.monthly_tokens_used END AS used_after,
+            (SELECT coalesce(sum(g.remaining), 0) FROM expired_grants AS g
+                WHERE g.user_id = c.user_id)::bigint AS written_off,
+            (SELECT coalesce(sum(h.amount), 0) FROM expired_holds AS h
+                WHERE h.user_id = c.user_id)::bigint AS released
+        FROM candidates AS c
+        WHERE c.period_start > c.last_monthly_reset
+            OR EXISTS (SELECT FROM expired_grants AS g WHERE g.user_id = c.user_id)
+            OR EXISTS (SELECT FROM expired_holds AS h WHERE h.user_id = c.user_id)
+    ),
+    written_grants AS (
+        UPDATE @schema@.token_grants AS g SET remaining = 0
+        FROM expired_grants AS e WHERE g.id = e.id
+    ),
+    written_holds AS (
+        UPDATE @schema@.token_reservations AS h SET status = 'expired'
+        FROM expired_holds AS e WHERE h.id = e.id
+    ),
+    written_accounts AS (
+        UPDATE @schema@.user_tokens AS t SET
+            monthly_tokens_used = s.used_after,
+            last_monthly_reset = greatest(s.period_start, t.last_monthly_reset),
+            grant_balance = t.grant_balance - s.written_off,
+            reserved_tokens = t.reserved_tokens - s.released,
+            updated_at = CASE WHEN t.updated_at = p_now
+                THEN p_now - interval '1 microsecond' ELSE p_now END
+        FROM settled AS s WHERE t.user_id = s.user_id
+    ),
+    entries AS (
+        SELECT s.user_id, 0 AS step, NULL::timestamptz AS item_created_at, NULL::text AS item_id,
+            'reset' AS operation_type, s.monthly_tokens_used AS amount,
+            s.monthly_limit AS balance_after, NULL::text AS feature,
+            jsonb_build_object(
+                'previous_used', s.monthly_tokens_used,
+                'previous_period_start', @schema@.token_ledger_iso(s.last_monthly_reset),
+                'period_start', @schema@.token_ledger_iso(s.period_start)) AS operation_context,
+            CASE WHEN s.monthly_tokens_used = 0 THEN '{}'::jsonb
+                ELSE jsonb_build_object('usage', -s.monthly_tokens_used) END AS effects,
+            NULL::text AS reference
+        FROM settled AS s WHERE s.stale
+        UNION ALL
+        SELECT g.user_id, 1, g.created_at, g.id, 'expire', g.remaining,
+            greatest(s.monthly_limit - s.used_after, 0), NULL,
+            jsonb_build_object('expires_at', @schema@.token_ledger_iso(g.expires_at)),
+            jsonb_build_object('grants', jsonb_build_object(g.id, -g.remaining)), g.id
+        FROM expired_grants AS g JOIN settled AS s ON s.user_id = g.user_id
+        UNION ALL
+        SELECT h.user_id, 2, h.created_at, h.id, 'release', h.amount,
+            greatest(s.monthly_limit - s.used_after, 0), h.feature,
+            jsonb_build_object('reason', 'expired',
+                'expires_at', @schema@.token_ledger_iso(h.expires_at)),
+            jsonb_build_object('reserved', -h.amount), h.id
+        FROM expired_holds AS h JOIN settled AS s ON s.user_id = h.user_id
+    ),
+    logged AS (
+        INSERT INTO @schema@.token_transactions (user_id, operation_type, amount, created_at,
+            balance_after, success, feature, operation_context, effects, reference)
+        SELECT e.user_id, e.operation_type, e.amount, p_now, e.balance_after, true, e.feature,
+            e.operation_context, e.effects, e.reference
+        FROM entries AS e ORDER BY e.user_id, e.step, e.item_created_at, e.item_id
+    )
+    SELECT count(*) FILTER (WHERE s.stale) INTO reset_count FROM settled AS s;
+END
+$$;
+
+-- Checks of TokenLedger's input checks, for the functions below.
+CREATE OR REPLACE FUNCTION @schema@.token_ledger_check_text(
+    p_value text, p_name text, p_required boolean
+) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_value IS NULL AND NOT p_required THEN
+        RETURN;
+    END IF;
+    IF p_value IS NULL OR btrim(p_value, E' \t\n\r\f\v') = '' THEN
+        RAISE EXCEPTION '% must be a non-empty string, got %', p_name, coalesce(p_value, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF char_length(p_value) > 255 THEN
+        RAISE EXCEPTION '% must be at most 255 characters', p_name USING ERRCODE = '22023';
+    END IF;
+END
+$$;
+
+-- TokenLedger.deduct for callers that have only SQL, in the caller's
+-- transaction: the row is locked, a pending reset is written (and expired
+-- grants and holds), then p_amount is spent from the monthly allowance,
+-- then grants (soonest expiry first, grants that never expire last, then
+-- oldest), then overage. When too few tokens remain (allowance, grants and
+-- overage, less what reservations hold) a failed entry is written and
+-- success is false: nothing is raised, so the entry is kept. A retry with
+-- the same p_idempotency_key returns the original result and writes
+-- nothing; the key used for another user, amount or feature raises 23505.
+-- A missing account raises P0002, a bad argument 22023.
+CREATE OR REPLACE FUNCTION @schema@.deduct_tokens(
+    p_user_id text,
+    p_amount bigint,
+    p_feature text DEFAULT NULL,
+    p_context jsonb DEFAULT NULL,
+    p_idempotency_key text DEFAULT NULL,
+    p_now timestamptz DEFAULT now()
+) RETURNS TABLE (success boolean, monthly_remaining bigint, transaction_id bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_stored @schema@.user_tokens;
+    v_account @schema@.user_tokens;
+    v_prior @schema@.token_transactions;
+    v_spendable numeric;
+    v_from_allowance bigint;
+    v_left bigint;
+    v_usage bigint;
+    v_take bigint;
+    v_taken jsonb := '{}';
+    v_effects jsonb := '{}';
+    v_grant record;
+    v_id bigint;
+BEGIN
+    PERFORM @schema@.token_ledger_check_text(p_user_id, 'user_id', true);
+    PERFORM @schema@.token_ledger_check_text(p_feature, 'feature', false);
+    PERFORM @schema@.token_ledger_check_text(p_idempotency_key, 'idempotency_key', false);
+    IF p_amount IS NULL OR p_amount < 1 THEN
+        RAISE EXCEPTION 'amount must be between 1 and 9223372036854775807, got %',
+            coalesce(p_amount::text, 'NULL') USING ERRCODE = '22023';
+    END IF;
+    IF p_context IS NOT NULL AND jsonb_typeof(p_context) <> 'object' THEN
+        RAISE EXCEPTION 'context must be a JSON object, got %', p_context
+            USING ERRCODE = '22023';
+    END IF;
+    IF p_now IS NULL THEN
+        RAISE EXCEPTION 'p_now must be an instant, got NULL' USING ERRCODE = '22023';
+    END IF;
+
+    v_stored := @schema@.token_ledger_lock_account(p_user_id);
+
+    IF p_idempotency_key IS NOT NULL THEN
+        SELECT * INTO v_prior FROM @schema@.token_transactions AS e
+        WHERE e.idempotency_key = p_idempotency_key;
+        IF FOUND THEN
+            IF v_prior.operation_type <> 'deduct' OR v_prior.user_id <> p_user_id
+                OR v_prior.feature IS DISTINCT FROM p_feature OR v_prior.amount <> p_amount
+            THEN
+                RAISE EXCEPTION 'idempotency key % was already used for % user=% amount=% feature=%',
+                    p_idempotency_key, v_prior.operation_type, v_prior.user_id, v_prior.amount,
+                    coalesce(v_prior.feature, 'NULL')
+                    USING ERRCODE = '23505';
+            END IF;
+            RETURN QUERY SELECT v_prior.success, v_prior.balance_after, v_prior.id;
+            RETURN;
+        END IF;
+    END IF;
+
+    v_account := @schema@.token_ledger_settle(v_stored, p_now);
+    v_spendable := greatest(0,
+        greatest(0, v_account.monthly_limit::numeric - v_account.monthly_tokens_used)
+        + v_account.grant_balance
+        + greatest(0, v_account.monthly_limit::numeric + v_account.overage_limit
+            - greatest(v_account.monthly_tokens_used, v_account.monthly_limit))
+        - v_account.reserved_tokens);
+
+    IF p_amount > v_spendable THEN
+        INSERT INTO @schema@.token_transactions AS e (user_id, operation_type, amount,
+            created_at, balance_after, success, feature, operation_context, idempotency_key)
+        VALUES (p_user_id, 'deduct', p_amount, p_now,
+            greatest(v_account.monthly_limit - v_account.monthly_tokens_used, 0), false,
+            p_feature, coalesce(p_context, '{}'), p_idempotency_key)
+        RETURNING e.id INTO v_id;
+        PERFORM @schema@.token_ledger_save(v_stored, v_account, p_now);
+        RETURN QUERY SELECT false,
+            greatest(v_account.monthly_limit - v_account.monthly_tokens_used, 0), v_id;
+        RETURN;
+    END IF;
+
+    v_from_allowance := least(p_amount,
+        greatest(v_account.monthly_limit - v_account.monthly_tokens_used, 0));
+    v_left := p_amount - v_from_allowance;
+    IF v_left > 0 AND v_account.grant_balance > 0 THEN
+        FOR v_grant IN
+            SELECT g.id, g.remaining FROM @schema@.token_grants AS g
+            WHERE g.user_id = p_user_id AND g.remaining > 0
+            ORDER BY g.expires_at IS NULL, coalesce(g.expires_at, g.created_at), g.created_at,
+                g.id COLLATE "C"
+        LOOP
+            v_take := least(v_left, v_grant.remaining);
+            UPDATE @schema@.token_grants AS g SET remaining = g.remaining - v_take
+            WHERE g.id = v_grant.id;
+            v_taken := v_taken || jsonb_build_object(v_grant.id, -v_take);
+            v_left := v_left - v_take;
+            EXIT WHEN v_left = 0;
+        END LOOP;
+    END IF;
+    v_usage := v_from_allowance + v_left;
+    v_account.monthly_tokens_used := v_account.monthly_tokens_used + v_usage;
+    v_account.grant_balance := v_account.grant_balance - (p_amount - v_usage);
+    IF v_usage <> 0 THEN
+        v_effects := jsonb_build_object('usage', v_usage);
+    END IF;
+    IF v_taken <> '{}' THEN
+        v_effects := v_effects || jsonb_build_object('grants', v_taken);
+    END IF;
+    PERFORM @schema@.token_ledger_save(v_stored, v_account, p_now);
+    INSERT INTO @schema@.token_transactions AS e (user_id, operation_type, amount, created_at,
+        balance_after, success, feature, operation_context, idempotency_key, effects)
+    VALUES (p_user_id, 'deduct', p_amount, p_now,
+        greatest(v_account.monthly_limit - v_account.monthly_tokens_used, 0), true, p_feature,
+        coalesce(p_context, '{}'), p_idempotency_key, v_effects)
+    RETURNING e.id INTO v_id;
+    RETURN QUERY SELECT true,
+        greatest(v_account.monthly_limit - v_account.monthly_tokens_used, 0), v_id;
+END
+$$;

@@ -1,0 +1,338 @@
+"""The PostgreSQL SQL: installing it, its triggers for outside writers, and its functions."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import errors, sql
+
+from postgres_server import Database
+from sql.support import connect_to
+from token_ledger import (
+    InsufficientTokens,
+    StorageError,
+    TokenLedger,
+    UnknownTimeZone,
+    install_postgres_sql,
+)
+from token_ledger.clock import system_clock
+from token_ledger.postgres import PostgresRepository
+from token_ledger.sql import postgres_script
+from token_ledger.testing import MovableClock
+
+pytestmark = pytest.mark.postgres
+
+UTC = timezone.utc
+LONG_AGO = MovableClock(system_clock() - timedelta(days=70))
+COLUMNS = """
+    SELECT column_name, data_type FROM information_schema.columns
+    WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position
+"""
+
+
+def ledger(database: Database, schema: str, clock: Any = system_clock) -> TokenLedger:
+    return TokenLedger.postgres(database.url, schema=schema, clock=clock)
+
+
+def stored(pg: psycopg.Connection[Any], user_id: str) -> tuple[Any, ...]:
+    row = pg.execute(
+        "SELECT monthly_tokens_used, last_monthly_reset, updated_at FROM user_tokens"
+        " WHERE user_id = %s",
+        (user_id,),
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def resets(pg: psycopg.Connection[Any], user_id: str) -> list[tuple[Any, ...]]:
+    return pg.execute(
+        "SELECT amount, operation_context->>'previous_used', effects FROM token_transactions"
+        " WHERE user_id = %s AND operation_type = 'reset' ORDER BY id",
+        (user_id,),
+    ).fetchall()
+
+
+# installing
+
+
+def test_installing_twice_leaves_the_seed_objects_once(
+    postgres_database: Database, sql_schema: str, pg: psycopg.Connection[Any]
+) -> None:
+    install_postgres_sql(pg, schema=sql_schema)
+
+    triggers = pg.execute(
+        "SELECT trigger_name, event_manipulation, action_timing FROM information_schema.triggers"
+        " WHERE event_object_schema = %s ORDER BY trigger_name",
+        (sql_schema,),
+    ).fetchall()
+    assert triggers == [
+        ("auto_monthly_reset_trigger_insert", "INSERT", "BEFORE"),
+        ("auto_monthly_reset_trigger_update", "UPDATE", "BEFORE"),
+    ]
+    functions = {
+        row[0]
+        for row in pg.execute(
+            "SELECT routine_name FROM information_schema.routines WHERE routine_schema = %s",
+            (sql_schema,),
+        )
+    }
+    assert {
+        "auto_reset_monthly_tokens",
+        "reset_user_tokens_if_needed",
+        "check_and_reset_monthly_tokens",
+        "deduct_tokens",
+    } <= functions
+
+
+def test_the_view_has_every_column_of_user_tokens_in_order(
+    sql_schema: str, pg: psycopg.Connection[Any]
+) -> None:
+    """A later migration that adds a column to user_tokens fails here until the SQL has it."""
+    table = pg.execute(COLUMNS, (sql_schema, "user_tokens")).fetchall()
+
+    assert pg.execute(COLUMNS, (sql_schema, "user_tokens_with_auto_reset")).fetchall() == table
+
+
+def test_installing_needs_the_ledgers_tables(
+    postgres_database: Database, request: pytest.FixtureRequest
+) -> None:
+    schema = postgres_database.new_schema(request)
+    with postgres_database.connect() as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        with pytest.raises(StorageError, match="tables are missing"):
+            install_postgres_sql(conn, schema=schema)
+
+
+def test_an_unknown_time_zone_is_refused_before_anything_runs() -> None:
+    with pytest.raises(UnknownTimeZone):
+        postgres_script(timezone="Mars/Olympus_Mons")
+
+
+def test_any_schema_name_is_quoted(
+    postgres_database: Database, request: pytest.FixtureRequest
+) -> None:
+    schema = f'tl_test_{uuid.uuid4().hex[:8]} "odd" $$ name'
+    request.addfinalizer(lambda: postgres_database.drop_schema(schema))
+    PostgresRepository(postgres_database.url, schema=schema).close()
+    with postgres_database.connect() as conn:
+        install_postgres_sql(conn, schema=schema, timezone="Europe/Berlin")
+    with ledger(postgres_database, schema) as odd:
+        odd.open_account("u1", monthly_limit=5)
+
+    with connect_to(postgres_database, schema) as conn:
+        assert conn.execute("SELECT * FROM deduct_tokens('u1', 2)").fetchone()[:2] == (True, 3)
+        assert conn.execute("SELECT token_ledger_timezone()").fetchone() == ("Europe/Berlin",)
+
+
+# the triggers, for writers without the library
+
+
+def test_an_update_of_last_months_row_resets_it_and_keeps_the_writers_change(
+    postgres_database: Database, sql_schema: str, pg: psycopg.Connection[Any]
+) -> None:
+    with ledger(postgres_database, sql_schema, LONG_AGO) as old:
+        old.open_account("u1", monthly_limit=50)
+        old.deduct("u1", 30)
+
+    # no updated_at: the trigger judges the write by the database clock
+    pg.execute("UPDATE user_tokens SET monthly_tokens_used = monthly_tokens_used + 5")
+
+    used, period_start, updated_at = stored(pg, "u1")
+    assert used == 5
+    month_start = pg.execute("SELECT date_trunc('month', now())").fetchone()
+    assert (period_start,) == month_start
+    assert updated_at > system_clock() - timedelta(minutes=5)
+    assert resets(pg, "u1") == [(30, "30", {"usage": -30})]
+
+
+def test_a_write_with_updated_at_is_judged_at_that_instant(
+    sql_schema: str, postgres_database: Database, pg: psycopg.Connection[Any]
+) -> None:
+    with ledger(
+        postgres_database, sql_schema, MovableClock(datetime(2026, 1, 20, tzinfo=UTC))
+    ) as a:
+        a.open_account("u1", monthly_limit=50)
+        a.deduct("u1", 30)
+
+    pg.execute("UPDATE user_tokens SET monthly_tokens_used = 31, updated_at = '2026-01-31T23:00Z'")
+    assert resets(pg, "u1") == []
+    pg.execute("UPDATE user_tokens SET monthly_tokens_used = 33, updated_at = '2026-02-01T00:00Z'")
+
+    assert stored(pg, "u1")[:2] == (2, datetime(2026, 2, 1, tzinfo=UTC))
+    assert resets(pg, "u1") == [(31, "31", {"usage": -31})]
+
+
+def test_an_update_that_sets_the_period_itself_is_left_alone(
+    postgres_database: Database, sql_schema: str, pg: psycopg.Connection[Any]
+) -> None:
+    with ledger(postgres_database, sql_schema, LONG_AGO) as old:
+        old.open_account("u1", monthly_limit=50)
+        old.deduct("u1", 30)
+
+    pg.execute("UPDATE user_tokens SET monthly_tokens_used = 0, last_monthly_reset = now()")
+
+    assert stored(pg, "u1")[0] == 0
+    assert resets(pg, "u1") == []
+
+
+def test_inserts_start_the_current_period(pg: psycopg.Connection[Any]) -> None:
+    pg.execute("INSERT INTO user_tokens (user_id, monthly_limit) VALUES ('new', 10)")
+    pg.execute(
+        "INSERT INTO user_tokens (user_id, monthly_limit, monthly_tokens_used,"
+        " last_monthly_reset) VALUES ('imported', 10, 4, '2025-03-01Z')"
+    )
+    # an existing account: nothing is inserted, so nothing is reset or logged
+    pg.execute(
+        "INSERT INTO user_tokens (user_id, monthly_limit, last_monthly_reset)"
+        " VALUES ('new', 10, '2025-03-01Z') ON CONFLICT (user_id) DO NOTHING"
+    )
+
+    month_start = pg.execute("SELECT date_trunc('month', now())").fetchone()[0]
+    assert stored(pg, "new")[:2] == (0, month_start)
+    assert stored(pg, "imported")[:2] == (0, month_start)
+    assert resets(pg, "new") == []
+    assert resets(pg, "imported") == [(4, "4", {"usage": -4})]
+
+
+def test_the_view_shows_what_status_shows(
+    postgres_database: Database, sql_schema: str, pg: psycopg.Connection[Any]
+) -> None:
+    with ledger(postgres_database, sql_schema, LONG_AGO) as old:
+        old.open_account("stale", monthly_limit=50)
+        old.deduct("stale", 30)
+        old.open_account("anchored", monthly_limit=50, reset_anchor=LONG_AGO())
+        old.deduct("anchored", 10)
+    with ledger(postgres_database, sql_schema) as app:
+        app.open_account("current", monthly_limit=50)
+        app.deduct("current", 7)
+        app.grant("current", 20, expires_at=system_clock() + timedelta(days=1))
+        app.reserve("current", 5)
+
+        rows = pg.execute(
+            "SELECT user_id, monthly_tokens_used, last_monthly_reset, grant_balance,"
+            " reserved_tokens FROM user_tokens_with_auto_reset ORDER BY user_id"
+        ).fetchall()
+        statuses = [app.status(row[0]) for row in rows]
+
+    assert [row[0] for row in rows] == ["anchored", "current", "stale"]
+    assert [row[1:] for row in rows] == [
+        (s.monthly_used, s.period_start, s.grant_balance, s.reserved) for s in statuses
+    ]
+
+
+# the functions
+
+
+def test_the_bulk_reset_reports_its_count_both_ways(
+    postgres_database: Database, sql_schema: str, pg: psycopg.Connection[Any]
+) -> None:
+    with ledger(postgres_database, sql_schema, LONG_AGO) as old:
+        for n in range(3):
+            old.open_account(f"user-{n}", monthly_limit=10)
+
+    assert pg.execute("SELECT auto_reset_monthly_tokens()").fetchall() == [(3,)]
+    cursor = pg.execute("SELECT * FROM auto_reset_monthly_tokens()")
+    assert ([column.name for column in cursor.description], cursor.fetchall()) == (
+        ["reset_count"],
+        [(0,)],
+    )
+
+
+def test_resetting_one_account_says_whether_it_did(
+    postgres_database: Database, sql_schema: str, pg: psycopg.Connection[Any]
+) -> None:
+    with ledger(postgres_database, sql_schema, LONG_AGO) as old:
+        old.open_account("u1", monthly_limit=10)
+
+    assert pg.execute("SELECT reset_user_tokens_if_needed('u1')").fetchone() == (True,)
+    assert pg.execute("SELECT reset_user_tokens_if_needed('u1')").fetchone() == (False,)
+    with pytest.raises(errors.NoDataFound, match="no token account for user ghost"):
+        pg.execute("SELECT reset_user_tokens_if_needed('ghost')")
+
+
+def test_a_refused_deduction_is_a_result_and_its_entry_is_kept(
+    postgres_database: Database, sql_schema: str, pg: psycopg.Connection[Any]
+) -> None:
+    with ledger(postgres_database, sql_schema) as app:
+        app.open_account("u1", monthly_limit=10)
+
+    with pg.transaction():
+        refused = pg.execute("SELECT * FROM deduct_tokens('u1', 11, 'chat')").fetchone()
+
+    assert refused is not None
+    assert refused[:2] == (False, 10)
+    entry = pg.execute(
+        "SELECT success, amount, feature, balance_after FROM token_transactions WHERE id = %s",
+        (refused[2],),
+    ).fetchone()
+    assert entry == (False, 11, "chat", 10)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        ("deduct_tokens('u1', 0)", errors.InvalidParameterValue, "amount must be between"),
+        ("deduct_tokens(' ', 1)", errors.InvalidParameterValue, "user_id must be a non-empty"),
+        ("deduct_tokens('u1', 1, '')", errors.InvalidParameterValue, "feature must be"),
+        ("deduct_tokens('u1', 1, NULL, '[1]')", errors.InvalidParameterValue, "JSON object"),
+        ("deduct_tokens('ghost', 1)", errors.NoDataFound, "no token account"),
+        ("deduct_tokens('u1', 2, NULL, NULL, 'k')", errors.UniqueViolation, "already used"),
+    ],
+)
+def test_deduct_tokens_refuses_what_the_library_refuses(
+    postgres_database: Database,
+    sql_schema: str,
+    pg: psycopg.Connection[Any],
+    call: str,
+    error: type[Exception],
+    message: str,
+) -> None:
+    with ledger(postgres_database, sql_schema) as app:
+        app.open_account("u1", monthly_limit=10)
+        app.deduct("u1", 1, idempotency_key="k")
+
+    with pytest.raises(error, match=message):
+        pg.execute(f"SELECT * FROM {call}")
+    assert pg.execute("SELECT count(*) FROM token_transactions").fetchone() == (1,)
+
+
+def test_sql_and_library_deductions_at_once_never_overspend(
+    postgres_database: Database, sql_schema: str
+) -> None:
+    """Four sessions calling deduct_tokens and four library threads share one account's lock."""
+    with ledger(postgres_database, sql_schema) as app:
+        app.open_account("hot", monthly_limit=120)
+        failures: list[BaseException] = []
+
+        def through_sql() -> None:
+            try:
+                with connect_to(postgres_database, sql_schema) as conn:
+                    for _ in range(15):
+                        conn.execute("SELECT * FROM deduct_tokens('hot', 2)")
+            except BaseException as error:  # pragma: no cover - reported below
+                failures.append(error)
+
+        def through_library() -> None:
+            for _ in range(15):
+                try:
+                    app.deduct("hot", 2)
+                except InsufficientTokens:
+                    pass
+                except BaseException as error:  # pragma: no cover - reported below
+                    failures.append(error)
+
+        threads = [threading.Thread(target=f) for f in [through_sql, through_library] * 4]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        assert failures == []
+        assert app.status("hot").monthly_used == 120
+        assert sum(e.amount for e in app.history("hot", success=True, limit=1000)) == 120
+        assert app.reconcile() == []

@@ -1,0 +1,192 @@
+"""The SQLite SQL: plain SQL any client can install, its triggers for outside writers, the view."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+from contextlib import closing
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from token_ledger import InvalidInput, StorageError, TokenLedger, install_sqlite_sql
+from token_ledger.clock import system_clock
+from token_ledger.sql import sqlite_script
+from token_ledger.sqlite import format_instant
+from token_ledger.testing import MovableClock
+
+UTC = timezone.utc
+LONG_AGO = MovableClock(system_clock() - timedelta(days=70))
+OBJECTS = [
+    ("trigger", "auto_monthly_reset_trigger_insert"),
+    ("trigger", "auto_monthly_reset_trigger_update"),
+    ("view", "token_ledger_now"),
+    ("view", "user_tokens_with_auto_reset"),
+]
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    """A ledger file with the SQL installed and two accounts opened seventy days ago."""
+    path = tmp_path / "tokens.db"
+    with TokenLedger.sqlite(path, clock=LONG_AGO) as old:
+        old.open_account("u1", monthly_limit=50)
+        old.deduct("u1", 30)
+        old.open_account("anchored", monthly_limit=50, reset_anchor=LONG_AGO())
+        old.deduct("anchored", 10)
+    with closing(connect(path)) as conn:
+        install_sqlite_sql(conn)
+    return path
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A plain connection: no function of the application is registered."""
+    return sqlite3.connect(path, isolation_level=None)
+
+
+def objects(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    return conn.execute(
+        "SELECT type, name FROM sqlite_master WHERE type IN ('view', 'trigger') ORDER BY name"
+    ).fetchall()
+
+
+def test_installing_twice_leaves_each_object_once(path: Path) -> None:
+    conn = connect(path)
+    install_sqlite_sql(conn)
+
+    assert objects(conn) == OBJECTS
+
+
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="no sqlite3 command-line shell")
+def test_the_sqlite3_shell_installs_the_script(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.db"
+    TokenLedger.sqlite(path).close()
+
+    subprocess.run(["sqlite3", "-bail", str(path)], input=sqlite_script(), text=True, check=True)
+
+    assert objects(connect(path)) == OBJECTS
+
+
+def test_installing_needs_the_ledgers_tables(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "empty.db")
+
+    with pytest.raises(StorageError, match=r"tables are missing.*user_tokens\.reset_anchor"):
+        install_sqlite_sql(conn)
+    assert objects(conn) == []
+
+
+def test_installing_refuses_a_connection_inside_a_transaction(path: Path) -> None:
+    conn = connect(path)
+    conn.execute("BEGIN")
+
+    with pytest.raises(InvalidInput, match="outside any transaction"):
+        install_sqlite_sql(conn)
+
+
+def test_an_update_of_last_months_row_resets_it_and_keeps_the_writers_change(
+    path: Path,
+) -> None:
+    conn = connect(path)
+
+    # no updated_at: the trigger judges the write by token_ledger_now, the database clock
+    conn.execute("UPDATE user_tokens SET monthly_tokens_used = monthly_tokens_used + 5")
+
+    with TokenLedger.sqlite(path) as app:
+        account = app.get_account("u1")
+        now = app.now()
+        assert (account.monthly_tokens_used, account.last_monthly_reset) == (
+            5,
+            app.status("u1").period_start,
+        )
+        assert now - timedelta(minutes=5) < account.updated_at <= now
+        reset = app.history("u1", operation_type="reset")
+        assert [(e.amount, e.effects.usage, e.balance_after) for e in reset] == [(30, -30, 50)]
+        assert reset[0].operation_context["period_start"] == (
+            account.last_monthly_reset.isoformat(timespec="microseconds")
+        )
+        anchored = app.get_account("anchored")
+        assert anchored.monthly_tokens_used == 15  # anniversaries are the library's
+        assert app.history("anchored", operation_type="reset") == []
+
+
+def test_a_write_with_updated_at_is_judged_at_that_instant(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.db"
+    with TokenLedger.sqlite(path, clock=MovableClock(datetime(2026, 1, 20, tzinfo=UTC))) as app:
+        app.open_account("u1", monthly_limit=50)
+        app.deduct("u1", 30)
+    conn = connect(path)
+    install_sqlite_sql(conn)
+
+    writes = [
+        (31, datetime(2026, 1, 31, 23, 59, tzinfo=UTC)),
+        (33, datetime(2026, 2, 1, tzinfo=UTC)),
+    ]
+    for used, instant in writes:
+        conn.execute(
+            "UPDATE user_tokens SET monthly_tokens_used = ?, updated_at = ?",
+            (used, format_instant(instant)),
+        )
+
+    assert conn.execute(
+        "SELECT monthly_tokens_used, last_monthly_reset FROM user_tokens"
+    ).fetchall() == [(2, "2026-02-01 00:00:00.000000+00:00")]
+    assert conn.execute(
+        "SELECT amount, created_at, effects FROM token_transactions WHERE operation_type = 'reset'"
+    ).fetchall() == [(31, "2026-02-01 00:00:00.000000+00:00", '{"usage":-31}')]
+
+
+def test_an_update_that_sets_the_period_itself_is_left_alone(path: Path) -> None:
+    conn = connect(path)
+
+    conn.execute(
+        "UPDATE user_tokens SET monthly_tokens_used = 0,"
+        " last_monthly_reset = strftime('%Y-%m-01 00:00:00.000000+00:00', 'now')"
+        " WHERE user_id = 'u1'"
+    )
+
+    resets = "SELECT count(*) FROM token_transactions WHERE operation_type = 'reset'"
+    assert conn.execute(resets).fetchone() == (0,)
+
+
+def test_an_insert_for_an_ended_month_starts_the_current_one(path: Path) -> None:
+    conn = connect(path)
+
+    conn.execute(
+        "INSERT INTO user_tokens (user_id, monthly_limit, monthly_tokens_used,"
+        " last_monthly_reset, updated_at) VALUES ('imported', 10, 4,"
+        " '2025-03-01 00:00:00.000000+00:00', strftime('%Y-%m-%d %H:%M:%f000+00:00', 'now'))"
+    )
+
+    with TokenLedger.sqlite(path) as app:
+        account = app.get_account("imported")
+        assert (account.monthly_tokens_used, account.last_monthly_reset) == (
+            0,
+            app.status("imported").period_start,
+        )
+        assert [(e.operation_type, e.amount) for e in app.history("imported")] == [("reset", 4)]
+
+
+def test_the_view_shows_what_status_shows_for_calendar_accounts(path: Path) -> None:
+    with TokenLedger.sqlite(path) as app:
+        app.open_account("current", monthly_limit=50)
+        app.deduct("current", 7)
+        app.grant("current", 20, expires_at=system_clock() + timedelta(days=1))
+        app.reserve("current", 5)
+        rows = (
+            connect(path)
+            .execute(
+                "SELECT user_id, monthly_tokens_used, last_monthly_reset, grant_balance,"
+                " reserved_tokens FROM user_tokens_with_auto_reset WHERE reset_anchor IS NULL"
+                " ORDER BY user_id"
+            )
+            .fetchall()
+        )
+        statuses = [app.status(row[0]) for row in rows]
+
+    assert [row[0] for row in rows] == ["current", "u1"]
+    assert [row[1:] for row in rows] == [
+        (s.monthly_used, format_instant(s.period_start), s.grant_balance, s.reserved)
+        for s in statuses
+    ]

@@ -1,0 +1,249 @@
+"""The same operations, once through ``TokenLedger`` and once through SQL alone.
+
+A *world* is one database that a sequence of operations is applied to. The
+library world calls :class:`~token_ledger.TokenLedger`. The SQL worlds write
+the way a program without the library would: PostgreSQL's through the
+installed functions (``deduct_tokens``, ``reset_user_tokens_if_needed``,
+``auto_reset_monthly_tokens``) and plain statements that leave resets to the
+triggers; SQLite's through plain statements, the view and the triggers only.
+Every operation takes the instant it happens at, as the library's clock does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from datetime import datetime
+from typing import Any, Protocol
+
+import psycopg
+from psycopg.errors import UniqueViolation
+
+from token_ledger import IdempotencyConflict, InsufficientTokens, TokenLedger
+from token_ledger.sqlite import format_instant
+
+
+class World(Protocol):
+    def open(self, user_id: str, limit: int, anchor: datetime | None, now: datetime) -> None: ...
+
+    def deduct(
+        self, user_id: str, amount: int, feature: str | None, key: str | None, now: datetime
+    ) -> None: ...
+
+    def set_limit(self, user_id: str, limit: int, overage: int, now: datetime) -> None: ...
+
+    def reset_one(self, user_id: str, now: datetime) -> None: ...
+
+    def reset_all(self, now: datetime) -> None: ...
+
+
+class LibraryWorld:
+    """Every operation is one ``TokenLedger`` call at the given instant."""
+
+    def __init__(self, ledger: TokenLedger, clock: Any) -> None:
+        self.ledger = ledger
+        self.clock = clock
+
+    def open(self, user_id: str, limit: int, anchor: datetime | None, now: datetime) -> None:
+        self.clock.set(now)
+        self.ledger.open_account(user_id, limit, reset_anchor=anchor)
+
+    def deduct(
+        self, user_id: str, amount: int, feature: str | None, key: str | None, now: datetime
+    ) -> None:
+        self.clock.set(now)
+        with contextlib.suppress(InsufficientTokens, IdempotencyConflict):
+            self.ledger.deduct(user_id, amount, feature=feature, idempotency_key=key)
+
+    def set_limit(self, user_id: str, limit: int, overage: int, now: datetime) -> None:
+        self.clock.set(now)
+        self.ledger.set_limit(user_id, limit, overage_limit=overage)
+
+    def reset_one(self, user_id: str, now: datetime) -> None:
+        self.clock.set(now)
+        self.ledger.reset_if_needed(user_id)
+
+    def reset_all(self, now: datetime) -> None:
+        self.clock.set(now)
+        self.ledger.reset_all_stale(batch_size=2)
+
+
+class PostgresSQLWorld:
+    """The installed functions, and plain statements whose resets the triggers write."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn  # autocommit, search_path set to the world's schema
+
+    def open(self, user_id: str, limit: int, anchor: datetime | None, now: datetime) -> None:
+        # No last_monthly_reset: the insert trigger starts the current period.
+        self.conn.execute(
+            "INSERT INTO user_tokens (user_id, monthly_limit, reset_anchor, created_at, updated_at)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (user_id, limit, anchor, now, now),
+        )
+
+    def deduct(
+        self, user_id: str, amount: int, feature: str | None, key: str | None, now: datetime
+    ) -> None:
+        with contextlib.suppress(UniqueViolation):  # the key was used for another deduction
+            self.conn.execute(
+                "SELECT * FROM deduct_tokens(%s, %s, %s, NULL, %s, %s)",
+                (user_id, amount, feature, key, now),
+            )
+
+    def set_limit(self, user_id: str, limit: int, overage: int, now: datetime) -> None:
+        """A plan change as a program without the library writes it, stamped as it stamps."""
+        with self.conn.transaction():
+            before = self.conn.execute(
+                "SELECT monthly_limit, overage_limit FROM user_tokens WHERE user_id = %s"
+                " FOR UPDATE",
+                (user_id,),
+            ).fetchone()
+            assert before is not None
+            # Written when something changes, as the library writes only a changed row;
+            # a reset that is due is written by the update trigger.
+            self.conn.execute(
+                "UPDATE user_tokens SET monthly_limit = %(limit)s, overage_limit = %(overage)s,"
+                " updated_at = CASE WHEN updated_at = %(now)s"
+                " THEN %(now)s - interval '1 microsecond' ELSE %(now)s END"
+                " WHERE user_id = %(user)s AND (monthly_limit <> %(limit)s"
+                " OR overage_limit <> %(overage)s OR updated_at <> %(now)s"
+                " OR last_monthly_reset < token_ledger_period_start("
+                "%(now)s, reset_anchor, token_ledger_timezone()))",
+                {"user": user_id, "limit": limit, "overage": overage, "now": now},
+            )
+            self.conn.execute(
+                "INSERT INTO token_transactions (user_id, operation_type, amount, created_at,"
+                " balance_after, operation_context)"
+                " SELECT user_id, 'limit_change', monthly_limit, %(now)s,"
+                " greatest(monthly_limit - monthly_tokens_used, 0),"
+                " jsonb_build_object('previous_limit', %(previous_limit)s::bigint)"
+                " || CASE WHEN %(previous_overage)s::bigint = overage_limit THEN '{}'::jsonb"
+                " ELSE jsonb_build_object('previous_overage_limit', %(previous_overage)s::bigint,"
+                " 'overage_limit', overage_limit) END"
+                " FROM user_tokens WHERE user_id = %(user)s",
+                {
+                    "user": user_id,
+                    "now": now,
+                    "previous_limit": before[0],
+                    "previous_overage": before[1],
+                },
+            )
+
+    def reset_one(self, user_id: str, now: datetime) -> None:
+        self.conn.execute("SELECT reset_user_tokens_if_needed(%s, %s)", (user_id, now))
+
+    def reset_all(self, now: datetime) -> None:
+        self.conn.execute("SELECT auto_reset_monthly_tokens(%s)", (now,))
+
+
+MONTH_START = "substr(:now, 1, 7) || '-01 00:00:00.000000+00:00'"
+# updated_at as the library stamps it: the instant, or a microsecond before it if stored already.
+STAMP = (
+    "CASE WHEN :now <> updated_at THEN :now"
+    " WHEN substr(:now, 21, 6) > '000000'"
+    " THEN substr(:now, 1, 20) || printf('%06d', substr(:now, 21, 6) - 1) || '+00:00'"
+    " ELSE strftime('%Y-%m-%d %H:%M:%S', substr(:now, 1, 19), '-1 seconds')"
+    " || '.999999+00:00' END"
+)
+
+
+class SQLiteSQLWorld:
+    """Plain SQL on a SQLite file: the view to decide, the triggers to reset.
+
+    Calendar months in UTC, the monthly allowance and overage: what the
+    SQLite SQL covers.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn  # autocommit (isolation_level=None)
+
+    def at(self, now: datetime) -> dict[str, object]:
+        """Point the view and the triggers' clock at ``now``, as the database clock would be."""
+        self.conn.executescript(
+            "DROP VIEW token_ledger_now;"
+            f" CREATE VIEW token_ledger_now (now) AS SELECT '{format_instant(now)}';"
+        )
+        return {"now": format_instant(now)}
+
+    def open(self, user_id: str, limit: int, anchor: datetime | None, now: datetime) -> None:
+        assert anchor is None
+        self.conn.execute(
+            "INSERT INTO user_tokens (user_id, monthly_limit, last_monthly_reset, created_at,"
+            f" updated_at) VALUES (:user, :limit, {MONTH_START}, :now, :now)",
+            {"user": user_id, "limit": limit, **self.at(now)},
+        )
+
+    def deduct(
+        self, user_id: str, amount: int, feature: str | None, key: str | None, now: datetime
+    ) -> None:
+        assert key is None
+        params = {"user": user_id, "amount": amount, "feature": feature, **self.at(now)}
+        self.conn.execute("BEGIN IMMEDIATE")
+        row = self.conn.execute(
+            "SELECT monthly_tokens_used + :amount <= monthly_limit + overage_limit"
+            " FROM user_tokens_with_auto_reset WHERE user_id = :user",
+            params,
+        ).fetchone()
+        params["enough"] = row[0]
+        # Spend if enough is left; either way a reset that is due is written, by the trigger.
+        self.conn.execute(
+            "UPDATE user_tokens SET monthly_tokens_used = monthly_tokens_used"
+            f" + CASE WHEN :enough THEN :amount ELSE 0 END, updated_at = {STAMP}"
+            f" WHERE user_id = :user AND (:enough OR last_monthly_reset < {MONTH_START})",
+            params,
+        )
+        self.conn.execute(
+            "INSERT INTO token_transactions (user_id, operation_type, amount, created_at,"
+            " balance_after, success, feature, effects)"
+            " SELECT user_id, 'deduct', :amount, :now, max(monthly_limit - monthly_tokens_used, 0),"
+            " :enough, :feature, CASE WHEN :enough THEN json_object('usage', :amount) ELSE '{}' END"
+            " FROM user_tokens WHERE user_id = :user",
+            params,
+        )
+        self.conn.execute("COMMIT")
+
+    def set_limit(self, user_id: str, limit: int, overage: int, now: datetime) -> None:
+        params = {"user": user_id, "limit": limit, "overage": overage, **self.at(now)}
+        self.conn.execute("BEGIN IMMEDIATE")
+        params["previous_limit"], params["previous_overage"] = self.conn.execute(
+            "SELECT monthly_limit, overage_limit FROM user_tokens WHERE user_id = :user", params
+        ).fetchone()
+        self.conn.execute(
+            f"UPDATE user_tokens SET monthly_limit = :limit, overage_limit = :overage,"
+            f" updated_at = {STAMP} WHERE user_id = :user AND (monthly_limit <> :limit"
+            f" OR overage_limit <> :overage OR updated_at <> :now"
+            f" OR last_monthly_reset < {MONTH_START})",
+            params,
+        )
+        self.conn.execute(
+            "INSERT INTO token_transactions (user_id, operation_type, amount, created_at,"
+            " balance_after, operation_context)"
+            " SELECT user_id, 'limit_change', monthly_limit, :now,"
+            " max(monthly_limit - monthly_tokens_used, 0),"
+            " CASE WHEN :previous_overage = overage_limit"
+            " THEN json_object('previous_limit', :previous_limit)"
+            " ELSE json_object('previous_limit', :previous_limit,"
+            " 'previous_overage_limit', :previous_overage, 'overage_limit', overage_limit) END"
+            " FROM user_tokens WHERE user_id = :user",
+            params,
+        )
+        self.conn.execute("COMMIT")
+
+    def reset_one(self, user_id: str, now: datetime) -> None:
+        """Touching a row whose month has ended is enough: the trigger resets it."""
+        self.conn.execute(
+            f"UPDATE user_tokens SET updated_at = {STAMP}"
+            f" WHERE user_id = :user AND last_monthly_reset < {MONTH_START}",
+            {"user": user_id, **self.at(now)},
+        )
+
+    def reset_all(self, now: datetime) -> None:
+        params = self.at(now)
+        stale = self.conn.execute(
+            f"SELECT user_id FROM user_tokens WHERE last_monthly_reset < {MONTH_START}"
+            " ORDER BY user_id",
+            params,
+        ).fetchall()
+        for (user_id,) in stale:
+            self.reset_one(user_id, now)
