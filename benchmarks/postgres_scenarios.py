@@ -18,7 +18,7 @@ from datetime import datetime
 from baselines import LIMIT, previous_period
 from harness import Context, Outcome, Scenarios, Skipped, bulk_reset
 from jobs import at_once, one_at_a_time, postgres_ledger
-from token_ledger import MonthlyResetPolicy
+from token_ledger import MonthlyResetPolicy, install_postgres_sql
 
 scenarios = Scenarios()
 
@@ -160,25 +160,19 @@ def library_reset(url: str, schema: str) -> float:
         return time.perf_counter() - start
 
 
-def require_function(url: str, schema: str) -> None:
-    """Skip when the library's tables come without the SQL function."""
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(url) as conn:
-        name = sql.Identifier(schema, SQL_FUNCTION).as_string(conn)
-        found = conn.execute("SELECT to_regproc(%s)", (name,)).fetchone()
-    if found is None or found[0] is None:
-        raise Skipped(f"SQL function {SQL_FUNCTION}() not available")
-
-
 def function_reset(url: str, schema: str) -> float:
-    """``SELECT auto_reset_monthly_tokens()`` with the schema first on the search path."""
+    """``SELECT auto_reset_monthly_tokens()`` with the schema first on the search path.
+
+    The optional SQL is installed once the stale accounts are in place: its
+    insert trigger would otherwise reset them as they arrive.
+    """
     import psycopg
     from psycopg import sql
 
     function = sql.Identifier(schema, SQL_FUNCTION)
     with psycopg.connect(url) as conn:
+        install_postgres_sql(conn, schema=schema)
+        conn.commit()
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
         start = time.perf_counter()
         conn.execute(sql.SQL("SELECT {}()").format(function))
@@ -200,7 +194,4 @@ def postgres_reset_all_stale(context: Context) -> Outcome:
 )
 def postgres_function_reset(context: Context) -> Outcome:
     require_adapter()
-    with fresh_schema(context, "function") as (url, schema):
-        postgres_ledger(url, schema).close()
-        require_function(url, schema)
     return timed_bulk_resets(context, "function", function_reset)

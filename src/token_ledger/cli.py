@@ -282,7 +282,6 @@ def _open_ledger(*, create: bool = False) -> TokenLedger:
     database = settings.database
     ledger: TokenLedger
     if database.startswith(POSTGRES_SCHEMES):
-        # TokenLedger.postgres arrives with the PostgreSQL adapter.
         ledger = TokenLedger.postgres(database, policy=policy)
     elif create or Path(database).is_file():
         ledger = TokenLedger.sqlite(database, policy=policy)
