@@ -29,6 +29,13 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from token_ledger import _validation
+from token_ledger._rows import (
+    ACCOUNT_COLUMNS,
+    GRANT_COLUMNS,
+    RESERVATION_COLUMNS,
+    TRANSACTION_COLUMNS,
+    RowReader,
+)
 from token_ledger.account import TokenAccount
 from token_ledger.errors import (
     InvalidInput,
@@ -38,7 +45,7 @@ from token_ledger.errors import (
 )
 from token_ledger.grants import Grant, Reservation
 from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs
-from token_ledger.transactions import Effects, Transaction
+from token_ledger.transactions import Transaction
 
 PostgresTarget = str | psycopg.Connection[Any] | ConnectionPool[Any]
 
@@ -49,17 +56,6 @@ MIGRATION_LOCK_KEY = 0x746F6B656E5F6C67
 MIGRATIONS_TABLE = "token_ledger_migrations"
 IDEMPOTENCY_KEY_CONSTRAINT = "token_transactions_idempotency_key_key"
 _BUSY = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
-
-ACCOUNT_COLUMNS = (
-    "user_id, monthly_limit, monthly_tokens_used, last_monthly_reset,"
-    " created_at, updated_at, reset_anchor, overage_limit, grant_balance, reserved_tokens"
-)
-TRANSACTION_COLUMNS = (
-    "id, user_id, operation_type, amount, created_at, balance_after, success, feature,"
-    " operation_context, idempotency_key, effects, reference"
-)
-GRANT_COLUMNS = "id, user_id, amount, remaining, created_at, expires_at, reason"
-RESERVATION_COLUMNS = "id, user_id, amount, created_at, expires_at, status, feature"
 
 
 @attrs.frozen
@@ -180,60 +176,7 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-def _account(row: Sequence[Any]) -> TokenAccount:
-    return TokenAccount(
-        user_id=row[0],
-        monthly_limit=row[1],
-        monthly_tokens_used=row[2],
-        last_monthly_reset=_utc(row[3]),
-        created_at=_utc(row[4]),
-        updated_at=_utc(row[5]),
-        reset_anchor=None if row[6] is None else _utc(row[6]),
-        overage_limit=row[7],
-        grant_balance=row[8],
-        reserved_tokens=row[9],
-    )
-
-
-def _transaction(row: Sequence[Any]) -> Transaction:
-    return Transaction(
-        id=row[0],
-        user_id=row[1],
-        operation_type=row[2],
-        amount=row[3],
-        created_at=_utc(row[4]),
-        balance_after=row[5],
-        success=row[6],
-        feature=row[7],
-        operation_context=row[8],
-        idempotency_key=row[9],
-        effects=Effects.from_dict(row[10]),
-        reference=row[11],
-    )
-
-
-def _grant(row: Sequence[Any]) -> Grant:
-    return Grant(
-        id=row[0],
-        user_id=row[1],
-        amount=row[2],
-        remaining=row[3],
-        created_at=_utc(row[4]),
-        expires_at=None if row[5] is None else _utc(row[5]),
-        reason=row[6],
-    )
-
-
-def _reservation(row: Sequence[Any]) -> Reservation:
-    return Reservation(
-        id=row[0],
-        user_id=row[1],
-        amount=row[2],
-        created_at=_utc(row[3]),
-        expires_at=_utc(row[4]),
-        status=row[5],
-        feature=row[6],
-    )
+ROWS = RowReader(instant=_utc, document=dict)
 
 
 def _conditions(filters: Sequence[tuple[str, Any]]) -> tuple[list[sql.Composable], list[Any]]:
@@ -458,11 +401,11 @@ def _with_balances(
     grants: dict[str, list[Grant]] = {}
     if with_grants:
         for row in _fetch(conn, statements.live_grants, (with_grants,)):
-            grants.setdefault(row[1], []).append(_grant(row))
+            grants.setdefault(row[1], []).append(ROWS.grant(row))
     holds: dict[str, list[Reservation]] = {}
     if with_holds:
         for row in _fetch(conn, statements.held_reservations, (with_holds,)):
-            holds.setdefault(row[1], []).append(_reservation(row))
+            holds.setdefault(row[1], []).append(ROWS.reservation(row))
     return [
         attrs.evolve(
             account,
@@ -489,7 +432,9 @@ class PostgresUnitOfWork:
 
     def load_account(self, user_id: str) -> TokenAccount | None:
         row = self._execute(self._sql.lock_account, (user_id,)).fetchone()
-        return None if row is None else _with_balances(self._conn, self._sql, [_account(row)])[0]
+        return (
+            None if row is None else _with_balances(self._conn, self._sql, [ROWS.account(row)])[0]
+        )
 
     def insert_account(self, account: TokenAccount) -> bool:
         cursor = self._execute(
@@ -572,15 +517,15 @@ class PostgresUnitOfWork:
 
     def find_transaction(self, transaction_id: int) -> Transaction | None:
         row = self._execute(self._sql.find_transaction, (transaction_id,)).fetchone()
-        return None if row is None else _transaction(row)
+        return None if row is None else ROWS.transaction(row)
 
     def entries_referencing(self, reference: str) -> list[Transaction]:
         rows = self._execute(self._sql.entries_referencing, (reference,)).fetchall()
-        return [_transaction(row) for row in rows]
+        return [ROWS.transaction(row) for row in rows]
 
     def find_reservation(self, reservation_id: str) -> Reservation | None:
         row = self._execute(self._sql.find_reservation, (reservation_id,)).fetchone()
-        return None if row is None else _reservation(row)
+        return None if row is None else ROWS.reservation(row)
 
     def append_transactions(self, entries: Sequence[Transaction]) -> list[Transaction]:
         if not entries:
@@ -627,7 +572,7 @@ class PostgresUnitOfWork:
 
     def find_by_idempotency_key(self, key: str) -> Transaction | None:
         row = self._execute(self._sql.find_by_idempotency_key, (key,)).fetchone()
-        return None if row is None else _transaction(row)
+        return None if row is None else ROWS.transaction(row)
 
     def lock_stale_candidates(
         self, cutoffs: StaleCutoffs, after_user_id: str | None, limit: int
@@ -635,7 +580,7 @@ class PostgresUnitOfWork:
         conditions, params = _account_filter(AccountFilter(stale=cutoffs), after_user_id)
         query = self._sql.select_accounts(conditions, lock=True)
         rows = self._execute(query, [*params, limit]).fetchall()
-        return _with_balances(self._conn, self._sql, [_account(row) for row in rows])
+        return _with_balances(self._conn, self._sql, [ROWS.account(row) for row in rows])
 
 
 def _account_values(account: TokenAccount) -> dict[str, Any]:
@@ -780,7 +725,7 @@ class PostgresRepository:
     def _read_accounts(self, query: sql.Composed, params: Sequence[Any]) -> list[TokenAccount]:
         """Accounts with their balances, read in one transaction without locks."""
         with self._transaction() as conn:
-            accounts = [_account(row) for row in _fetch(conn, query, params)]
+            accounts = [ROWS.account(row) for row in _fetch(conn, query, params)]
             return _with_balances(conn, self._sql, accounts)
 
     def get_account(self, user_id: str) -> TokenAccount | None:
@@ -790,7 +735,7 @@ class PostgresRepository:
     def history(self, query: HistoryQuery) -> list[Transaction]:
         conditions, params = _history_filter(query)
         statement = self._sql.history_query(conditions)
-        return [_transaction(row) for row in self._read(statement, [*params, query.limit])]
+        return [ROWS.transaction(row) for row in self._read(statement, [*params, query.limit])]
 
     def count_transactions(self, query: HistoryQuery) -> int:
         conditions, params = _history_filter(attrs.evolve(query, before_id=None))

@@ -17,31 +17,27 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import attrs
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
+from token_ledger._rows import (
+    ACCOUNT_COLUMNS,
+    GRANT_COLUMNS,
+    RESERVATION_COLUMNS,
+    TRANSACTION_COLUMNS,
+    RowReader,
+)
 from token_ledger.account import TokenAccount
 from token_ledger.errors import InvalidInput, SchemaVersionError, StorageError
 from token_ledger.grants import Grant, Reservation
 from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs
-from token_ledger.transactions import Effects, Transaction
+from token_ledger.transactions import Transaction
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 MIGRATION_SET = "token_ledger"
 
-ACCOUNT_COLUMNS = (
-    "user_id, monthly_limit, monthly_tokens_used, last_monthly_reset,"
-    " created_at, updated_at, reset_anchor, overage_limit, grant_balance, reserved_tokens"
-)
-TRANSACTION_COLUMNS = (
-    "user_id, operation_type, amount, created_at, balance_after, success, feature,"
-    " operation_context, idempotency_key, id, effects, reference"
-)
-GRANT_COLUMNS = "id, user_id, amount, remaining, created_at, expires_at, reason"
-RESERVATION_COLUMNS = "id, user_id, amount, created_at, expires_at, status, feature"
 MAX_PARAMETERS = 500
 
 # ``json.dumps`` with any option builds a new encoder per call; every ledger entry is encoded.
@@ -145,60 +141,7 @@ def parse_instant(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def _account(row: Sequence[Any]) -> TokenAccount:
-    return TokenAccount(
-        user_id=row[0],
-        monthly_limit=row[1],
-        monthly_tokens_used=row[2],
-        last_monthly_reset=parse_instant(row[3]),
-        created_at=parse_instant(row[4]),
-        updated_at=parse_instant(row[5]),
-        reset_anchor=None if row[6] is None else parse_instant(row[6]),
-        overage_limit=row[7],
-        grant_balance=row[8],
-        reserved_tokens=row[9],
-    )
-
-
-def _transaction(row: Sequence[Any]) -> Transaction:
-    return Transaction(
-        user_id=row[0],
-        operation_type=row[1],
-        amount=row[2],
-        created_at=parse_instant(row[3]),
-        balance_after=row[4],
-        success=bool(row[5]),
-        feature=row[6],
-        operation_context=json.loads(row[7]),
-        idempotency_key=row[8],
-        id=row[9],
-        effects=Effects.from_dict(json.loads(row[10])),
-        reference=row[11],
-    )
-
-
-def _grant(row: Sequence[Any]) -> Grant:
-    return Grant(
-        id=row[0],
-        user_id=row[1],
-        amount=row[2],
-        remaining=row[3],
-        created_at=parse_instant(row[4]),
-        expires_at=None if row[5] is None else parse_instant(row[5]),
-        reason=row[6],
-    )
-
-
-def _reservation(row: Sequence[Any]) -> Reservation:
-    return Reservation(
-        id=row[0],
-        user_id=row[1],
-        amount=row[2],
-        created_at=parse_instant(row[3]),
-        expires_at=parse_instant(row[4]),
-        status=row[5],
-        feature=row[6],
-    )
+ROWS = RowReader(instant=parse_instant, document=json.loads)
 
 
 def _with_balances(conn: sqlite3.Connection, accounts: list[TokenAccount]) -> list[TokenAccount]:
@@ -215,7 +158,7 @@ def _with_balances(conn: sqlite3.Connection, accounts: list[TokenAccount]) -> li
             f" WHERE remaining > 0 AND user_id IN ({marks}) ORDER BY created_at, id",
             chunk,
         ):
-            grants.setdefault(row[1], []).append(_grant(row))
+            grants.setdefault(row[1], []).append(ROWS.grant(row))
     holds: dict[str, list[Reservation]] = {}
     for chunk in _chunks(with_holds):
         marks = ", ".join("?" * len(chunk))
@@ -224,7 +167,7 @@ def _with_balances(conn: sqlite3.Connection, accounts: list[TokenAccount]) -> li
             f" WHERE status = 'held' AND user_id IN ({marks}) ORDER BY created_at, id",
             chunk,
         ):
-            holds.setdefault(row[1], []).append(_reservation(row))
+            holds.setdefault(row[1], []).append(ROWS.reservation(row))
     return [
         attrs.evolve(
             account,
@@ -274,7 +217,7 @@ def _select_accounts(
         f"SELECT {ACCOUNT_COLUMNS} FROM user_tokens WHERE {condition} ORDER BY user_id LIMIT ?",
         (*parameters, limit),
     ).fetchall()
-    return _with_balances(conn, [_account(row) for row in rows])
+    return _with_balances(conn, [ROWS.account(row) for row in rows])
 
 
 def _history_filter(query: HistoryQuery) -> tuple[str, list[object]]:
@@ -304,7 +247,7 @@ class _SQLiteUnitOfWork:
         row = self._conn.execute(
             f"SELECT {ACCOUNT_COLUMNS} FROM user_tokens WHERE user_id = ?", (user_id,)
         ).fetchone()
-        return None if row is None else _with_balances(self._conn, [_account(row)])[0]
+        return None if row is None else _with_balances(self._conn, [ROWS.account(row)])[0]
 
     def insert_account(self, account: TokenAccount) -> bool:
         cursor = self._conn.execute(
@@ -410,28 +353,28 @@ class _SQLiteUnitOfWork:
             f"SELECT {TRANSACTION_COLUMNS} FROM token_transactions WHERE id = ?",
             (transaction_id,),
         ).fetchone()
-        return None if row is None else _transaction(row)
+        return None if row is None else ROWS.transaction(row)
 
     def entries_referencing(self, reference: str) -> list[Transaction]:
         rows = self._conn.execute(
             f"SELECT {TRANSACTION_COLUMNS} FROM token_transactions WHERE reference = ? ORDER BY id",
             (reference,),
         ).fetchall()
-        return [_transaction(row) for row in rows]
+        return [ROWS.transaction(row) for row in rows]
 
     def find_reservation(self, reservation_id: str) -> Reservation | None:
         row = self._conn.execute(
             f"SELECT {RESERVATION_COLUMNS} FROM token_reservations WHERE id = ?",
             (reservation_id,),
         ).fetchone()
-        return None if row is None else _reservation(row)
+        return None if row is None else ROWS.reservation(row)
 
     def find_by_idempotency_key(self, key: str) -> Transaction | None:
         row = self._conn.execute(
             f"SELECT {TRANSACTION_COLUMNS} FROM token_transactions WHERE idempotency_key = ?",
             (key,),
         ).fetchone()
-        return None if row is None else _transaction(row)
+        return None if row is None else ROWS.transaction(row)
 
     def lock_stale_candidates(
         self, cutoffs: StaleCutoffs, after_user_id: str | None, limit: int
@@ -533,7 +476,7 @@ class SQLiteRepository:
         )
         with self._lock, _translated_errors():
             rows = self.db.conn.execute(sql, (*parameters, query.limit)).fetchall()
-        return [_transaction(row) for row in rows]
+        return [ROWS.transaction(row) for row in rows]
 
     def count_transactions(self, query: HistoryQuery) -> int:
         where, parameters = _history_filter(attrs.evolve(query, before_id=None))
