@@ -508,13 +508,13 @@ class TokenLedger:
                 "stale_resets",
                 overdue,
                 stale_threshold,
-                f"accounts whose reset has been pending for more than {stale_after}",
+                f"accounts whose reset has been pending for more than {_duration(stale_after)}",
             ),
             failed_transactions=Alert(
                 "failed_transactions",
                 failed,
                 failed_threshold,
-                f"refused operations in the last {failed_window}",
+                f"refused operations in the last {_duration(failed_window)}",
             ),
             high_usage=Alert(
                 "high_usage",
@@ -671,6 +671,15 @@ class TokenLedger:
         if change.reservations:
             work.save_reservations(change.reservations)
         return work.append_transactions(change.entries)
+
+
+def _duration(delta: timedelta) -> str:
+    """``1 day``, ``1 hour``, ``90 minutes``: how an operator would say it."""
+    for unit, seconds in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        count, rest = divmod(delta.total_seconds(), seconds)
+        if count and not rest:
+            return f"{int(count)} {unit}{'s' if count != 1 else ''}"
+    return str(delta)
 
 
 def _has_reset(change: Change) -> bool:

@@ -97,3 +97,11 @@ def test_alert_arguments_are_checked(ledger: TokenLedger) -> None:
         ledger.alerts(failed_window=timedelta(hours=-1))
     with pytest.raises(InvalidInput):
         ledger.alerts(failed_threshold=-1)
+
+
+def test_alert_descriptions_say_durations_as_an_operator_would(ledger: TokenLedger) -> None:
+    report = ledger.alerts(stale_after=timedelta(days=2), failed_window=timedelta(minutes=90))
+
+    assert report.stale_resets.description.endswith("pending for more than 2 days")
+    assert report.failed_transactions.description == "refused operations in the last 90 minutes"
+    assert ledger.alerts().failed_transactions.description.endswith("the last 1 hour")
