@@ -6,7 +6,7 @@ instant and a JSON document come back from their driver, which they pass in.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -89,3 +89,21 @@ class RowReader:
             status=row[5],
             feature=row[6],
         )
+
+
+def attach_balances(
+    accounts: list[TokenAccount],
+    grants: Mapping[str, list[Grant]],
+    holds: Mapping[str, list[Reservation]],
+) -> list[TokenAccount]:
+    """The accounts with the grants and held reservations read for them, by ``user_id``."""
+    return [
+        attrs.evolve(
+            account,
+            grants=tuple(grants.get(account.user_id, ())),
+            holds=tuple(holds.get(account.user_id, ())),
+        )
+        if account.grant_balance > 0 or account.reserved_tokens > 0
+        else account
+        for account in accounts
+    ]

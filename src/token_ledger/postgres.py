@@ -35,6 +35,7 @@ from token_ledger._rows import (
     RESERVATION_COLUMNS,
     TRANSACTION_COLUMNS,
     RowReader,
+    attach_balances,
 )
 from token_ledger.account import TokenAccount
 from token_ledger.errors import (
@@ -406,16 +407,7 @@ def _with_balances(
     if with_holds:
         for row in _fetch(conn, statements.held_reservations, (with_holds,)):
             holds.setdefault(row[1], []).append(ROWS.reservation(row))
-    return [
-        attrs.evolve(
-            account,
-            grants=tuple(grants.get(account.user_id, ())),
-            holds=tuple(holds.get(account.user_id, ())),
-        )
-        if account.grant_balance > 0 or account.reserved_tokens > 0
-        else account
-        for account in accounts
-    ]
+    return attach_balances(accounts, grants, holds)
 
 
 class PostgresUnitOfWork:

@@ -28,6 +28,7 @@ from token_ledger._rows import (
     RESERVATION_COLUMNS,
     TRANSACTION_COLUMNS,
     RowReader,
+    attach_balances,
 )
 from token_ledger.account import TokenAccount
 from token_ledger.errors import InvalidInput, SchemaVersionError, StorageError
@@ -168,16 +169,7 @@ def _with_balances(conn: sqlite3.Connection, accounts: list[TokenAccount]) -> li
             chunk,
         ):
             holds.setdefault(row[1], []).append(ROWS.reservation(row))
-    return [
-        attrs.evolve(
-            account,
-            grants=tuple(grants.get(account.user_id, ())),
-            holds=tuple(holds.get(account.user_id, ())),
-        )
-        if account.grant_balance > 0 or account.reserved_tokens > 0
-        else account
-        for account in accounts
-    ]
+    return attach_balances(accounts, grants, holds)
 
 
 def _chunks(values: list[str]) -> Iterator[list[str]]:
