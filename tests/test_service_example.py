@@ -121,9 +121,9 @@ class Api:
             "/api/user/tokens/deduct", json=body, headers={**bearer(user_id), **headers}
         )
 
-    def reset(self, authorization: str | bytes | None) -> httpx.Response:
+    def reset(self, authorization: str | bytes | None, method: str = "POST") -> httpx.Response:
         headers = {} if authorization is None else {"Authorization": authorization}
-        return self.client.post("/api/admin/reset-monthly-tokens", headers=headers)
+        return self.client.request(method, "/api/admin/reset-monthly-tokens", headers=headers)
 
 
 @pytest.fixture
@@ -287,6 +287,79 @@ def test_bad_bodies_get_a_clear_error_and_write_nothing(
     assert_nothing_written(api.ledger, "alice")
 
 
+SURROGATES = [
+    pytest.param(b'{"amount": 1, "feature": "\\ud800"}', "feature", id="feature"),
+    pytest.param(b'{"amount": 1, "context": {"note": "\\ud800"}}', "context", id="context"),
+    pytest.param(b'{"amount": 1, "context": {"\\udfff": 1}}', "context", id="context-key"),
+    pytest.param(b'{"amount": 1, "context": {"a": ["x\\udbff"]}}', "context", id="nested"),
+]
+
+
+@pytest.mark.parametrize(("content", "field"), SURROGATES)
+def test_a_lone_surrogate_is_422_and_writes_nothing_for_a_new_user(
+    api: Api, content: bytes, field: str
+) -> None:
+    """JSON may spell text no database can store (``"\\ud800"``): a bad request, never a 5xx."""
+    response = api.client.post(
+        "/api/user/tokens/deduct",
+        content=content,
+        headers={**bearer("alice"), "Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 422
+    assert "Retry-After" not in response.headers
+    body = response.json()
+    assert (body["success"], body["error"]) == (False, "invalid_request")
+    assert field in body["message"]
+    assert_nothing_written(api.ledger, "alice")
+
+
+@pytest.mark.parametrize(("content", "field"), SURROGATES)
+def test_a_lone_surrogate_is_422_and_changes_nothing_for_a_known_user(
+    api: Api, content: bytes, field: str
+) -> None:
+    api.deduct("alice", {"amount": 3, "feature": "chat"})
+    status_before = api.status("alice").json()
+    history_before = api.ledger.history(limit=10_000)
+
+    response = api.client.post(
+        "/api/user/tokens/deduct",
+        content=content,
+        headers={**bearer("alice"), "Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 422
+    assert field in response.json()["message"]
+    assert api.status("alice").json() == status_before
+    assert api.ledger.history(limit=10_000) == history_before
+
+
+class RefusingLedger(TokenLedger):
+    """A ledger whose storage refuses a value with a bare ``ValueError``, as a driver may."""
+
+    def deduct(self, *args: Any, **kwargs: Any) -> Any:
+        raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+
+
+def test_any_value_error_of_the_ledger_is_422_and_its_text_goes_to_the_log(
+    server: Server, clock: MovableClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.app.state.ledger = RefusingLedger(MemoryRepository(), clock=clock)
+
+    with httpx.Client(base_url=server.url, timeout=DEADLINE, trust_env=False) as client:
+        response = client.post(
+            "/api/user/tokens/deduct", json={"amount": 1}, headers=bearer("alice")
+        )
+
+    assert response.status_code == 422
+    assert response.json() == {
+        "success": False,
+        "error": "invalid_request",
+        "message": "a value in the request cannot be stored",
+    }
+    assert "surrogates not allowed" in caplog.text
+
+
 def test_a_storage_failure_is_503_and_keeps_the_drivers_message_in_the_log(
     server: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -369,6 +442,7 @@ def test_any_user_id_survives_the_token(api: Api) -> None:
 # POST /api/admin/reset-monthly-tokens
 
 
+@pytest.mark.parametrize("method", ["GET", "POST"])
 @pytest.mark.parametrize(
     "authorization",
     [
@@ -381,25 +455,52 @@ def test_any_user_id_survives_the_token(api: Api) -> None:
     ],
 )
 def test_the_reset_endpoint_refuses_anything_but_the_cron_secret(
-    api: Api, authorization: str | bytes | None
+    api: Api, authorization: str | bytes | None, method: str
 ) -> None:
-    response = api.reset(authorization)
+    api.deduct("alice", {"amount": 10})
+    api.clock.set(datetime(2026, 2, 1, 0, 1, tzinfo=timezone.utc))
+
+    response = api.reset(authorization, method)
 
     assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
     assert response.json()["success"] is False
+    assert api.ledger.history(operation_type="reset") == []
 
 
-def test_the_reset_endpoint_persists_every_pending_reset_after_a_month_end(api: Api) -> None:
+@pytest.mark.parametrize(
+    ("first_method", "second_method"),
+    [("GET", "GET"), ("POST", "POST"), ("GET", "POST")],
+    ids=["vercel-cron-get", "by-hand-post", "get-then-post"],
+)
+def test_the_reset_endpoint_persists_every_pending_reset_after_a_month_end(
+    api: Api, first_method: str, second_method: str
+) -> None:
+    """Vercel's cron calls with GET, the guide by hand with POST: the same job either way."""
     for user_id in ("alice", "bob", "carol"):
         api.deduct(user_id, {"amount": 10})
     api.clock.set(datetime(2026, 2, 1, 0, 1, tzinfo=timezone.utc))
 
-    first = api.reset(f"Bearer {CRON_SECRET}")
-    second = api.reset(f"Bearer {CRON_SECRET}")
+    first = api.reset(f"Bearer {CRON_SECRET}", first_method)
+    second = api.reset(f"Bearer {CRON_SECRET}", second_method)
 
-    assert first.json() == {"success": True, "resetCount": 3}
-    assert second.json() == {"success": True, "resetCount": 0}
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert first.json() == {"success": True, "reset_count": 3}
+    assert second.json() == {"success": True, "reset_count": 0}
+    assert first.headers["Cache-Control"] == "no-store"
     assert len(api.ledger.history(operation_type="reset")) == 3
+
+
+@pytest.mark.parametrize("method", ["HEAD", "PUT", "DELETE"])
+def test_the_reset_endpoint_serves_only_get_and_post(api: Api, method: str) -> None:
+    api.deduct("alice", {"amount": 10})
+    api.clock.set(datetime(2026, 2, 1, 0, 1, tzinfo=timezone.utc))
+
+    response = api.reset(f"Bearer {CRON_SECRET}", method)
+
+    assert response.status_code == 405
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
+    assert api.ledger.history(operation_type="reset") == []
 
 
 def test_a_month_end_needs_no_cron_job(api: Api) -> None:
@@ -459,7 +560,11 @@ def test_an_unusable_default_limit_is_a_configuration_error(limit: str) -> None:
 
 @pytest.mark.parametrize(
     ("database_url", "repository_type"),
-    [("memory://", MemoryRepository), ("{tmp}/tokens.db", SQLiteRepository)],
+    [
+        ("memory://", MemoryRepository),
+        ("{tmp}/tokens.db", SQLiteRepository),
+        ("sqlite:///{tmp}/tokens.db", SQLiteRepository),
+    ],
 )
 def test_the_database_url_picks_the_engine(
     tmp_path: Path, database_url: str, repository_type: type
@@ -469,11 +574,30 @@ def test_the_database_url_picks_the_engine(
     with service.open_ledger(database_url.format(tmp=tmp_path), berlin) as ledger:
         assert isinstance(ledger.repository, repository_type)
         assert ledger.policy == berlin
+    assert (tmp_path / "tokens.db").exists() == (repository_type is SQLiteRepository)
 
 
-def test_an_unknown_database_scheme_is_refused_rather_than_taken_for_a_file() -> None:
-    with pytest.raises(service.ConfigurationError, match="mysql://"):
-        service.open_ledger("mysql://localhost/tokens")
+@pytest.mark.parametrize(
+    ("database_url", "message"),
+    [
+        ("mysql://localhost/tokens", "mysql://"),
+        ("postgresql+psycopg2://ops@db/app", "postgresql+psycopg2://"),
+        ("memory://tokens", "memory:// takes nothing"),
+        ("memory:", "starts with memory:"),
+    ],
+)
+def test_an_unknown_database_url_is_refused_rather_than_taken_for_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str, message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(service.ConfigurationError, match="TOKEN_LEDGER_DATABASE_URL") as refused:
+        service.open_ledger(database_url)
+    with pytest.raises(service.ConfigurationError, match="TOKEN_LEDGER_DATABASE_URL"):
+        service.Settings.from_env({"TOKEN_LEDGER_DATABASE_URL": database_url})
+
+    assert message in str(refused.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 # As a user runs it: uvicorn's command line, settings from the environment
@@ -568,12 +692,12 @@ def test_the_service_runs_under_uvicorn_from_the_environment(
             headers={**headers, "Content-Type": "application/json"},
         )
         status = client.get("/api/user/tokens", headers=headers)
-        reset = client.post(
-            "/api/admin/reset-monthly-tokens", headers={"Authorization": f"Bearer {CRON_SECRET}"}
-        )
+        cron = {"Authorization": f"Bearer {CRON_SECRET}"}
+        reset = client.post("/api/admin/reset-monthly-tokens", headers=cron)
+        reset_by_get = client.get("/api/admin/reset-monthly-tokens", headers=cron)
 
     assert deducted.json() == {"success": True, "monthlyRemaining": 19}
     assert status.json() == {"monthlyUsed": 1, "monthlyLimit": 20, "monthlyRemaining": 19}
-    assert reset.json() == {"success": True, "resetCount": 0}
+    assert reset.json() == reset_by_get.json() == {"success": True, "reset_count": 0}
     with service.open_ledger(database_url) as ledger:
         assert [entry.feature for entry in ledger.history("alice")] == ["literature_search"]

@@ -3,7 +3,8 @@
     GET  /api/user/tokens                 -> {"monthlyUsed", "monthlyLimit", "monthlyRemaining"}
     POST /api/user/tokens/deduct          {"feature", "amount", "context"}
                                           -> {"success": true, "monthlyRemaining": X}
-    POST /api/admin/reset-monthly-tokens  -> {"success": true, "resetCount": N}
+    GET or POST /api/admin/reset-monthly-tokens
+                                          -> {"success": true, "reset_count": N}
 
 Run it from the repository root (see ``examples/README.md``)::
 
@@ -14,14 +15,17 @@ Run it from the repository root (see ``examples/README.md``)::
 Settings are read from the environment once, when the app is created:
 
 ``TOKEN_LEDGER_DATABASE_URL``
-    ``postgresql://...`` for PostgreSQL, ``memory://`` for a ledger that lives
-    and dies with one process, anything else is a SQLite file (default ``tokens.db``).
+    Read by :meth:`TokenLedger.open`: ``postgresql://...`` for PostgreSQL,
+    ``memory://`` for a ledger that lives and dies with one process, a file
+    path or ``sqlite:///path`` for SQLite (default ``tokens.db``, created if
+    missing). Any other ``scheme://`` is refused at startup.
 ``TOKEN_LEDGER_SIGNING_SECRET``
     The key user tokens are signed with (see :func:`user_from_bearer`). Unset,
     every user request is refused.
 ``CRON_SECRET``
     The bearer token of the reset endpoint, as in the seed. Unset, the
-    endpoint refuses everything.
+    endpoint refuses everything. Vercel's cron calls it with ``GET``, the
+    guide by hand with ``POST``: both are served, behind the same check.
 ``TOKEN_LEDGER_DEFAULT_LIMIT``
     The monthly limit of a user the ledger has not seen yet (default 50).
 ``TOKEN_LEDGER_TIMEZONE``
@@ -32,10 +36,12 @@ Settings are read from the environment once, when the app is created:
 Errors are JSON, ``{"success": false, "error": CODE, "message": TEXT}``:
 401 without a valid bearer token, 400 for a body that is not JSON, 413 for
 one over 64 KiB, 415 without ``Content-Type: application/json``, 422 for
-unknown fields, wrong types or values, and a reused ``Idempotency-Key``,
-402 when too few tokens remain (with ``monthlyRemaining``), 503 when the
-database is busy or down. A refused request writes nothing, except the
-failed entry that records a 402, as the ledger always does.
+unknown fields, wrong types or values (any ``ValueError`` of the ledger,
+such as a lone surrogate in ``feature``), and a reused ``Idempotency-Key``,
+402 when too few tokens remain (with ``monthlyRemaining``), 503 (with
+``Retry-After``) only when the database is busy or down. A refused request
+writes nothing, except the failed entry that records a 402, as the ledger
+always does.
 """
 
 from __future__ import annotations
@@ -69,12 +75,14 @@ from token_ledger import (
     TokenLedger,
     UnknownTimeZone,
 )
+from token_ledger.database_url import parse_database_url
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 DEDUCT_FIELDS = ("amount", "feature", "context")
+CRON_METHODS = ("GET", "POST")
 
 
 class ConfigurationError(ValueError):
@@ -113,8 +121,13 @@ class Settings:
                 f"TOKEN_LEDGER_TIMEZONE must be an IANA time zone such as 'Europe/Berlin',"
                 f" got {timezone!r}"
             ) from None
+        database_url = environ.get("TOKEN_LEDGER_DATABASE_URL") or "tokens.db"
+        try:
+            parse_database_url(database_url)  # refused now, not at the first request
+        except InvalidInput as error:
+            raise ConfigurationError(f"TOKEN_LEDGER_DATABASE_URL: {error}") from None
         return cls(
-            database_url=environ.get("TOKEN_LEDGER_DATABASE_URL") or "tokens.db",
+            database_url=database_url,
             signing_secret=environ.get("TOKEN_LEDGER_SIGNING_SECRET") or None,
             cron_secret=environ.get("CRON_SECRET") or None,
             default_monthly_limit=default_monthly_limit,
@@ -123,21 +136,15 @@ class Settings:
 
 
 def open_ledger(database_url: str, policy: MonthlyResetPolicy | None = None) -> TokenLedger:
-    """The one place that picks the storage engine, from ``TOKEN_LEDGER_DATABASE_URL``.
+    """The ledger ``TOKEN_LEDGER_DATABASE_URL`` names, read as :meth:`TokenLedger.open` reads it.
 
-    Any other ``scheme://`` is refused rather than taken for a file name.
+    A URL it refuses (``mysql://``, ``memory://x``) is a :class:`ConfigurationError`,
+    never taken for a file name.
     """
-    scheme, separator, _ = database_url.partition("://")
-    if not separator:
-        return TokenLedger.sqlite(database_url, policy=policy)
-    if scheme in ("postgresql", "postgres"):
-        return TokenLedger.postgres(database_url, policy=policy)
-    if database_url == "memory://":
-        return TokenLedger.memory(policy=policy)
-    raise ConfigurationError(
-        f"TOKEN_LEDGER_DATABASE_URL must be postgresql://..., memory:// or a SQLite file path,"
-        f" got a {scheme}:// URL"
-    )
+    try:
+        return TokenLedger.open(database_url, policy=policy)
+    except InvalidInput as error:
+        raise ConfigurationError(f"TOKEN_LEDGER_DATABASE_URL: {error}") from None
 
 
 # Who is asking. Replace these two functions with your identity provider's check
@@ -291,12 +298,25 @@ def _deduct(
 
 
 async def reset_monthly_tokens(request: Request) -> Response:
-    """The seed's cron job: persist every pending reset (users never wait for it)."""
+    """The seed's cron job: persist every pending reset (users never wait for it).
+
+    ``GET`` (Vercel's cron) and ``POST`` (by hand) do the same, behind the same
+    secret; ``HEAD``, which Starlette would route with ``GET``, resets nothing.
+    """
+    if request.method not in CRON_METHODS:
+        raise ApiError(
+            405,
+            "method_not_allowed",
+            f"use {' or '.join(CRON_METHODS)}",
+            {"Allow": ", ".join(CRON_METHODS)},
+        )
     settings, ledger = _context(request)
     if not is_cron_request(request.headers.get("authorization"), settings.cron_secret):
         raise _unauthorized("send Authorization: Bearer <CRON_SECRET>")
     reset_count = await run_in_threadpool(ledger.reset_all_stale)
-    return JSONResponse({"success": True, "resetCount": reset_count})
+    return JSONResponse(
+        {"success": True, "reset_count": reset_count}, headers={"Cache-Control": "no-store"}
+    )
 
 
 def _context(request: Request) -> tuple[Settings, TokenLedger]:
@@ -367,10 +387,16 @@ async def _api_error(request: Request, error: Exception) -> Response:
 
 
 async def _ledger_error(request: Request, error: Exception) -> Response:
+    """Bad input is 422 whatever raised it; only a storage failure is 503."""
     if isinstance(error, IdempotencyConflict):
         return _error_response(422, "idempotency_conflict", str(error))
     if isinstance(error, InvalidInput):
         return _error_response(422, "invalid_request", str(error))
+    if isinstance(error, ValueError):
+        # Refused below the ledger's checks (by a driver, say): still the request's fault,
+        # but the text may come from the driver, so it goes to the log only.
+        logger.warning("value refused on %s %s", request.method, request.url.path, exc_info=error)
+        return _error_response(422, "invalid_request", "a value in the request cannot be stored")
     # A driver's message may name files or hosts: it goes to the log, not to the client.
     logger.error("storage error on %s %s", request.method, request.url.path, exc_info=error)
     return _error_response(
@@ -412,13 +438,16 @@ def create_app(settings: Settings | None = None, *, ledger: TokenLedger | None =
         routes=[
             Route("/api/user/tokens", get_tokens, methods=["GET"]),
             Route("/api/user/tokens/deduct", deduct_tokens, methods=["POST"]),
-            Route("/api/admin/reset-monthly-tokens", reset_monthly_tokens, methods=["POST"]),
+            Route(
+                "/api/admin/reset-monthly-tokens", reset_monthly_tokens, methods=list(CRON_METHODS)
+            ),
         ],
         exception_handlers={
             ApiError: _api_error,
             InvalidInput: _ledger_error,
             IdempotencyConflict: _ledger_error,
             StorageError: _ledger_error,
+            ValueError: _ledger_error,
         },
         lifespan=lifespan,
     )

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, overload
 
 import attrs
 
+from token_ledger._validation import INT64_MAX
+from token_ledger.errors import InvalidAmount
 from token_ledger.grants import Grant, Reservation, ReservationStatus
 from token_ledger.policy import MonthlyResetPolicy, Period
 from token_ledger.transactions import Effects, OperationType, Transaction
@@ -80,12 +82,37 @@ def _stamped(operation: Operation[P]) -> Operation[P]:
         **kwargs: P.kwargs,
     ) -> Change:
         change = operation(self, policy, now, *args, **kwargs)
+        _refuse_overflow(change)
         if change.account is self or change.account == self:
             return change
         stamp = now - _MICROSECOND if now == self.updated_at else now
         return attrs.evolve(change, account=attrs.evolve(change.account, updated_at=stamp))
 
     return stamped
+
+
+def _refuse_overflow(change: Change) -> None:
+    """Every stored figure is a signed 64-bit integer on every engine.
+
+    Inputs are checked one by one, but sums of them are not: a grant of
+    ``2**63 - 1`` on top of a live one, or usage within a limit plus an
+    overage that add up past it. Refusing the operation here, before anything
+    is stored, keeps the engines alike (SQLite would raise ``OverflowError``,
+    PostgreSQL "bigint out of range", memory would store the sum).
+    """
+    account = change.account
+    figures = [
+        ("usage", account.monthly_tokens_used),
+        ("grant balance", account.grant_balance),
+        ("reserved tokens", account.reserved_tokens),
+        *(("grant balance", grant.remaining) for grant in change.grants),
+    ]
+    for name, value in figures:
+        if value > INT64_MAX:
+            raise InvalidAmount(
+                f"the {name} of {account.user_id!r} would pass {INT64_MAX}, the largest"
+                " figure a ledger stores; nothing was written"
+            )
 
 
 @attrs.frozen

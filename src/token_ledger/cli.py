@@ -28,6 +28,7 @@ from click.exceptions import NoArgsIsHelpError
 
 from token_ledger import __version__
 from token_ledger.account import TokenAccount
+from token_ledger.database_url import DatabaseNotFound, parse_database_url
 from token_ledger.errors import InsufficientTokens, TokenLedgerError
 from token_ledger.policy import MonthlyResetPolicy
 from token_ledger.service import DEFAULT_RESET_BATCH_SIZE, TokenLedger
@@ -39,7 +40,6 @@ EXIT_USAGE = 2
 EXIT_ALERT = 3
 
 DEFAULT_DATABASE = "tokens.db"
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 HISTORY_PAGE_SIZE = 100
 EXPORT_PAGE_SIZE = 1000
 ENTRY_COLUMNS = (
@@ -271,25 +271,28 @@ class _Settings:
 
 
 def _open_ledger(*, create: bool = False) -> TokenLedger:
-    """The ledger named by ``--db``, closed when the command ends.
+    """The ledger named by ``--db`` (see :mod:`token_ledger.database_url`), closed at the end.
 
     Only ``init`` creates a SQLite file: anywhere else a mistyped path would
     open a new, empty ledger, which ``health`` and ``alerts`` would call healthy.
+    An in-memory ledger is refused: it would be gone before the next command.
     """
     ctx = click.get_current_context()
     settings: _Settings = ctx.find_root().obj
     policy = MonthlyResetPolicy(timezone=settings.timezone)
     database = settings.database
-    ledger: TokenLedger
-    if database.startswith(POSTGRES_SCHEMES):
-        ledger = TokenLedger.postgres(database, policy=policy)
-    elif create or Path(database).is_file():
-        ledger = TokenLedger.sqlite(database, policy=policy)
-    else:
+    if parse_database_url(database).in_memory:
+        raise Refused(
+            f"{database!r} is an in-memory ledger, which keeps nothing between commands:"
+            " give a SQLite file or a postgresql:// URL"
+        )
+    try:
+        ledger = TokenLedger.open(database, create=create, policy=policy)
+    except DatabaseNotFound as missing:
         raise Refused(
             f"no ledger at {database!r}: create it with 'token-ledger init', or choose another"
             " with --db or TOKEN_LEDGER_DATABASE_URL"
-        )
+        ) from missing
     return ctx.with_resource(ledger)
 
 
@@ -302,7 +305,7 @@ def _open_ledger(*, create: bool = False) -> TokenLedger:
     callback=_database,
     show_default=True,
     show_envvar=True,
-    help="The ledger: a SQLite file, or a postgresql:// URL.",
+    help="The ledger: a SQLite file (or sqlite:///path), or a postgresql:// URL.",
 )
 @click.option(
     "--timezone",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import attrs
 
@@ -50,12 +51,12 @@ class _MemoryUnitOfWork:
     def find_transaction(self, transaction_id: int) -> Transaction | None:
         for entry in (*self._repository._entries, *self.entries):
             if entry.id == transaction_id:
-                return entry
+                return _detached(entry)
         return None
 
     def entries_referencing(self, reference: str) -> list[Transaction]:
         return [
-            entry
+            _detached(entry)
             for entry in (*self._repository._entries, *self.entries)
             if entry.reference == reference
         ]
@@ -68,14 +69,16 @@ class _MemoryUnitOfWork:
         stored = []
         for entry in entries:
             entry = attrs.evolve(entry, id=self._repository._next_id + len(self.entries))
-            self.entries.append(entry)
+            kept = _detached(entry)
+            self.entries.append(kept)
             if entry.idempotency_key is not None:
-                self.keys[entry.idempotency_key] = entry
+                self.keys[entry.idempotency_key] = kept
             stored.append(entry)
         return stored
 
     def find_by_idempotency_key(self, key: str) -> Transaction | None:
-        return self.keys.get(key) or self._repository._keys.get(key)
+        found = self.keys.get(key) or self._repository._keys.get(key)
+        return None if found is None else _detached(found)
 
     def lock_stale_candidates(
         self, cutoffs: StaleCutoffs, after_user_id: str | None, limit: int
@@ -116,7 +119,7 @@ class MemoryRepository:
         found = []
         for entry in reversed(entries):
             if _matches(entry, query):
-                found.append(entry)
+                found.append(_detached(entry))
                 if len(found) == query.limit:
                     break
         return found
@@ -139,6 +142,25 @@ class MemoryRepository:
 
     def close(self) -> None:
         """Nothing to release; present so every repository can be closed alike."""
+
+
+def _detached(entry: Transaction) -> Transaction:
+    """A copy whose context shares nothing with the store.
+
+    ``Transaction`` is frozen but its context is a dict: a database engine
+    hands back a new one on every read, and so must this engine, or editing
+    an entry that ``history()`` returned would rewrite the log.
+    """
+    return attrs.evolve(entry, operation_context=_copy_json(entry.operation_context))
+
+
+def _copy_json(value: Any) -> Any:
+    """A deep copy of a JSON document, several times faster than ``copy.deepcopy``."""
+    if isinstance(value, dict):
+        return {key: _copy_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_json(item) for item in value]
+    return value
 
 
 def _scan(

@@ -14,8 +14,8 @@ psycopg is imported here only, so ``import token_ledger`` works without it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
@@ -150,7 +150,16 @@ MIGRATIONS = (
 )
 
 
-def _storage_error(error: psycopg.Error) -> StorageError:
+def _storage_error(
+    error: psycopg.Error, given: psycopg.Connection[Any] | None = None
+) -> StorageError:
+    if given is not None and given.closed:
+        # A pool replaces a dead connection; the caller's own one cannot be reopened.
+        return StorageError(
+            f"the psycopg.Connection given to token-ledger is closed ({error}): reconnect and"
+            " open the ledger on the new connection, or give it a ConnectionPool, which"
+            " replaces connections the server has closed"
+        )
     if isinstance(error, SerializationFailure | DeadlockDetected):
         return TransientStorageError(f"PostgreSQL lost a race, try again: {error}")
     if (
@@ -164,12 +173,21 @@ def _storage_error(error: psycopg.Error) -> StorageError:
 
 
 @contextmanager
-def _translated_errors() -> Iterator[None]:
-    """The one place where psycopg errors become token-ledger errors."""
+def _translated_errors(given: psycopg.Connection[Any] | None = None) -> Iterator[None]:
+    """The one place where psycopg errors become token-ledger errors.
+
+    ``given`` is the connection the caller gave, if the error happened on it.
+    """
     try:
         yield
     except psycopg.Error as error:
-        raise _storage_error(error) from error
+        raise _storage_error(error, given) from error
+
+
+@contextmanager
+def _begun(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
+    with conn.transaction():
+        yield conn
 
 
 def _utc(value: datetime) -> datetime:
@@ -610,15 +628,14 @@ class PostgresRepository:
             # A direct connection first: a wrong URL fails now with libpq's own
             # message, where a pool would keep retrying in the background.
             with _translated_errors(), psycopg.connect(target) as conn:
-                self._migrate(conn)
+                self._migrate(lambda: _begun(conn))
             self._owned_pool = ConnectionPool(
                 target, min_size=1, max_size=DEFAULT_POOL_SIZE, open=True, name="token-ledger"
             )
             self._source: psycopg.Connection[Any] | ConnectionPool[Any] = self._owned_pool
         elif isinstance(target, psycopg.Connection | ConnectionPool):
             self._source = target
-            with self._connection() as conn:
-                self._migrate(conn)
+            self._migrate(self._transaction)
         else:
             raise InvalidInput(
                 "target must be a URL, a psycopg.Connection or a psycopg_pool.ConnectionPool,"
@@ -627,37 +644,62 @@ class PostgresRepository:
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
-        with _translated_errors():
-            if isinstance(self._source, ConnectionPool):
-                with self._source.connection() as conn:
-                    yield conn
-            else:
-                with self._lock:
-                    if self._source.info.transaction_status in _BUSY:
-                        # Our transaction would only be a savepoint of yours, and
-                        # nothing would be stored until you commit.
-                        raise StorageError(
-                            "the connection is inside a transaction: commit or roll back"
-                            " before handing it to token-ledger"
-                        )
-                    yield self._source
+        if isinstance(self._source, ConnectionPool):
+            with _translated_errors(), self._source.connection() as conn:
+                yield conn
+        else:
+            with self._lock, _translated_errors(self._source):
+                if self._source.info.transaction_status in _BUSY:
+                    # Our transaction would only be a savepoint of yours, and
+                    # nothing would be stored until you commit.
+                    raise StorageError(
+                        "the connection is inside a transaction: commit or roll back"
+                        " before handing it to token-ledger"
+                    )
+                yield self._source
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
-        with self._connection() as conn, conn.transaction():
-            yield conn
+        """A transaction on a connection that was alive when it began.
 
-    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
-        while self._apply_next_migration(conn):
-            pass
+        The server closes idle connections without the pool noticing: an
+        operator's ``pg_terminate_backend``, a failover, a proxy's idle timeout,
+        a restart. Checking every connection before use would add a round trip
+        to every call, so a dead one shows itself at ``BEGIN`` instead. Nothing
+        of the work has reached the server then, so it starts again on another
+        connection, and the pool, given the dead one back, replaces it. A pool
+        holds at most ``max_size`` dead connections, hence that many attempts
+        and one more. A failure after ``BEGIN`` is never retried here: a COMMIT
+        that got no answer may have been applied.
+        """
+        attempts = self._source.max_size + 1 if isinstance(self._source, ConnectionPool) else 1
+        for attempts_left in reversed(range(attempts)):
+            with self._connection() as conn, ExitStack() as transaction:
+                try:
+                    transaction.enter_context(conn.transaction())
+                except psycopg.OperationalError:
+                    if conn.closed and attempts_left:
+                        continue
+                    raise
+                yield conn
+                return
+
+    def _migrate(
+        self, transaction: Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
+    ) -> None:
+        """Apply the migrations after the stored version, each in a ``transaction()`` of its own."""
+        while True:
+            with transaction() as conn:
+                if not self._apply_next_migration(conn):
+                    return
 
     def _apply_next_migration(self, conn: psycopg.Connection[Any]) -> bool:
-        """Apply the migration after the stored version in its own transaction, if any.
+        """Apply the migration after the stored version, if any.
 
         The lock is taken before anything is read, so a process that waited for
         another one sees the version that process committed.
         """
-        with conn.transaction(), conn.cursor(row_factory=tuple_row) as cursor:
+        with conn.cursor(row_factory=tuple_row) as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
             version = self._stored_version(cursor)
             latest = MIGRATIONS[-1].version

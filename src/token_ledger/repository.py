@@ -7,14 +7,16 @@ store, each write inside one unit of work.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
+from token_ledger import _validation
 from token_ledger.account import TokenAccount
+from token_ledger.errors import InvalidInput
 from token_ledger.grants import Grant, Reservation
 from token_ledger.transactions import OperationType, Transaction
 
@@ -45,23 +47,69 @@ class AccountFilter:
     """A fraction of the limit: ``monthly_tokens_used / monthly_limit > usage_above``."""
 
 
+MAX_HISTORY_LIMIT = 10_000
+
+
+def _operation_type(value: object) -> OperationType | None:
+    if value is None or isinstance(value, OperationType):
+        return value
+    try:
+        return OperationType(value)
+    except ValueError:
+        known = ", ".join(member.value for member in OperationType)
+        raise InvalidInput(f"operation_type must be one of {known}, got {value!r}") from None
+
+
+def _check_limit(_query: object, _attribute: object, value: object) -> None:
+    _validation.positive_int(value, "limit")
+    if value > MAX_HISTORY_LIMIT:  # type: ignore[operator]  # an int, checked above
+        raise InvalidInput(f"limit must be at most {MAX_HISTORY_LIMIT}, got {value}")
+
+
+def _checked(check: Callable[[object, str], object]) -> Callable[[object, Any, object], None]:
+    """An attrs validator that runs ``check`` with the field's name."""
+
+    def validate(_query: object, attribute: Any, value: object) -> None:
+        check(value, attribute.name)
+
+    return validate
+
+
+def _since(value: object) -> datetime | None:
+    return _validation.optional_instant(value, "since")
+
+
+def _until(value: object) -> datetime | None:
+    return _validation.optional_instant(value, "until")
+
+
 @attrs.frozen
 class HistoryQuery:
     """Filters for :meth:`TokenRepository.history`; results are newest first.
 
     ``before_id`` pages by keyset: pass the ``id`` of the last entry of the
-    previous page.
+    previous page. Every filter is checked here, once, so that no engine is
+    handed a value it would read differently (``success="yes"`` would be true
+    on one engine, an error on another, and match nothing on a third).
     """
 
-    user_id: str | None = None
-    operation_type: OperationType | None = None
-    feature: str | None = None
-    success: bool | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    before_id: int | None = None
-    reference: str | None = None
-    limit: int = 100
+    user_id: str | None = attrs.field(
+        default=None, validator=_checked(_validation.optional_identifier)
+    )
+    operation_type: OperationType | None = attrs.field(default=None, converter=_operation_type)
+    feature: str | None = attrs.field(
+        default=None, validator=_checked(_validation.optional_identifier)
+    )
+    success: bool | None = attrs.field(default=None, validator=_checked(_validation.optional_bool))
+    since: datetime | None = attrs.field(default=None, converter=_since)
+    until: datetime | None = attrs.field(default=None, converter=_until)
+    before_id: int | None = attrs.field(
+        default=None, validator=_checked(_validation.optional_positive_int)
+    )
+    reference: str | None = attrs.field(
+        default=None, validator=_checked(_validation.optional_identifier)
+    )
+    limit: int = attrs.field(default=100, validator=_check_limit)
 
 
 class UnitOfWork(Protocol):

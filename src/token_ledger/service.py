@@ -31,6 +31,7 @@ from token_ledger.monitoring import Alert, AlertReport, Health
 from token_ledger.policy import MonthlyResetPolicy
 from token_ledger.reconciliation import Discrepancy, reconcile_account
 from token_ledger.repository import (
+    MAX_HISTORY_LIMIT,
     AccountFilter,
     HistoryQuery,
     StaleCutoffs,
@@ -50,12 +51,10 @@ if TYPE_CHECKING:
 
 DEFAULT_RESET_BATCH_SIZE = 1000
 DEFAULT_RESERVATION_TTL = timedelta(minutes=15)
-MAX_TEXT_LENGTH = 1000
 WRITE_ATTEMPTS = 10
 RETRY_BASE_DELAY = 0.005
 RETRY_MAX_DELAY = 0.5
 SCAN_PAGE_SIZE = 1000
-MAX_HISTORY_LIMIT = 10_000
 
 T = TypeVar("T")
 
@@ -125,6 +124,25 @@ class TokenLedger:
         from token_ledger.postgres import PostgresRepository
 
         return cls(PostgresRepository(target, schema=schema), policy=policy, clock=clock)
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        create: bool = True,
+        policy: MonthlyResetPolicy | None = None,
+        clock: Clock = system_clock,
+    ) -> TokenLedger:
+        """The ledger a database URL names: ``postgresql://...``, ``sqlite:///path``, a SQLite
+        file path, or ``memory://``; see :func:`token_ledger.database_url.parse_database_url`.
+
+        ``create=False`` refuses a SQLite file that does not exist yet, where a mistyped
+        path would otherwise open a new, empty ledger.
+        """
+        from token_ledger.database_url import open_ledger
+
+        return open_ledger(cls, url, create=create, policy=policy, clock=clock)
 
     def __enter__(self) -> TokenLedger:
         return self
@@ -281,10 +299,10 @@ class TokenLedger:
         """
         _validation.identifier(user_id, "user_id")
         _validation.positive_int(amount)
-        reason = _optional_text(reason, "reason")
+        reason = _validation.optional_text(reason, "reason")
         key = _validation.optional_identifier(idempotency_key, "idempotency_key")
         now = self.now()
-        expiry = None if expires_at is None else _validation.instant(expires_at, "expires_at")
+        expiry = _validation.optional_instant(expires_at, "expires_at")
         if expiry is not None and expiry <= now:
             raise InvalidInput(f"expires_at must be in the future, got {expiry.isoformat()}")
 
@@ -319,9 +337,8 @@ class TokenLedger:
         _validation.positive_int(amount)
         feature = _validation.optional_identifier(feature, "feature")
         key = _validation.optional_identifier(idempotency_key, "idempotency_key")
-        if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
-            raise InvalidInput(f"ttl must be a positive timedelta, got {ttl!r}")
         now = self.now()
+        expiry = _validation.instant_after(now, ttl, "ttl")
 
         def hold_tokens(work: UnitOfWork) -> tuple[Transaction, int, Reservation | None]:
             account = self._load(work, user_id)
@@ -330,7 +347,7 @@ class TokenLedger:
                 entry = self.ledger.replay(prior, OperationType.RESERVE, user_id, amount, feature)
                 remaining = entry.balance_after
             else:
-                hold = Reservation(_new_id(), user_id, amount, now, now + ttl, feature=feature)
+                hold = Reservation(_new_id(), user_id, amount, now, expiry, feature=feature)
                 change = self.ledger.reserve(account, now, hold, key)
                 entry = self._store(work, account, change)[-1]
                 remaining = change.account.spendable
@@ -370,7 +387,7 @@ class TokenLedger:
         _validation.positive_int(transaction_id, "transaction_id")
         if amount is not None:
             _validation.positive_int(amount)
-        reason = _optional_text(reason, "reason")
+        reason = _validation.optional_text(reason, "reason")
         key = _validation.optional_identifier(idempotency_key, "idempotency_key")
         now = self.now()
 
@@ -430,6 +447,8 @@ class TokenLedger:
         for a progress bar on a large ledger.
         """
         _validation.positive_int(batch_size, "batch_size")
+        if progress is not None and not callable(progress):
+            raise InvalidInput(f"progress must be a callable or None, got {progress!r}")
         now = self.now()
         cutoffs = self._stale_cutoffs(now)
         reset_count = 0
@@ -490,14 +509,11 @@ class TokenLedger:
             raise InvalidInput(f"usage_ratio must be a number, got {usage_ratio!r}")
         if not 0 <= usage_ratio <= 1:
             raise InvalidInput(f"usage_ratio must be between 0 and 1, got {usage_ratio}")
-        for name, window in (("stale_after", stale_after), ("failed_window", failed_window)):
-            if not isinstance(window, timedelta) or window < timedelta(0):
-                raise InvalidInput(f"{name} must be a non-negative timedelta, got {window!r}")
+        stale_at = _validation.instant_before(now, stale_after, "stale_after")
+        failed_since = _validation.instant_before(now, failed_window, "failed_window")
 
-        overdue = sum(1 for _ in self._stale_accounts(now - stale_after))
-        failed = self.repository.count_transactions(
-            HistoryQuery(success=False, since=now - failed_window)
-        )
+        overdue = sum(1 for _ in self._stale_accounts(stale_at))
+        failed = self.repository.count_transactions(HistoryQuery(success=False, since=failed_since))
         high = sum(
             1
             for account in self._scan(AccountFilter(usage_above=float(usage_ratio)))
@@ -559,15 +575,15 @@ class TokenLedger:
     ) -> History:
         """Ledger entries, newest first; page with ``before_id=page[-1].id``."""
         query = HistoryQuery(
-            user_id=_validation.optional_identifier(user_id, "user_id"),
-            operation_type=None if operation_type is None else _operation_type(operation_type),
-            feature=_validation.optional_identifier(feature, "feature"),
+            user_id=user_id,
+            operation_type=operation_type,
+            feature=feature,
             success=success,
-            since=None if since is None else _validation.instant(since, "since"),
-            until=None if until is None else _validation.instant(until, "until"),
-            before_id=_optional_positive(before_id, "before_id"),
-            reference=_validation.optional_identifier(reference, "reference"),
-            limit=_history_limit(limit),
+            since=since,
+            until=until,
+            before_id=before_id,
+            reference=reference,
+            limit=limit,
         )
         return History(self.repository.history(query))
 
@@ -610,7 +626,7 @@ class TokenLedger:
     ) -> TokenAccount:
         _validation.identifier(user_id, "user_id")
         self.ledger.check_limit(monthly_limit)
-        anchor = None if reset_anchor is None else _validation.instant(reset_anchor, "reset_anchor")
+        anchor = _validation.optional_instant(reset_anchor, "reset_anchor")
         return self.ledger.open(user_id, monthly_limit, self.now(), anchor)
 
     @staticmethod
@@ -688,30 +704,3 @@ def _has_reset(change: Change) -> bool:
 
 def _new_id() -> str:
     return uuid.uuid4().hex
-
-
-def _optional_text(value: object, name: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > MAX_TEXT_LENGTH or "\x00" in value:
-        raise InvalidInput(f"{name} must be a string of at most {MAX_TEXT_LENGTH} characters")
-    return value
-
-
-def _operation_type(value: OperationType | str) -> OperationType:
-    try:
-        return OperationType(value)
-    except ValueError as error:
-        known = ", ".join(member.value for member in OperationType)
-        raise InvalidInput(f"operation_type must be one of {known}, got {value!r}") from error
-
-
-def _history_limit(limit: object) -> int:
-    value = _validation.positive_int(limit, "limit")
-    if value > MAX_HISTORY_LIMIT:
-        raise InvalidInput(f"limit must be at most {MAX_HISTORY_LIMIT}, got {value}")
-    return value
-
-
-def _optional_positive(value: object, name: str) -> int | None:
-    return None if value is None else _validation.positive_int(value, name)

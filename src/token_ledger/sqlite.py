@@ -186,6 +186,36 @@ def _translated_errors() -> Iterator[None]:
         raise StorageError(f"SQLite failed: {error}") from error
 
 
+def _require_wal(conn: sqlite3.Connection) -> None:
+    """Refuse a file that cannot be in WAL mode: there, readers block the writer's COMMIT.
+
+    In a rollback-journal mode a COMMIT must wait until no connection is reading, and fails
+    with SQLITE_BUSY when readers outlast the busy timeout, so a mere report could make a
+    deduction fail. SQLite does not raise when it cannot switch (a VFS without shared memory
+    such as ``unix-dotfile``, an immutable file): it answers the mode it stayed in.
+    """
+    file = next(row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main")
+    if not file:
+        return  # in memory or temporary: no other connection can read it
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    except sqlite3.OperationalError:
+        if conn.in_transaction:
+            raise
+        # Another connection switching a new file at the same moment holds the lock this one
+        # would upgrade to, and SQLite refuses such an upgrade at once rather than deadlock.
+        # Wait for that writer as any writer waits (the busy timeout), then try again.
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode != "wal":
+        raise StorageError(
+            f"SQLite keeps {file} in journal mode {mode!r} and cannot switch it to WAL;"
+            " token-ledger needs WAL so that readers do not block a writer's COMMIT"
+            " (in other modes a COMMIT fails with SQLITE_BUSY while anyone reads)"
+        )
+
+
 def _account_filter(where: AccountFilter, after_user_id: str | None) -> tuple[str, list[object]]:
     conditions = ["user_id > ?"]
     parameters: list[object] = [after_user_id or ""]
@@ -405,8 +435,7 @@ class SQLiteRepository:
             self.db = self._open(database)
             conn = self.db.conn
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "memory":
-                conn.execute("PRAGMA journal_mode = WAL")
+            _require_wal(conn)
             conn.execute(f"PRAGMA synchronous = {mode}")
             self._migrate()
 
@@ -446,11 +475,13 @@ class SQLiteRepository:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
+                # A failed COMMIT (disk full, I/O error, a deferred foreign key) may leave the
+                # transaction open; left so, every later BEGIN of this connection would fail.
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
 
     @contextmanager
     def unit_of_work(self) -> Iterator[_SQLiteUnitOfWork]:

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.helpers import LedgerDatabase, Run, assert_error
-from token_ledger import MonthlyResetPolicy, TokenLedger, system_clock
+from token_ledger import Clock, MonthlyResetPolicy, TokenLedger, system_clock
 from token_ledger.cli import cli
 
 
@@ -80,9 +80,9 @@ def test_a_postgres_url_opens_the_ledger_with_token_ledger_postgres(
     """Only the routing: the PostgreSQL adapter brings its own tests (and this classmethod)."""
     opened: list[tuple[str, MonthlyResetPolicy]] = []
 
-    def postgres(database: str, *, policy: MonthlyResetPolicy) -> TokenLedger:
+    def postgres(database: str, *, policy: MonthlyResetPolicy, clock: Clock) -> TokenLedger:
         opened.append((database, policy))
-        return TokenLedger.memory(policy=policy)
+        return TokenLedger.memory(policy=policy, clock=clock)
 
     monkeypatch.setattr(TokenLedger, "postgres", postgres, raising=False)
     result = CliRunner().invoke(cli, ["--db", url, "--timezone", "Europe/Berlin", "health"])
@@ -153,6 +153,63 @@ def test_an_empty_db_is_refused_rather_than_a_throwaway_database() -> None:
         result = CliRunner().invoke(cli, ["--db", "", command])
 
         assert_error(result, 2, "is empty: give a SQLite file or a postgresql:// URL")
+
+
+@pytest.mark.parametrize(
+    "url", ["memory://", "sqlite:///:memory:", "sqlite://:memory:", ":memory:"]
+)
+@pytest.mark.parametrize("command", ["init", "health"])
+def test_an_in_memory_ledger_is_refused_and_no_file_is_made(
+    tmp_path: Path, url: str, command: str
+) -> None:
+    """``--db memory://`` once made a SQLite file named ``memory:`` and said "Ledger ready."."""
+    result = CliRunner().invoke(cli, ["--db", url, command])
+
+    assert_error(result, 1, f"{url!r} is an in-memory ledger, which keeps nothing between commands")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://x", "unsupported database URL scheme mysql://: give postgresql://..., postgres"),
+        ("postgresql+psycopg2://ops@db/app", "unsupported database URL scheme postgresql+psycopg2"),
+        ("memory://x", "memory:// takes nothing after it"),
+        ("memory:", "starts with memory: but is no URL"),
+        ("sqlite:///", "sqlite:/// needs a path"),
+        ("tokens\x00.db", "NUL"),
+    ],
+)
+@pytest.mark.parametrize("command", ["init", "health"])
+def test_a_url_the_library_refuses_is_one_line_and_exit_1_and_makes_no_file(
+    tmp_path: Path, url: str, message: str, command: str
+) -> None:
+    result = CliRunner().invoke(cli, ["--db", url, command])
+
+    assert_error(result, 1, message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sqlite_url_names_the_same_file_as_its_path(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    absolute = f"sqlite:///{tmp_path / 'data' / 'ledger.db'}"
+
+    init = CliRunner().invoke(cli, ["--db", "sqlite:///data/ledger.db", "init"])
+    create = CliRunner().invoke(cli, ["--db", absolute, "account", "create", "u1", "--limit", "7"])
+
+    assert (init.exit_code, init.stdout, create.exit_code) == (0, "Ledger ready.\n", 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    with TokenLedger.sqlite(tmp_path / "data" / "ledger.db") as ledger:
+        assert ledger.status("u1").monthly_limit == 7
+
+
+def test_a_missing_file_behind_a_sqlite_url_is_no_ledger(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["--db", "sqlite:///missing.db", "health"])
+
+    assert_error(
+        result, 1, "no ledger at 'sqlite:///missing.db': create it with 'token-ledger init'"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_directory_is_no_ledger(tmp_path: Path) -> None:
