@@ -2,7 +2,11 @@
 
 To add an adapter, add one entry to ``BACKENDS``: a factory that takes the
 pytest ``request`` and a fresh temporary directory and returns an empty
-repository. The contract suite is the definition of an adapter.
+repository. The contract suite (:mod:`token_ledger.testing.contract`) is the
+definition of an adapter: ``tests/contract/test_engines.py`` runs it with one
+subclass per entry (a test there fails until the new entry has its own), and
+the tests outside it that take ``repository_factory`` or ``repository`` from
+``conftest.py`` run over every entry.
 
 The ``-with-sql`` engines have the optional SQL (:mod:`token_ledger.sql`)
 installed, so the whole suite also shows that its triggers leave the
@@ -19,14 +23,10 @@ from pathlib import Path
 import pytest
 
 from postgres_server import Database
-from token_ledger import (
-    MemoryRepository,
-    MonthlyResetPolicy,
-    TokenRepository,
-    install_postgres_sql,
-    install_sqlite_sql,
-)
+from token_ledger import MonthlyResetPolicy, install_postgres_sql, install_sqlite_sql
+from token_ledger.memory import MemoryRepository
 from token_ledger.postgres import PostgresRepository
+from token_ledger.repository import TokenRepository
 from token_ledger.sqlite import SQLiteRepository
 
 RepositoryFactory = Callable[[pytest.FixtureRequest, Path], TokenRepository]

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, settings
 
 from backends import BACKENDS, RepositoryFactory
 from postgres_server import Database, running_database
-from token_ledger import MonthlyResetPolicy, TokenLedger, TokenRepository
+from token_ledger import MonthlyResetPolicy, TokenLedger
+from token_ledger.repository import TokenRepository
 from token_ledger.testing import MovableClock
 
 # Shared two-core machines: wall-clock deadlines would only measure the neighbours.

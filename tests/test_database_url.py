@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from postgres_server import Database, as_url
-from token_ledger import InvalidInput, MemoryRepository, MonthlyResetPolicy, TokenLedger
+from token_ledger import InvalidInput, MonthlyResetPolicy, TokenLedger
 from token_ledger.database_url import DatabaseNotFound, DatabaseURL, parse_database_url
+from token_ledger.memory import MemoryRepository
 from token_ledger.postgres import PostgresRepository
 from token_ledger.sqlite import SQLiteRepository
 from token_ledger.testing import MovableClock

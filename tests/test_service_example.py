@@ -29,13 +29,9 @@ import uvicorn
 from starlette.applications import Starlette
 
 from postgres_server import as_url
-from token_ledger import (
-    AccountNotFound,
-    MemoryRepository,
-    MonthlyResetPolicy,
-    TokenLedger,
-    TokenRepository,
-)
+from token_ledger import AccountNotFound, MonthlyResetPolicy, TokenLedger
+from token_ledger.memory import MemoryRepository
+from token_ledger.repository import TokenRepository
 from token_ledger.sqlite import SQLiteRepository
 from token_ledger.testing import MovableClock
 

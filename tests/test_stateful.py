@@ -24,8 +24,8 @@ from token_ledger import (
     InvalidInput,
     ReservationClosed,
     TokenLedger,
-    TokenRepository,
 )
+from token_ledger.repository import TokenRepository
 from token_ledger.testing import MovableClock
 
 UTC = timezone.utc

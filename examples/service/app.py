@@ -69,12 +69,12 @@ from token_ledger import (
     IdempotencyConflict,
     InsufficientTokens,
     InvalidInput,
-    Ledger,
     MonthlyResetPolicy,
     StorageError,
     TokenLedger,
     UnknownTimeZone,
 )
+from token_ledger.account import check_monthly_limit
 from token_ledger.database_url import parse_database_url
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class ConfigurationError(ValueError):
 
 
 def _check_limit(_instance: object, _attribute: object, value: int) -> None:
-    Ledger.check_limit(value)
+    check_monthly_limit(value)
 
 
 @attrs.frozen
@@ -109,7 +109,7 @@ class Settings:
         limit = environ.get("TOKEN_LEDGER_DEFAULT_LIMIT") or "50"
         timezone = environ.get("TOKEN_LEDGER_TIMEZONE") or "UTC"
         try:
-            default_monthly_limit = Ledger.check_limit(int(limit))
+            default_monthly_limit = check_monthly_limit(int(limit))
         except ValueError:  # from int(), and InvalidAmount from check_limit
             raise ConfigurationError(
                 f"TOKEN_LEDGER_DEFAULT_LIMIT must be a whole number from 1, got {limit!r}"

@@ -7,7 +7,8 @@
 36
 """
 
-from token_ledger.account import Change, TokenAccount
+from token_ledger.account import TokenAccount
+from token_ledger.application import TokenLedger
 from token_ledger.clock import Clock, system_clock
 from token_ledger.errors import (
     AccountExists,
@@ -16,6 +17,7 @@ from token_ledger.errors import (
     InsufficientTokens,
     InvalidAmount,
     InvalidInput,
+    LedgerInvariantError,
     NaiveDatetime,
     ReservationClosed,
     ReservationNotFound,
@@ -27,45 +29,34 @@ from token_ledger.errors import (
     UnknownTimeZone,
 )
 from token_ledger.grants import Grant, Reservation, ReservationStatus
-from token_ledger.ledger import DeductResult, History, Ledger, TokenStatus
-from token_ledger.memory import MemoryRepository
-from token_ledger.monitoring import Alert, AlertReport, Health
+from token_ledger.monitoring import Alert, AlertReport, AlertThresholds, Health
 from token_ledger.policy import MonthlyResetPolicy, Period
 from token_ledger.reconciliation import Discrepancy
-from token_ledger.repository import (
-    AccountFilter,
-    HistoryQuery,
-    StaleCutoffs,
-    TokenRepository,
-    UnitOfWork,
-)
-from token_ledger.service import TokenLedger
+from token_ledger.results import DeductResult, History, TokenStatus
 from token_ledger.sql import install_postgres_sql, install_sqlite_sql
-from token_ledger.transactions import Effects, OperationType, Transaction
+from token_ledger.transactions import OperationType, Transaction
 
 __version__ = "0.1.0"
 
+# What an application calls and gets back. What a storage adapter implements lives with the
+# port in token_ledger.repository (TokenRepository, UnitOfWork, HistoryQuery, AccountFilter).
 __all__ = [
     "AccountExists",
-    "AccountFilter",
     "AccountNotFound",
     "Alert",
     "AlertReport",
-    "Change",
+    "AlertThresholds",
     "Clock",
     "DeductResult",
     "Discrepancy",
-    "Effects",
     "Grant",
     "Health",
     "History",
-    "HistoryQuery",
     "IdempotencyConflict",
     "InsufficientTokens",
     "InvalidAmount",
     "InvalidInput",
-    "Ledger",
-    "MemoryRepository",
+    "LedgerInvariantError",
     "MonthlyResetPolicy",
     "NaiveDatetime",
     "OperationType",
@@ -75,17 +66,14 @@ __all__ = [
     "ReservationNotFound",
     "ReservationStatus",
     "SchemaVersionError",
-    "StaleCutoffs",
     "StorageError",
     "TokenAccount",
     "TokenLedger",
     "TokenLedgerError",
-    "TokenRepository",
     "TokenStatus",
     "Transaction",
     "TransactionNotFound",
     "TransientStorageError",
-    "UnitOfWork",
     "UnknownTimeZone",
     "install_postgres_sql",
     "install_sqlite_sql",

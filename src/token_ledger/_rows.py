@@ -1,12 +1,18 @@
-"""Rows of the ledger's tables as domain values, shared by the SQL adapters.
+"""Rows of the ledger's tables to and from domain values, and the filters on them.
 
-Both adapters select these columns in this order; they differ only in how an
-instant and a JSON document come back from their driver, which they pass in.
+Both SQL adapters select and write these columns in this order; they differ
+only in how an instant and a JSON document go to and come back from their
+driver, and in how a parameter is marked, which they pass in. The filters of
+:class:`~token_ledger.repository.AccountFilter` and
+:class:`~token_ledger.repository.HistoryQuery` are written here once, as SQL
+for the SQL adapters and as Python for the in-memory engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import enum
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -14,18 +20,44 @@ import attrs
 
 from token_ledger.account import TokenAccount
 from token_ledger.grants import Grant, Reservation
+from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs
 from token_ledger.transactions import Effects, Transaction
 
-ACCOUNT_COLUMNS = (
-    "user_id, monthly_limit, monthly_tokens_used, last_monthly_reset,"
-    " created_at, updated_at, reset_anchor, overage_limit, grant_balance, reserved_tokens"
+ACCOUNT_FIELDS = (
+    "user_id",
+    "monthly_limit",
+    "monthly_tokens_used",
+    "last_monthly_reset",
+    "created_at",
+    "updated_at",
+    "reset_anchor",
+    "overage_limit",
+    "grant_balance",
+    "reserved_tokens",
 )
+ACCOUNT_COLUMNS = ", ".join(ACCOUNT_FIELDS)
 TRANSACTION_COLUMNS = (
     "id, user_id, operation_type, amount, created_at, balance_after, success, feature,"
     " operation_context, idempotency_key, effects, reference"
 )
+# An entry is written without its id, which the database assigns.
+NEW_TRANSACTION_COLUMNS = TRANSACTION_COLUMNS.removeprefix("id, ")
 GRANT_COLUMNS = "id, user_id, amount, remaining, created_at, expires_at, reason"
 RESERVATION_COLUMNS = "id, user_id, amount, created_at, expires_at, status, feature"
+
+# The live grants and the held reservations of a list of users, oldest first.
+# ``{token_grants}`` and ``{token_reservations}`` are the adapter's names of the
+# tables, ``{among}`` its test that ``user_id`` is in the list.
+LIVE_GRANTS = (
+    f"SELECT {GRANT_COLUMNS} FROM {{token_grants}}"
+    " WHERE remaining > 0 AND {among} ORDER BY created_at, id"
+)
+HELD_RESERVATIONS = (
+    f"SELECT {RESERVATION_COLUMNS} FROM {{token_reservations}}"
+    " WHERE status = 'held' AND {among} ORDER BY created_at, id"
+)
+BalanceSelect = Callable[[str, list[str]], Iterable[Sequence[Any]]]
+"""Runs :data:`LIVE_GRANTS` or :data:`HELD_RESERVATIONS` for a list of user ids."""
 
 
 @attrs.frozen
@@ -90,20 +122,213 @@ class RowReader:
             feature=row[6],
         )
 
+    def with_balances(
+        self, accounts: list[TokenAccount], select: BalanceSelect
+    ) -> list[TokenAccount]:
+        """The accounts with their live grants and held reservations, by ``user_id``.
 
-def attach_balances(
-    accounts: list[TokenAccount],
-    grants: Mapping[str, list[Grant]],
-    holds: Mapping[str, list[Reservation]],
-) -> list[TokenAccount]:
-    """The accounts with the grants and held reservations read for them, by ``user_id``."""
-    return [
-        attrs.evolve(
-            account,
-            grants=tuple(grants.get(account.user_id, ())),
-            holds=tuple(holds.get(account.user_id, ())),
+        Only the accounts whose row says they have some are looked up, one
+        ``select`` per kind for the whole list, so an account with neither
+        (the hot path) costs no query.
+        """
+        with_grants = [a.user_id for a in accounts if a.grant_balance > 0]
+        with_holds = [a.user_id for a in accounts if a.reserved_tokens > 0]
+        if not with_grants and not with_holds:
+            return accounts
+        grants: dict[str, list[Grant]] = {}
+        for row in select(LIVE_GRANTS, with_grants) if with_grants else ():
+            grants.setdefault(row[1], []).append(self.grant(row))
+        holds: dict[str, list[Reservation]] = {}
+        for row in select(HELD_RESERVATIONS, with_holds) if with_holds else ():
+            holds.setdefault(row[1], []).append(self.reservation(row))
+        return [
+            attrs.evolve(
+                account,
+                grants=tuple(grants.get(account.user_id, ())),
+                holds=tuple(holds.get(account.user_id, ())),
+            )
+            if account.grant_balance > 0 or account.reserved_tokens > 0
+            else account
+            for account in accounts
+        ]
+
+
+@attrs.frozen
+class RowWriter:
+    """Builds rows from values, with the driver's ways of taking instants, JSON and parameters.
+
+    A row's values are in the order of its ``*_COLUMNS`` constant (an entry's
+    in that of :data:`NEW_TRANSACTION_COLUMNS`), ready to be bound.
+    """
+
+    instant: Callable[[datetime], Any]
+    document: Callable[[Any], Any]
+    mark: str
+    """The driver's parameter placeholder, which :data:`PARAM` becomes."""
+
+    def _optional_instant(self, value: datetime | None) -> Any:
+        return None if value is None else self.instant(value)
+
+    def account_row(self, account: TokenAccount) -> tuple[Any, ...]:
+        return (
+            account.user_id,
+            account.monthly_limit,
+            account.monthly_tokens_used,
+            self.instant(account.last_monthly_reset),
+            self.instant(account.created_at),
+            self.instant(account.updated_at),
+            self._optional_instant(account.reset_anchor),
+            account.overage_limit,
+            account.grant_balance,
+            account.reserved_tokens,
         )
-        if account.grant_balance > 0 or account.reserved_tokens > 0
-        else account
-        for account in accounts
+
+    def entry_row(self, entry: Transaction) -> tuple[Any, ...]:
+        return (
+            entry.user_id,
+            entry.operation_type.value,
+            entry.amount,
+            self.instant(entry.created_at),
+            entry.balance_after,
+            entry.success,
+            entry.feature,
+            self.document(entry.operation_context),
+            entry.idempotency_key,
+            self.document(entry.effects.to_dict()),
+            entry.reference,
+        )
+
+    def grant_row(self, grant: Grant) -> tuple[Any, ...]:
+        return (
+            grant.id,
+            grant.user_id,
+            grant.amount,
+            grant.remaining,
+            self.instant(grant.created_at),
+            self._optional_instant(grant.expires_at),
+            grant.reason,
+        )
+
+    def reservation_row(self, reservation: Reservation) -> tuple[Any, ...]:
+        return (
+            reservation.id,
+            reservation.user_id,
+            reservation.amount,
+            self.instant(reservation.created_at),
+            self.instant(reservation.expires_at),
+            reservation.status.value,
+            reservation.feature,
+        )
+
+    def parameter(self, value: Any) -> Any:
+        """A condition's value as it is bound: instants as rows hold them, enums by value."""
+        if isinstance(value, datetime):
+            return self.instant(value)
+        if isinstance(value, enum.Enum):
+            return value.value
+        return value
+
+    def conditions(self, conditions: Sequence[Condition]) -> tuple[list[str], list[Any]]:
+        """Each condition's SQL with this driver's marks, and all their values in order."""
+        texts = [condition.sql.replace(PARAM, self.mark) for condition in conditions]
+        values = [self.parameter(value) for condition in conditions for value in condition.values]
+        return texts, values
+
+
+PARAM = "{?}"
+"""Where a condition's value goes in its SQL; each adapter puts its driver's mark there."""
+
+_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    "=": operator.eq,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+@attrs.frozen
+class Condition:
+    """A test of a row, written once: SQL for the SQL adapters, Python for the in-memory engine.
+
+    ``sql`` has a :data:`PARAM` for each of ``values``, in order; ``test``
+    gives the same answer for the value (an account, an entry) of the row.
+    """
+
+    sql: str
+    values: tuple[Any, ...]
+    test: Callable[[Any], bool]
+
+
+def _compared(column: str, comparison: str, value: Any) -> Condition:
+    """``column <comparison> value``, where the column holds the value's attribute of its name."""
+    compare = _COMPARISONS[comparison]
+    return Condition(
+        f"{column} {comparison} {PARAM}",
+        (value,),
+        lambda row: compare(getattr(row, column), value),
+    )
+
+
+def _maybe_stale(cutoffs: StaleCutoffs) -> Condition:
+    """The accounts that can be stale: see :class:`~token_ledger.repository.StaleCutoffs`."""
+
+    def test(account: TokenAccount) -> bool:
+        if account.reset_anchor is None:
+            return account.last_monthly_reset < cutoffs.calendar
+        return account.last_monthly_reset <= cutoffs.anchored
+
+    return Condition(
+        f"((reset_anchor IS NULL AND last_monthly_reset < {PARAM})"
+        f" OR (reset_anchor IS NOT NULL AND last_monthly_reset <= {PARAM}))",
+        (cutoffs.calendar, cutoffs.anchored),
+        test,
+    )
+
+
+def _usage_above(ratio: float) -> Condition:
+    """The seed's own high-usage formula, in float arithmetic on every engine.
+
+    ``DOUBLE PRECISION`` is PostgreSQL's ``float8`` and a REAL in SQLite, as a
+    Python ``float`` is; an exact quotient could count other accounts.
+    """
+    return Condition(
+        f"CAST(monthly_tokens_used AS DOUBLE PRECISION) / monthly_limit > {PARAM}",
+        (ratio,),
+        lambda account: float(account.monthly_tokens_used) / account.monthly_limit > ratio,
+    )
+
+
+def account_conditions(where: AccountFilter, after_user_id: str | None) -> list[Condition]:
+    """The tests of ``user_tokens`` rows that ``where`` and the page's start ask for."""
+    conditions = []
+    if after_user_id is not None:
+        conditions.append(_compared("user_id", ">", after_user_id))
+    if where.stale is not None:
+        conditions.append(_maybe_stale(where.stale))
+    if where.usage_above is not None:
+        conditions.append(_usage_above(where.usage_above))
+    return conditions
+
+
+def history_conditions(query: HistoryQuery) -> list[Condition]:
+    """The tests of ``token_transactions`` rows for the filters ``query`` gives."""
+    return [
+        _compared(column, comparison, value)
+        for column, comparison, value in (
+            ("user_id", "=", query.user_id),
+            ("operation_type", "=", query.operation_type),
+            ("feature", "=", query.feature),
+            ("success", "=", query.success),
+            ("created_at", ">=", query.since),
+            ("created_at", "<", query.until),
+            ("id", "<", query.before_id),
+            ("reference", "=", query.reference),
+        )
+        if value is not None
     ]
+
+
+def matches(conditions: Sequence[Condition], value: Any) -> bool:
+    """Whether ``value`` (an account, an entry) passes every one of ``conditions``."""
+    return all(condition.test(value) for condition in conditions)

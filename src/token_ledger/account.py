@@ -2,117 +2,27 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, overload
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any, overload
 
 import attrs
 
-from token_ledger._validation import INT64_MAX
-from token_ledger.errors import InvalidAmount
+from token_ledger._validation import positive_int
+from token_ledger.change import Change, entry_of, stamped
+from token_ledger.errors import InvalidAmount, ReservationClosed
 from token_ledger.grants import Grant, Reservation, ReservationStatus
 from token_ledger.policy import MonthlyResetPolicy, Period
+from token_ledger.refunds import earlier_refunds, plan_refund, refundable
+from token_ledger.spending import spend
 from token_ledger.transactions import Effects, OperationType, Transaction
 
-if TYPE_CHECKING:
-    from typing import Concatenate, ParamSpec
-
-    P = ParamSpec("P")
-    Operation = Callable[Concatenate["TokenAccount", MonthlyResetPolicy, datetime, P], "Change"]
-
-_MICROSECOND = timedelta(microseconds=1)
+__all__ = ["Change", "TokenAccount", "check_monthly_limit"]
 
 
-def _merge_by_id(
-    first: Sequence[Grant | Reservation], second: Sequence[Grant | Reservation]
-) -> dict[str, Any]:
-    merged: dict[str, Any] = {item.id: item for item in first}
-    merged.update((item.id, item) for item in second)
-    return merged
-
-
-@attrs.frozen
-class Change:
-    """An account as an operation leaves it, the ledger entries that record why,
-    and the grants and reservations whose rows must be written with it."""
-
-    account: TokenAccount
-    entries: tuple[Transaction, ...] = ()
-    grants: tuple[Grant, ...] = ()
-    reservations: tuple[Reservation, ...] = ()
-
-    @property
-    def last_entry(self) -> Transaction:
-        return self.entries[-1]
-
-    def then(self, later: Change) -> Change:
-        """This change followed by ``later``, which was computed from this one's account."""
-        if not (self.entries or self.grants or self.reservations):
-            return later
-        return Change(
-            later.account,
-            self.entries + later.entries,
-            tuple(_merge_by_id(self.grants, later.grants).values()),
-            tuple(_merge_by_id(self.reservations, later.reservations).values()),
-        )
-
-
-def _stamped(operation: Operation[P]) -> Operation[P]:
-    """Make an operation at ``now`` change ``updated_at`` of the account it writes.
-
-    ``updated_at`` becomes ``now``, or one microsecond before ``now`` when the
-    stored value is ``now`` already (two writes at one instant, as on a frozen
-    test clock). The optional SQL's triggers (:mod:`token_ledger.sql`) rely on
-    it: they judge a write at its ``updated_at`` when the write changes it, and
-    at the database clock otherwise. Never later than ``now``, so they never
-    see a period the library has not reached: a stamp one microsecond *after*
-    the stored value could fall on the 1st while the library is still in the
-    last microsecond of the month. The stamp is applied once to the
-    operation's result, so steps within one operation share it.
-    """
-
-    @functools.wraps(operation)
-    def stamped(
-        self: TokenAccount,
-        policy: MonthlyResetPolicy,
-        now: datetime,
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> Change:
-        change = operation(self, policy, now, *args, **kwargs)
-        _refuse_overflow(change)
-        if change.account is self or change.account == self:
-            return change
-        stamp = now - _MICROSECOND if now == self.updated_at else now
-        return attrs.evolve(change, account=attrs.evolve(change.account, updated_at=stamp))
-
-    return stamped
-
-
-def _refuse_overflow(change: Change) -> None:
-    """Every stored figure is a signed 64-bit integer on every engine.
-
-    Inputs are checked one by one, but sums of them are not: a grant of
-    ``2**63 - 1`` on top of a live one, or usage within a limit plus an
-    overage that add up past it. Refusing the operation here, before anything
-    is stored, keeps the engines alike (SQLite would raise ``OverflowError``,
-    PostgreSQL "bigint out of range", memory would store the sum).
-    """
-    account = change.account
-    figures = [
-        ("usage", account.monthly_tokens_used),
-        ("grant balance", account.grant_balance),
-        ("reserved tokens", account.reserved_tokens),
-        *(("grant balance", grant.remaining) for grant in change.grants),
-    ]
-    for name, value in figures:
-        if value > INT64_MAX:
-            raise InvalidAmount(
-                f"the {name} of {account.user_id!r} would pass {INT64_MAX}, the largest"
-                " figure a ledger stores; nothing was written"
-            )
+def check_monthly_limit(value: object) -> int:
+    """Limits are positive: the seed's high-usage alert divides by them."""
+    return positive_int(value, "monthly_limit")
 
 
 @attrs.frozen
@@ -140,6 +50,26 @@ class TokenAccount:
     reserved_tokens: int = 0
     grants: tuple[Grant, ...] = ()
     holds: tuple[Reservation, ...] = ()
+
+    @classmethod
+    def open(
+        cls,
+        user_id: str,
+        monthly_limit: int,
+        policy: MonthlyResetPolicy,
+        now: datetime,
+        reset_anchor: datetime | None = None,
+    ) -> TokenAccount:
+        """A new account whose first period is the one containing ``now``."""
+        return cls(
+            user_id=user_id,
+            monthly_limit=monthly_limit,
+            monthly_tokens_used=0,
+            last_monthly_reset=policy.period(now, reset_anchor).start,
+            created_at=now,
+            updated_at=now,
+            reset_anchor=reset_anchor,
+        )
 
     @property
     def monthly_remaining(self) -> int:
@@ -178,7 +108,7 @@ class TokenAccount:
 
     # the passage of time
 
-    @_stamped
+    @stamped
     def as_of(self, policy: MonthlyResetPolicy, now: datetime) -> Change:
         """The account as it is at ``now``: reset if a period boundary was crossed
         (exactly one ``reset`` entry however many periods were skipped), expired
@@ -193,7 +123,8 @@ class TokenAccount:
         reset = attrs.evolve(
             self, monthly_tokens_used=0, last_monthly_reset=period_start, updated_at=now
         )
-        entry = self._entry(
+        entry = entry_of(
+            self,
             reset,
             OperationType.RESET,
             self.monthly_tokens_used,
@@ -223,7 +154,8 @@ class TokenAccount:
             updated_at=now,
         )
         entries = [
-            self._entry(
+            entry_of(
+                self,
                 account,
                 OperationType.EXPIRE,
                 grant.remaining,
@@ -234,7 +166,8 @@ class TokenAccount:
             )
             for grant in expired_grants
         ] + [
-            self._entry(
+            entry_of(
+                self,
                 account,
                 OperationType.RELEASE,
                 hold.amount,
@@ -255,7 +188,7 @@ class TokenAccount:
 
     # spending
 
-    @_stamped
+    @stamped
     def deduct(
         self,
         policy: MonthlyResetPolicy,
@@ -274,7 +207,8 @@ class TokenAccount:
         """
         current = self.as_of(policy, now)
         return current.then(
-            current.account._spend(
+            spend(
+                current.account,
                 OperationType.DEDUCT,
                 amount,
                 now,
@@ -284,46 +218,9 @@ class TokenAccount:
             )
         )
 
-    def _spend(
-        self,
-        operation_type: OperationType,
-        amount: int,
-        now: datetime,
-        *,
-        base: Effects | None = None,
-        **entry_fields: Any,
-    ) -> Change:
-        """Take ``amount`` from the allowance, grants, then overage, or record a refusal."""
-        if amount > self.spendable:
-            refused = self._entry(self, operation_type, amount, now, success=False, **entry_fields)
-            return Change(self, (refused,))
-        from_allowance = min(amount, self.monthly_remaining)
-        left = amount - from_allowance
-        grants = []
-        taken: dict[str, int] = {}
-        for grant in sorted(self.grants, key=Grant.spending_order):
-            take = min(left, grant.remaining)
-            if take:
-                taken[grant.id] = -take
-                grants.append(attrs.evolve(grant, remaining=grant.remaining - take))
-                left -= take
-        usage = from_allowance + left
-        changed = {grant.id: grant for grant in grants}
-        account = attrs.evolve(
-            self,
-            monthly_tokens_used=self.monthly_tokens_used + usage,
-            grant_balance=self.grant_balance - (amount - usage),
-            grants=tuple(g for g in (changed.get(g.id, g) for g in self.grants) if g.remaining > 0),
-            updated_at=now,
-        )
-        spent = Effects(usage=usage, grants=taken)
-        effects = spent if base is None else base + spent
-        entry = self._entry(account, operation_type, amount, now, effects=effects, **entry_fields)
-        return Change(account, (entry,), tuple(grants))
-
     # grants, reservations and refunds
 
-    @_stamped
+    @stamped
     def add_grant(
         self,
         policy: MonthlyResetPolicy,
@@ -339,7 +236,8 @@ class TokenAccount:
             grant_balance=current.account.grant_balance + grant.amount,
             updated_at=now,
         )
-        entry = self._entry(
+        entry = entry_of(
+            self,
             account,
             OperationType.GRANT,
             grant.amount,
@@ -351,7 +249,7 @@ class TokenAccount:
         )
         return current.then(Change(account, (entry,), (grant,)))
 
-    @_stamped
+    @stamped
     def reserve(
         self,
         policy: MonthlyResetPolicy,
@@ -370,8 +268,8 @@ class TokenAccount:
             "operation_context": {"expires_at": _iso(hold.expires_at)},
         }
         if hold.amount > before.spendable:
-            refused = self._entry(
-                before, OperationType.RESERVE, hold.amount, now, success=False, **fields
+            refused = entry_of(
+                self, before, OperationType.RESERVE, hold.amount, now, success=False, **fields
             )
             return current.then(Change(before, (refused,)))
         account = attrs.evolve(
@@ -380,7 +278,8 @@ class TokenAccount:
             reserved_tokens=before.reserved_tokens + hold.amount,
             updated_at=now,
         )
-        entry = self._entry(
+        entry = entry_of(
+            self,
             account,
             OperationType.RESERVE,
             hold.amount,
@@ -390,15 +289,31 @@ class TokenAccount:
         )
         return current.then(Change(account, (entry,), (), (hold,)))
 
-    @_stamped
+    @stamped
     def settle_hold(
-        self, policy: MonthlyResetPolicy, now: datetime, hold_id: str, actual: int | None
+        self,
+        policy: MonthlyResetPolicy,
+        now: datetime,
+        reservation: Reservation,
+        actual: int | None,
     ) -> Change:
         """Commit ``actual`` tokens of a hold (spending them, releasing the rest) or,
-        with ``actual=None``, release it whole. The hold must still be held."""
+        with ``actual=None``, release it whole.
+
+        ``reservation`` is the stored row; the hold must still be held at
+        ``now`` (:class:`ReservationClosed` otherwise) and hold at least ``actual``.
+        """
+        hold = next((h for h in self.holds if h.id == reservation.id), None)
+        if hold is None or not hold.is_held(now):
+            status = ReservationStatus.EXPIRED if hold is not None else reservation.status
+            raise ReservationClosed(reservation.id, str(status))
+        if actual is not None and actual > hold.amount:
+            raise InvalidAmount(
+                f"cannot commit {actual} tokens: reservation {hold.id!r} holds {hold.amount}"
+            )
         current = self.as_of(policy, now)
         before = current.account
-        hold = next(h for h in before.holds if h.id == hold_id)
+        hold_id = hold.id
         released = attrs.evolve(
             before,
             holds=tuple(h for h in before.holds if h.id != hold_id),
@@ -407,7 +322,8 @@ class TokenAccount:
         )
         fields: dict[str, Any] = {"feature": hold.feature, "reference": hold.id}
         if actual is None:
-            entry = self._entry(
+            entry = entry_of(
+                self,
                 released,
                 OperationType.RELEASE,
                 hold.amount,
@@ -418,7 +334,8 @@ class TokenAccount:
             )
             closed = attrs.evolve(hold, status=ReservationStatus.RELEASED)
             return current.then(Change(released, (entry,), (), (closed,)))
-        spent = released._spend(
+        spent = spend(
+            released,
             OperationType.COMMIT,
             actual,
             now,
@@ -431,85 +348,62 @@ class TokenAccount:
         closed = attrs.evolve(hold, status=ReservationStatus.COMMITTED)
         return current.then(attrs.evolve(spent, reservations=(closed,)))
 
-    @_stamped
+    @stamped
     def refund(
         self,
         policy: MonthlyResetPolicy,
         now: datetime,
         spent: Transaction,
-        earlier_refunds: Iterable[Transaction],
-        amount: int,
+        referencing: Iterable[Transaction],
+        amount: int | None,
         *,
         credit_grant_id: str,
         reason: str | None,
         idempotency_key: str | None,
     ) -> Change:
-        """Give back ``amount`` of the successful deduction ``spent``.
-
-        A refund walks the deduction's sources in a fixed order (its usage,
-        then each grant it drew on), skipping what earlier refunds already
-        returned. Tokens go back where they came from when that still exists
-        in the current period: usage of this period, a grant that is still
-        live. Anything else (usage of an ended period, an expired or spent
-        grant) is credited as a new grant that never expires, because the
-        ended period's allowance can no longer be spent.
-        """
+        """Give back ``amount`` (default: all that is left) of the successful deduction
+        ``spent``; ``referencing`` are the entries that reference it, earlier refunds among
+        them. Where each token goes is :func:`~token_ledger.refunds.plan_refund`'s rule; a
+        credit becomes a new grant that never expires."""
+        earlier = earlier_refunds(referencing)
+        amount = refundable(spent, earlier, amount)
         current = self.as_of(policy, now)
         account = current.account
-        already = sum(refund.amount for refund in earlier_refunds)
-        sources = [("usage", spent.effects.usage), *((g, -a) for g, a in spent.effects.grants)]
-        in_this_period = spent.created_at >= account.last_monthly_reset
         live = {grant.id: grant for grant in account.grants if grant.is_live(now)}
-        usage_back = 0
-        grants_back: dict[str, int] = {}
-        credit = 0
-        to_skip, to_return = already, amount
-        for source, size in sources:
-            skipped = min(to_skip, size)
-            to_skip -= skipped
-            part = min(to_return, size - skipped)
-            to_return -= part
-            if not part:
-                continue
-            if source == "usage" and in_this_period:
-                usage_back += part
-            elif source in live:
-                grants_back[source] = part
-            else:
-                credit += part
-        returned_grants = [
-            attrs.evolve(live[g], remaining=live[g].remaining + part)
-            for g, part in grants_back.items()
-        ]
-        new_grants = (
-            [
+        plan = plan_refund(
+            spent,
+            sum(refund.amount for refund in earlier),
+            amount,
+            period_start=account.last_monthly_reset,
+            live_grant_ids=live.keys(),
+        )
+        returned = {
+            g: attrs.evolve(live[g], remaining=live[g].remaining + n) for g, n in plan.grants
+        }
+        credited = (
+            (
                 Grant(
                     credit_grant_id,
                     self.user_id,
-                    credit,
-                    credit,
+                    plan.credit,
+                    plan.credit,
                     now,
                     None,
                     f"refund of #{spent.id}",
-                )
-            ]
-            if credit
-            else []
+                ),
+            )
+            if plan.credit
+            else ()
         )
-        changed = {grant.id: grant for grant in returned_grants}
         account = attrs.evolve(
             account,
-            monthly_tokens_used=account.monthly_tokens_used - usage_back,
-            grants=(
-                *(changed.get(g.id, g) for g in account.grants),
-                *new_grants,
-            ),
-            grant_balance=account.grant_balance + sum(grants_back.values()) + credit,
+            monthly_tokens_used=account.monthly_tokens_used - plan.usage,
+            grants=(*(returned.get(g.id, g) for g in account.grants), *credited),
+            grant_balance=account.grant_balance + sum(n for _, n in plan.grants) + plan.credit,
             updated_at=now,
         )
-        if credit:
-            grants_back[credit_grant_id] = credit
-        entry = self._entry(
+        entry = entry_of(
+            self,
             account,
             OperationType.REFUND,
             amount,
@@ -517,12 +411,15 @@ class TokenAccount:
             feature=spent.feature,
             reference=str(spent.id),
             idempotency_key=idempotency_key,
-            effects=Effects(usage=-usage_back, grants=grants_back),
+            effects=Effects(
+                usage=-plan.usage,
+                grants=(*plan.grants, *((g.id, g.amount) for g in credited)),
+            ),
             operation_context={"reason": reason},
         )
-        return current.then(Change(account, (entry,), (*returned_grants, *new_grants)))
+        return current.then(Change(account, (entry,), (*returned.values(), *credited)))
 
-    @_stamped
+    @stamped
     def with_limits(
         self,
         policy: MonthlyResetPolicy,
@@ -540,27 +437,10 @@ class TokenAccount:
         if overage_limit != before.overage_limit:
             context["previous_overage_limit"] = before.overage_limit
             context["overage_limit"] = overage_limit
-        entry = self._entry(
-            account, OperationType.LIMIT_CHANGE, monthly_limit, now, operation_context=context
+        entry = entry_of(
+            self, account, OperationType.LIMIT_CHANGE, monthly_limit, now, operation_context=context
         )
         return current.then(Change(account, (entry,)))
-
-    def _entry(
-        self,
-        after: TokenAccount,
-        operation_type: OperationType,
-        amount: int,
-        now: datetime,
-        **fields: Any,
-    ) -> Transaction:
-        return Transaction(
-            user_id=self.user_id,
-            operation_type=operation_type,
-            amount=amount,
-            created_at=now,
-            balance_after=after.monthly_remaining,
-            **fields,
-        )
 
 
 @overload

@@ -29,9 +29,9 @@ import attrs
 from token_ledger.errors import InvalidInput
 
 if TYPE_CHECKING:
+    from token_ledger.application import TokenLedger
     from token_ledger.clock import Clock
     from token_ledger.policy import MonthlyResetPolicy
-    from token_ledger.service import TokenLedger
 
 Engine = Literal["memory", "sqlite", "postgres"]
 

@@ -94,6 +94,14 @@ class IdempotencyConflict(TokenLedgerError):
         self.key = key
 
 
+class LedgerInvariantError(TokenLedgerError, AssertionError):
+    """An operation would have left an account in a state the rules forbid.
+
+    The domain never computes such a state; this error means a bug (or a row
+    changed behind the library's back), and nothing was written.
+    """
+
+
 class StorageError(TokenLedgerError):
     """The storage engine failed; the original driver error is the ``__cause__``."""
 

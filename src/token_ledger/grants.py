@@ -7,6 +7,8 @@ from datetime import datetime
 
 import attrs
 
+from token_ledger.errors import InvalidInput
+
 
 @attrs.frozen
 class Grant:
@@ -23,6 +25,21 @@ class Grant:
     created_at: datetime
     expires_at: datetime | None = None
     reason: str | None = None
+
+    @classmethod
+    def offered(
+        cls,
+        grant_id: str,
+        user_id: str,
+        amount: int,
+        now: datetime,
+        expires_at: datetime | None = None,
+        reason: str | None = None,
+    ) -> Grant:
+        """A new grant of ``amount`` at ``now``; one that expires must do so in the future."""
+        if expires_at is not None and expires_at <= now:
+            raise InvalidInput(f"expires_at must be in the future, got {expires_at.isoformat()}")
+        return cls(grant_id, user_id, amount, amount, now, expires_at, reason)
 
     def is_live(self, now: datetime) -> bool:
         return self.remaining > 0 and (self.expires_at is None or now < self.expires_at)

@@ -2,7 +2,8 @@
 
 It passes the same contract suite as the database adapters. One lock
 serialises units of work, and changes are staged until commit, so a block
-that raises leaves nothing behind.
+that raises leaves nothing behind. Filters are the SQL adapters' conditions
+(``token_ledger._rows``) as Python.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from typing import Any
 
 import attrs
 
+from token_ledger._rows import account_conditions, history_conditions, matches
 from token_ledger.account import TokenAccount
 from token_ledger.grants import Grant, Reservation
 from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs
 from token_ledger.transactions import Transaction
 
 
-class _MemoryUnitOfWork:
+class MemoryUnitOfWork:
+    """Changes staged in dictionaries, applied to the repository only when the unit commits."""
+
     def __init__(self, repository: MemoryRepository) -> None:
         self._repository = repository
         self.accounts: dict[str, TokenAccount] = {}
@@ -99,9 +103,9 @@ class MemoryRepository:
         self._next_id = 1
 
     @contextmanager
-    def unit_of_work(self) -> Iterator[_MemoryUnitOfWork]:
+    def unit_of_work(self) -> Iterator[MemoryUnitOfWork]:
         with self._lock:
-            work = _MemoryUnitOfWork(self)
+            work = MemoryUnitOfWork(self)
             yield work
             self._accounts.update(work.accounts)
             self._entries.extend(work.entries)
@@ -116,18 +120,19 @@ class MemoryRepository:
     def history(self, query: HistoryQuery) -> list[Transaction]:
         with self._lock:
             entries = list(self._entries)
+        conditions = history_conditions(query)
         found = []
         for entry in reversed(entries):
-            if _matches(entry, query):
+            if matches(conditions, entry):
                 found.append(_detached(entry))
                 if len(found) == query.limit:
                     break
         return found
 
     def count_transactions(self, query: HistoryQuery) -> int:
-        unbounded = attrs.evolve(query, before_id=None)
+        conditions = history_conditions(attrs.evolve(query, before_id=None))
         with self._lock:
-            return sum(1 for entry in self._entries if _matches(entry, unbounded))
+            return sum(1 for entry in self._entries if matches(conditions, entry))
 
     def count_accounts(self) -> int:
         with self._lock:
@@ -166,37 +171,9 @@ def _copy_json(value: Any) -> Any:
 def _scan(
     accounts: Iterable[TokenAccount], where: AccountFilter, after_user_id: str | None, limit: int
 ) -> list[TokenAccount]:
+    conditions = account_conditions(where, after_user_id)
     found = sorted(
-        (
-            account
-            for account in accounts
-            if (after_user_id is None or account.user_id > after_user_id)
-            and (where.stale is None or _maybe_stale(account, where.stale))
-            and (
-                where.usage_above is None
-                or account.monthly_tokens_used / account.monthly_limit > where.usage_above
-            )
-        ),
+        (account for account in accounts if matches(conditions, account)),
         key=lambda account: account.user_id,
     )
     return found[:limit]
-
-
-def _maybe_stale(account: TokenAccount, cutoffs: StaleCutoffs) -> bool:
-    if account.reset_anchor is None:
-        return account.last_monthly_reset < cutoffs.calendar
-    return account.last_monthly_reset <= cutoffs.anchored
-
-
-def _matches(entry: Transaction, query: HistoryQuery) -> bool:
-    assert entry.id is not None
-    return (
-        (query.user_id is None or entry.user_id == query.user_id)
-        and (query.operation_type is None or entry.operation_type == query.operation_type)
-        and (query.feature is None or entry.feature == query.feature)
-        and (query.success is None or entry.success == query.success)
-        and (query.since is None or entry.created_at >= query.since)
-        and (query.until is None or entry.created_at < query.until)
-        and (query.before_id is None or entry.id < query.before_id)
-        and (query.reference is None or entry.reference == query.reference)
-    )

@@ -31,11 +31,18 @@ from psycopg_pool import ConnectionPool
 from token_ledger import _validation
 from token_ledger._rows import (
     ACCOUNT_COLUMNS,
+    ACCOUNT_FIELDS,
     GRANT_COLUMNS,
+    HELD_RESERVATIONS,
+    LIVE_GRANTS,
+    NEW_TRANSACTION_COLUMNS,
     RESERVATION_COLUMNS,
     TRANSACTION_COLUMNS,
+    Condition,
     RowReader,
-    attach_balances,
+    RowWriter,
+    account_conditions,
+    history_conditions,
 )
 from token_ledger.account import TokenAccount
 from token_ledger.errors import (
@@ -46,14 +53,12 @@ from token_ledger.errors import (
 )
 from token_ledger.grants import Grant, Reservation
 from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs
+from token_ledger.sql import MIGRATION_LOCK_KEY
 from token_ledger.transactions import Transaction
 
 PostgresTarget = str | psycopg.Connection[Any] | ConnectionPool[Any]
 
 DEFAULT_POOL_SIZE = 10
-# The bytes of "token_lg" as a bigint: a constant, so every process on every host
-# takes the same lock (a Python ``hash()`` of a string differs between processes).
-MIGRATION_LOCK_KEY = 0x746F6B656E5F6C67
 MIGRATIONS_TABLE = "token_ledger_migrations"
 IDEMPOTENCY_KEY_CONSTRAINT = "token_transactions_idempotency_key_key"
 _BUSY = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
@@ -195,56 +200,23 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
+def _as_given(value: datetime) -> datetime:
+    return value
+
+
 ROWS = RowReader(instant=_utc, document=dict)
+WRITE = RowWriter(instant=_as_given, document=Jsonb, mark="%s")
 
 
-def _conditions(filters: Sequence[tuple[str, Any]]) -> tuple[list[sql.Composable], list[Any]]:
-    """The conditions whose value is given, each with its ``%s`` values in order.
-
-    A value is one parameter, or a tuple of several for a condition with more
-    than one ``%s``; ``None`` leaves the condition out.
-    """
-    conditions: list[sql.Composable] = []
-    params: list[Any] = []
-    for condition, value in filters:
-        if value is not None:
-            conditions.append(sql.SQL(condition))
-            params.extend(value if isinstance(value, tuple) else (value,))
-    return conditions, params
+def _conditions(conditions: Sequence[Condition]) -> tuple[list[sql.Composable], list[Any]]:
+    """The conditions as SQL, with their ``%s`` values in order."""
+    texts, params = WRITE.conditions(conditions)
+    return [sql.SQL(text) for text in texts], params
 
 
-def _account_filter(
-    where: AccountFilter, after_user_id: str | None
-) -> tuple[list[sql.Composable], list[Any]]:
-    stale = where.stale
-    return _conditions(
-        [
-            ("user_id > %s", after_user_id),
-            (
-                "((reset_anchor IS NULL AND last_monthly_reset < %s)"
-                " OR (reset_anchor IS NOT NULL AND last_monthly_reset <= %s))",
-                None if stale is None else (stale.calendar, stale.anchored),
-            ),
-            # The seed's own high-usage formula, so both count the same accounts.
-            ("monthly_tokens_used::float8 / monthly_limit > %s", where.usage_above),
-        ]
-    )
-
-
-def _history_filter(query: HistoryQuery) -> tuple[list[sql.Composable], list[Any]]:
-    operation_type = query.operation_type
-    return _conditions(
-        [
-            ("user_id = %s", query.user_id),
-            ("operation_type = %s", None if operation_type is None else operation_type.value),
-            ("feature = %s", query.feature),
-            ("success = %s", query.success),
-            ("created_at >= %s", query.since),
-            ("created_at < %s", query.until),
-            ("id < %s", query.before_id),
-            ("reference = %s", query.reference),
-        ]
-    )
+def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """The rows' values column by column: the arrays of an ``unnest`` statement."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def _fetch(
@@ -264,6 +236,7 @@ class _Statements:
             "token_reservations": sql.Identifier(schema, "token_reservations"),
             "accounts": sql.SQL(ACCOUNT_COLUMNS),
             "entries": sql.SQL(TRANSACTION_COLUMNS),
+            "new_entries": sql.SQL(NEW_TRANSACTION_COLUMNS),
             "grants": sql.SQL(GRANT_COLUMNS),
             "reservations": sql.SQL(RESERVATION_COLUMNS),
         }
@@ -280,14 +253,10 @@ class _Statements:
         # of a unit of work they are current, since every writer of a user's grants
         # and holds locks the user's row first; a read without locks may see a write
         # committed between the two statements, as any unlocked read may be stale.
-        self.live_grants = compose(
-            "SELECT {grants} FROM {token_grants}"
-            " WHERE remaining > 0 AND user_id = ANY(%s::text[]) ORDER BY created_at, id"
-        )
-        self.held_reservations = compose(
-            "SELECT {reservations} FROM {token_reservations}"
-            " WHERE status = 'held' AND user_id = ANY(%s::text[]) ORDER BY created_at, id"
-        )
+        self.balances = {
+            query: sql.SQL(query).format(among=sql.SQL("user_id = ANY(%s::text[])"), **names)
+            for query in (LIVE_GRANTS, HELD_RESERVATIONS)
+        }
         self.insert_account = compose(
             "INSERT INTO {user_tokens} ({accounts})"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
@@ -306,9 +275,8 @@ class _Statements:
             " updated_at = v.updated_at, overage_limit = v.overage_limit,"
             " grant_balance = v.grant_balance, reserved_tokens = v.reserved_tokens"
             " FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::timestamptz[],"
-            " %s::timestamptz[], %s::timestamptz[], %s::bigint[], %s::bigint[], %s::bigint[])"
-            " AS v(user_id, monthly_limit, monthly_tokens_used, last_monthly_reset,"
-            " reset_anchor, updated_at, overage_limit, grant_balance, reserved_tokens)"
+            " %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], %s::bigint[],"
+            " %s::bigint[], %s::bigint[]) AS v({accounts})"
             " WHERE t.user_id = v.user_id"
             " AND (v.monthly_tokens_used - v.monthly_limit <= v.overage_limit"
             " OR (v.monthly_tokens_used <= t.monthly_tokens_used"
@@ -341,23 +309,15 @@ class _Statements:
             " ON CONFLICT (id) DO UPDATE SET status = excluded.status"
         )
         self.append_transactions = compose(
-            "INSERT INTO {token_transactions} (user_id, operation_type, amount, created_at,"
-            " balance_after, success, feature, operation_context, idempotency_key, effects,"
-            " reference)"
-            " SELECT user_id, operation_type, amount, created_at, balance_after, success,"
-            " feature, operation_context, idempotency_key, effects, reference"
+            "INSERT INTO {token_transactions} ({new_entries}) SELECT {new_entries}"
             " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::timestamptz[],"
             " %s::bigint[], %s::boolean[], %s::text[], %s::jsonb[], %s::text[], %s::jsonb[],"
-            " %s::text[])"
-            " WITH ORDINALITY AS e(user_id, operation_type, amount, created_at, balance_after,"
-            " success, feature, operation_context, idempotency_key, effects, reference,"
-            " position)"
+            " %s::text[]) WITH ORDINALITY AS e({new_entries}, position)"
             " ORDER BY position RETURNING id"
         )
         self.append_transaction = compose(
-            "INSERT INTO {token_transactions} (user_id, operation_type, amount, created_at,"
-            " balance_after, success, feature, operation_context, idempotency_key, effects,"
-            " reference) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
+            "INSERT INTO {token_transactions} ({new_entries})"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
         )
         self.find_by_idempotency_key = compose(
             "SELECT {entries} FROM {token_transactions} WHERE idempotency_key = %s"
@@ -408,24 +368,9 @@ class _Statements:
 def _with_balances(
     conn: psycopg.Connection[Any], statements: _Statements, accounts: list[TokenAccount]
 ) -> list[TokenAccount]:
-    """Attach live grants and held reservations to the accounts whose row says they have some.
-
-    One query per kind for the whole batch, and none for an account without
-    either, so the hot path stays a single query.
-    """
-    with_grants = [a.user_id for a in accounts if a.grant_balance > 0]
-    with_holds = [a.user_id for a in accounts if a.reserved_tokens > 0]
-    if not with_grants and not with_holds:
-        return accounts
-    grants: dict[str, list[Grant]] = {}
-    if with_grants:
-        for row in _fetch(conn, statements.live_grants, (with_grants,)):
-            grants.setdefault(row[1], []).append(ROWS.grant(row))
-    holds: dict[str, list[Reservation]] = {}
-    if with_holds:
-        for row in _fetch(conn, statements.held_reservations, (with_holds,)):
-            holds.setdefault(row[1], []).append(ROWS.reservation(row))
-    return attach_balances(accounts, grants, holds)
+    return ROWS.with_balances(
+        accounts, lambda query, user_ids: _fetch(conn, statements.balances[query], (user_ids,))
+    )
 
 
 class PostgresUnitOfWork:
@@ -447,83 +392,33 @@ class PostgresUnitOfWork:
         )
 
     def insert_account(self, account: TokenAccount) -> bool:
-        cursor = self._execute(
-            self._sql.insert_account,
-            (
-                account.user_id,
-                account.monthly_limit,
-                account.monthly_tokens_used,
-                account.last_monthly_reset,
-                account.created_at,
-                account.updated_at,
-                account.reset_anchor,
-                account.overage_limit,
-                account.grant_balance,
-                account.reserved_tokens,
-            ),
-        )
+        cursor = self._execute(self._sql.insert_account, WRITE.account_row(account))
         return cursor.rowcount == 1
 
     def save_accounts(self, accounts: Sequence[TokenAccount]) -> None:
         if not accounts:
             return
-        if len(accounts) == 1:
-            cursor = self._execute(self._sql.save_account, _account_values(accounts[0]))
+        rows = [WRITE.account_row(account) for account in accounts]
+        if len(rows) == 1:
+            cursor = self._execute(
+                self._sql.save_account, dict(zip(ACCOUNT_FIELDS, rows[0], strict=True))
+            )
         else:
-            cursor = self._save_many(accounts)
+            cursor = self._execute(self._sql.save_accounts, _columns(rows))
         if cursor.rowcount != len(accounts):
             raise StorageError(
                 f"refused to store {len(accounts)} accounts: {len(accounts) - cursor.rowcount}"
                 " would spend beyond their limit and overage, or do not exist"
             )
 
-    def _save_many(self, accounts: Sequence[TokenAccount]) -> psycopg.Cursor[Any]:
-        return self._execute(
-            self._sql.save_accounts,
-            (
-                [a.user_id for a in accounts],
-                [a.monthly_limit for a in accounts],
-                [a.monthly_tokens_used for a in accounts],
-                [a.last_monthly_reset for a in accounts],
-                [a.reset_anchor for a in accounts],
-                [a.updated_at for a in accounts],
-                [a.overage_limit for a in accounts],
-                [a.grant_balance for a in accounts],
-                [a.reserved_tokens for a in accounts],
-            ),
-        )
-
     def save_grants(self, grants: Sequence[Grant]) -> None:
-        if not grants:
-            return
-        self._execute(
-            self._sql.save_grants,
-            (
-                [g.id for g in grants],
-                [g.user_id for g in grants],
-                [g.amount for g in grants],
-                [g.remaining for g in grants],
-                [g.created_at for g in grants],
-                [g.expires_at for g in grants],
-                [g.reason for g in grants],
-            ),
-        )
+        if grants:
+            self._execute(self._sql.save_grants, _columns([WRITE.grant_row(g) for g in grants]))
 
     def save_reservations(self, reservations: Sequence[Reservation]) -> None:
-        if not reservations:
-            return
-        self._execute(
-            self._sql.save_reservations,
-            (
-                [r.id for r in reservations],
-                [r.user_id for r in reservations],
-                [r.amount for r in reservations],
-                [r.created_at for r in reservations],
-                [r.expires_at for r in reservations],
-                [r.status.value for r in reservations],
-                [r.feature for r in reservations],
-            ),
-        )
+        if reservations:
+            rows = [WRITE.reservation_row(r) for r in reservations]
+            self._execute(self._sql.save_reservations, _columns(rows))
 
     def find_transaction(self, transaction_id: int) -> Transaction | None:
         row = self._execute(self._sql.find_transaction, (transaction_id,)).fetchone()
@@ -542,43 +437,14 @@ class PostgresUnitOfWork:
             return []
         if len(entries) == 1:
             (entry,) = entries
-            row = self._execute(
-                self._sql.append_transaction,
-                (
-                    entry.user_id,
-                    entry.operation_type.value,
-                    entry.amount,
-                    entry.created_at,
-                    entry.balance_after,
-                    entry.success,
-                    entry.feature,
-                    Jsonb(entry.operation_context),
-                    entry.idempotency_key,
-                    Jsonb(entry.effects.to_dict()),
-                    entry.reference,
-                ),
-            ).fetchone()
+            row = self._execute(self._sql.append_transaction, WRITE.entry_row(entry)).fetchone()
             assert row is not None  # INSERT ... RETURNING returns the row it inserted
             return [attrs.evolve(entry, id=row[0])]
-        rows = self._execute(
-            self._sql.append_transactions,
-            (
-                [e.user_id for e in entries],
-                [e.operation_type.value for e in entries],
-                [e.amount for e in entries],
-                [e.created_at for e in entries],
-                [e.balance_after for e in entries],
-                [e.success for e in entries],
-                [e.feature for e in entries],
-                [Jsonb(e.operation_context) for e in entries],
-                [e.idempotency_key for e in entries],
-                [Jsonb(e.effects.to_dict()) for e in entries],
-                [e.reference for e in entries],
-            ),
-        ).fetchall()
+        rows = [WRITE.entry_row(entry) for entry in entries]
+        ids = self._execute(self._sql.append_transactions, _columns(rows)).fetchall()
         # Rows are inserted in ``position`` order, so their identities grow in it.
-        ids = sorted(row[0] for row in rows)
-        return [attrs.evolve(entry, id=i) for entry, i in zip(entries, ids, strict=True)]
+        in_order = sorted(row[0] for row in ids)
+        return [attrs.evolve(entry, id=i) for entry, i in zip(entries, in_order, strict=True)]
 
     def find_by_idempotency_key(self, key: str) -> Transaction | None:
         row = self._execute(self._sql.find_by_idempotency_key, (key,)).fetchone()
@@ -587,24 +453,12 @@ class PostgresUnitOfWork:
     def lock_stale_candidates(
         self, cutoffs: StaleCutoffs, after_user_id: str | None, limit: int
     ) -> list[TokenAccount]:
-        conditions, params = _account_filter(AccountFilter(stale=cutoffs), after_user_id)
+        conditions, params = _conditions(
+            account_conditions(AccountFilter(stale=cutoffs), after_user_id)
+        )
         query = self._sql.select_accounts(conditions, lock=True)
         rows = self._execute(query, [*params, limit]).fetchall()
         return _with_balances(self._conn, self._sql, [ROWS.account(row) for row in rows])
-
-
-def _account_values(account: TokenAccount) -> dict[str, Any]:
-    return {
-        "user_id": account.user_id,
-        "monthly_limit": account.monthly_limit,
-        "monthly_tokens_used": account.monthly_tokens_used,
-        "last_monthly_reset": account.last_monthly_reset,
-        "reset_anchor": account.reset_anchor,
-        "updated_at": account.updated_at,
-        "overage_limit": account.overage_limit,
-        "grant_balance": account.grant_balance,
-        "reserved_tokens": account.reserved_tokens,
-    }
 
 
 class PostgresRepository:
@@ -767,12 +621,12 @@ class PostgresRepository:
         return accounts[0] if accounts else None
 
     def history(self, query: HistoryQuery) -> list[Transaction]:
-        conditions, params = _history_filter(query)
+        conditions, params = _conditions(history_conditions(query))
         statement = self._sql.history_query(conditions)
         return [ROWS.transaction(row) for row in self._read(statement, [*params, query.limit])]
 
     def count_transactions(self, query: HistoryQuery) -> int:
-        conditions, params = _history_filter(attrs.evolve(query, before_id=None))
+        conditions, params = _conditions(history_conditions(attrs.evolve(query, before_id=None)))
         return int(self._read(self._sql.count_query(conditions), params)[0][0])
 
     def count_accounts(self) -> int:
@@ -781,7 +635,7 @@ class PostgresRepository:
     def scan_accounts(
         self, where: AccountFilter, after_user_id: str | None, limit: int
     ) -> list[TokenAccount]:
-        conditions, params = _account_filter(where, after_user_id)
+        conditions, params = _conditions(account_conditions(where, after_user_id))
         query = self._sql.select_accounts(conditions, lock=False)
         return self._read_accounts(query, [*params, limit])
 

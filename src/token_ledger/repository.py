@@ -1,6 +1,6 @@
 """The storage port: what an adapter must provide, and nothing about how.
 
-An adapter is whatever passes the contract suite in ``tests/contract``. The
+An adapter is whatever passes the contract suite :mod:`token_ledger.testing.contract`. The
 domain decides every value that is written; adapters only load, lock and
 store, each write inside one unit of work.
 """

@@ -10,6 +10,7 @@ values are current, so storing them cannot lose a concurrent deduction.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import attrs
 import sqlite_utils
@@ -25,10 +27,14 @@ from sqlite_utils.migrations import Migrations
 from token_ledger._rows import (
     ACCOUNT_COLUMNS,
     GRANT_COLUMNS,
+    NEW_TRANSACTION_COLUMNS,
     RESERVATION_COLUMNS,
     TRANSACTION_COLUMNS,
+    Condition,
     RowReader,
-    attach_balances,
+    RowWriter,
+    account_conditions,
+    history_conditions,
 )
 from token_ledger.account import TokenAccount
 from token_ledger.errors import InvalidInput, SchemaVersionError, StorageError
@@ -143,38 +149,20 @@ def parse_instant(text: str) -> datetime:
 
 
 ROWS = RowReader(instant=parse_instant, document=json.loads)
+WRITE = RowWriter(instant=format_instant, document=COMPACT_JSON.encode, mark="?")
+_TABLES = {"token_grants": "token_grants", "token_reservations": "token_reservations"}
+
+
+def _among(conn: sqlite3.Connection, query: str, user_ids: list[str]) -> Iterator[Any]:
+    """The rows of ``query`` (``LIVE_GRANTS``, ``HELD_RESERVATIONS``) for the user ids."""
+    for start in range(0, len(user_ids), MAX_PARAMETERS):
+        chunk = user_ids[start : start + MAX_PARAMETERS]
+        among = f"user_id IN ({', '.join('?' * len(chunk))})"
+        yield from conn.execute(query.format(**_TABLES, among=among), chunk)
 
 
 def _with_balances(conn: sqlite3.Connection, accounts: list[TokenAccount]) -> list[TokenAccount]:
-    """Attach live grants and held reservations to the accounts whose row says they have some."""
-    with_grants = [a.user_id for a in accounts if a.grant_balance > 0]
-    with_holds = [a.user_id for a in accounts if a.reserved_tokens > 0]
-    if not with_grants and not with_holds:
-        return accounts
-    grants: dict[str, list[Grant]] = {}
-    for chunk in _chunks(with_grants):
-        marks = ", ".join("?" * len(chunk))
-        for row in conn.execute(
-            f"SELECT {GRANT_COLUMNS} FROM token_grants"
-            f" WHERE remaining > 0 AND user_id IN ({marks}) ORDER BY created_at, id",
-            chunk,
-        ):
-            grants.setdefault(row[1], []).append(ROWS.grant(row))
-    holds: dict[str, list[Reservation]] = {}
-    for chunk in _chunks(with_holds):
-        marks = ", ".join("?" * len(chunk))
-        for row in conn.execute(
-            f"SELECT {RESERVATION_COLUMNS} FROM token_reservations"
-            f" WHERE status = 'held' AND user_id IN ({marks}) ORDER BY created_at, id",
-            chunk,
-        ):
-            holds.setdefault(row[1], []).append(ROWS.reservation(row))
-    return attach_balances(accounts, grants, holds)
-
-
-def _chunks(values: list[str]) -> Iterator[list[str]]:
-    for start in range(0, len(values), MAX_PARAMETERS):
-        yield values[start : start + MAX_PARAMETERS]
+    return ROWS.with_balances(accounts, functools.partial(_among, conn))
 
 
 @contextmanager
@@ -216,52 +204,25 @@ def _require_wal(conn: sqlite3.Connection) -> None:
         )
 
 
-def _account_filter(where: AccountFilter, after_user_id: str | None) -> tuple[str, list[object]]:
-    conditions = ["user_id > ?"]
-    parameters: list[object] = [after_user_id or ""]
-    if where.stale is not None:
-        conditions.append(
-            "((reset_anchor IS NULL AND last_monthly_reset < ?)"
-            " OR (reset_anchor IS NOT NULL AND last_monthly_reset <= ?))"
-        )
-        parameters += [format_instant(where.stale.calendar), format_instant(where.stale.anchored)]
-    if where.usage_above is not None:
-        conditions.append("CAST(monthly_tokens_used AS REAL) / monthly_limit > ?")
-        parameters.append(where.usage_above)
-    return " AND ".join(conditions), parameters
+def _where(conditions: Sequence[Condition]) -> tuple[str, list[Any]]:
+    texts, parameters = WRITE.conditions(conditions)
+    return (f"WHERE {' AND '.join(texts)}" if texts else ""), parameters
 
 
 def _select_accounts(
     conn: sqlite3.Connection, where: AccountFilter, after_user_id: str | None, limit: int
 ) -> list[TokenAccount]:
-    condition, parameters = _account_filter(where, after_user_id)
+    condition, parameters = _where(account_conditions(where, after_user_id))
     rows = conn.execute(
-        f"SELECT {ACCOUNT_COLUMNS} FROM user_tokens WHERE {condition} ORDER BY user_id LIMIT ?",
+        f"SELECT {ACCOUNT_COLUMNS} FROM user_tokens {condition} ORDER BY user_id LIMIT ?",
         (*parameters, limit),
     ).fetchall()
     return _with_balances(conn, [ROWS.account(row) for row in rows])
 
 
-def _history_filter(query: HistoryQuery) -> tuple[str, list[object]]:
-    conditions = []
-    parameters: list[object] = []
-    for condition, value in (
-        ("user_id = ?", query.user_id),
-        ("operation_type = ?", query.operation_type and query.operation_type.value),
-        ("feature = ?", query.feature),
-        ("success = ?", None if query.success is None else int(query.success)),
-        ("created_at >= ?", query.since and format_instant(query.since)),
-        ("created_at < ?", query.until and format_instant(query.until)),
-        ("id < ?", query.before_id),
-        ("reference = ?", query.reference),
-    ):
-        if value is not None:
-            conditions.append(condition)
-            parameters.append(value)
-    return (f"WHERE {' AND '.join(conditions)}" if conditions else ""), parameters
+class SQLiteUnitOfWork:
+    """Statements on the repository's connection; in a write it holds the write lock."""
 
-
-class _SQLiteUnitOfWork:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
@@ -275,61 +236,26 @@ class _SQLiteUnitOfWork:
         cursor = self._conn.execute(
             f"INSERT INTO user_tokens ({ACCOUNT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (user_id) DO NOTHING",
-            (
-                account.user_id,
-                account.monthly_limit,
-                account.monthly_tokens_used,
-                format_instant(account.last_monthly_reset),
-                format_instant(account.created_at),
-                format_instant(account.updated_at),
-                None if account.reset_anchor is None else format_instant(account.reset_anchor),
-                account.overage_limit,
-                account.grant_balance,
-                account.reserved_tokens,
-            ),
+            WRITE.account_row(account),
         )
         return cursor.rowcount == 1
 
     def save_accounts(self, accounts: Sequence[TokenAccount]) -> None:
+        # ?N is the Nth of ACCOUNT_COLUMNS; created_at and reset_anchor never change.
         self._conn.executemany(
-            "UPDATE user_tokens SET monthly_limit = ?, monthly_tokens_used = ?,"
-            " last_monthly_reset = ?, updated_at = ?, overage_limit = ?, grant_balance = ?,"
-            " reserved_tokens = ? WHERE user_id = ?",
-            [
-                (
-                    account.monthly_limit,
-                    account.monthly_tokens_used,
-                    format_instant(account.last_monthly_reset),
-                    format_instant(account.updated_at),
-                    account.overage_limit,
-                    account.grant_balance,
-                    account.reserved_tokens,
-                    account.user_id,
-                )
-                for account in accounts
-            ],
+            "UPDATE user_tokens SET monthly_limit = ?2, monthly_tokens_used = ?3,"
+            " last_monthly_reset = ?4, updated_at = ?6, overage_limit = ?8, grant_balance = ?9,"
+            " reserved_tokens = ?10 WHERE user_id = ?1",
+            [WRITE.account_row(account) for account in accounts],
         )
 
     def append_transactions(self, entries: Sequence[Transaction]) -> list[Transaction]:
         stored = []
         for entry in entries:
             cursor = self._conn.execute(
-                "INSERT INTO token_transactions (user_id, operation_type, amount, created_at,"
-                " balance_after, success, feature, operation_context, idempotency_key,"
-                " effects, reference) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    entry.user_id,
-                    entry.operation_type.value,
-                    entry.amount,
-                    format_instant(entry.created_at),
-                    entry.balance_after,
-                    int(entry.success),
-                    entry.feature,
-                    COMPACT_JSON.encode(entry.operation_context),
-                    entry.idempotency_key,
-                    json.dumps(entry.effects.to_dict(), separators=(",", ":")),
-                    entry.reference,
-                ),
+                f"INSERT INTO token_transactions ({NEW_TRANSACTION_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                WRITE.entry_row(entry),
             )
             stored.append(attrs.evolve(entry, id=cursor.lastrowid))
         return stored
@@ -338,36 +264,14 @@ class _SQLiteUnitOfWork:
         self._conn.executemany(
             f"INSERT INTO token_grants ({GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET remaining = excluded.remaining",
-            [
-                (
-                    grant.id,
-                    grant.user_id,
-                    grant.amount,
-                    grant.remaining,
-                    format_instant(grant.created_at),
-                    None if grant.expires_at is None else format_instant(grant.expires_at),
-                    grant.reason,
-                )
-                for grant in grants
-            ],
+            [WRITE.grant_row(grant) for grant in grants],
         )
 
     def save_reservations(self, reservations: Sequence[Reservation]) -> None:
         self._conn.executemany(
             f"INSERT INTO token_reservations ({RESERVATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET status = excluded.status",
-            [
-                (
-                    hold.id,
-                    hold.user_id,
-                    hold.amount,
-                    format_instant(hold.created_at),
-                    format_instant(hold.expires_at),
-                    hold.status.value,
-                    hold.feature,
-                )
-                for hold in reservations
-            ],
+            [WRITE.reservation_row(hold) for hold in reservations],
         )
 
     def find_transaction(self, transaction_id: int) -> Transaction | None:
@@ -484,16 +388,16 @@ class SQLiteRepository:
                 raise
 
     @contextmanager
-    def unit_of_work(self) -> Iterator[_SQLiteUnitOfWork]:
+    def unit_of_work(self) -> Iterator[SQLiteUnitOfWork]:
         with self._write() as conn:
-            yield _SQLiteUnitOfWork(conn)
+            yield SQLiteUnitOfWork(conn)
 
     def get_account(self, user_id: str) -> TokenAccount | None:
         with self._lock, _translated_errors():
-            return _SQLiteUnitOfWork(self.db.conn).load_account(user_id)
+            return SQLiteUnitOfWork(self.db.conn).load_account(user_id)
 
     def history(self, query: HistoryQuery) -> list[Transaction]:
-        where, parameters = _history_filter(query)
+        where, parameters = _where(history_conditions(query))
         sql = (
             f"SELECT {TRANSACTION_COLUMNS} FROM token_transactions {where} ORDER BY id DESC LIMIT ?"
         )
@@ -502,7 +406,7 @@ class SQLiteRepository:
         return [ROWS.transaction(row) for row in rows]
 
     def count_transactions(self, query: HistoryQuery) -> int:
-        where, parameters = _history_filter(attrs.evolve(query, before_id=None))
+        where, parameters = _where(history_conditions(attrs.evolve(query, before_id=None)))
         with self._lock, _translated_errors():
             row = self.db.conn.execute(
                 f"SELECT count(*) FROM token_transactions {where}", parameters

@@ -10,6 +10,8 @@ from typing import Any
 
 import attrs
 
+from token_ledger.errors import IdempotencyConflict
+
 
 class OperationType(str, enum.Enum):
     """What an entry records; compares equal to the seed's strings (``"deduct"``)."""
@@ -118,3 +120,24 @@ class Transaction:
             "effects": self.effects.to_dict(),
             "reference": self.reference,
         }
+
+
+def replay(
+    prior: Transaction,
+    operation_type: OperationType,
+    user_id: str,
+    amount: int | None,
+    feature: str | None = None,
+) -> Transaction:
+    """The entry an idempotent retry answers with, or a conflict if the retry differs.
+
+    ``amount=None`` (a refund of "all that is left") matches any amount.
+    """
+    original = (prior.operation_type, prior.user_id, prior.feature)
+    if original != (operation_type, user_id, feature) or amount not in (None, prior.amount):
+        raise IdempotencyConflict(
+            prior.idempotency_key or "",
+            f"{prior.operation_type} user={prior.user_id!r} amount={prior.amount}"
+            f" feature={prior.feature!r}",
+        )
+    return prior

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import attrs
 from click.testing import CliRunner
 
 from cli.helpers import Run, assert_error
-from token_ledger import TokenLedger
+from token_ledger import TokenLedger, TokenStatus
 from token_ledger.cli import cli
+
+SEED_STATUS = ["monthlyUsed", "monthlyLimit", "monthlyRemaining"]
 
 
 def test_init_creates_a_sqlite_file_and_can_run_again(tmp_path: Path) -> None:
@@ -99,7 +102,11 @@ def test_account_show_is_the_stored_row_and_status_applies_the_pending_reset(
 
     assert (shown["monthly_tokens_used"], shown["reset_pending"]) == (30, True)
     assert shown["last_monthly_reset"] == "2020-01-01T00:00:00+00:00"
-    assert status == {"monthlyUsed": 0, "monthlyLimit": 50, "monthlyRemaining": 50}
+    assert {key: status[key] for key in SEED_STATUS} == {
+        "monthlyUsed": 0,
+        "monthlyLimit": 50,
+        "monthlyRemaining": 50,
+    }
 
 
 def test_account_set_limit_keeps_usage_and_is_recorded(run: Run, ledger: TokenLedger) -> None:
@@ -118,34 +125,62 @@ def test_account_set_limit_keeps_usage_and_is_recorded(run: Run, ledger: TokenLe
     ]
 
 
-def test_status_table_shows_the_period(run: Run, ledger: TokenLedger) -> None:
+def spent_into_overage(ledger: TokenLedger) -> TokenStatus:
+    """Into the overage, with a reservation held: the figures the status table once left out."""
     ledger.open_account("u1", monthly_limit=50)
-    ledger.deduct("u1", 14)
-    current = ledger.status("u1")
+    ledger.set_limit("u1", overage_limit=9)
+    ledger.grant("u1", 4)
+    ledger.deduct("u1", 45)
+    ledger.reserve("u1", 2)
+    ledger.deduct("u1", 10)  # the allowance's last 5, the grant's 4, then 1 of the overage
+    return ledger.status("u1")
+
+
+def test_status_table_shows_every_field_of_token_status(run: Run, ledger: TokenLedger) -> None:
+    current = spent_into_overage(ledger)
 
     result = run("status", "u1")
 
     assert result.stdout.splitlines() == [
         "user_id            u1",
-        "monthly_used       14",
+        "monthly_used       51",
         "monthly_limit      50",
-        "monthly_remaining  36",
+        "monthly_remaining  0",
         f"period_start       {current.period_start.isoformat(sep=' ')}",
         f"next_reset         {current.next_reset.isoformat(sep=' ')}",
         "grant_balance      0",
-        "reserved           0",
-        "overage_used       0",
-        "total_remaining    36",
+        "reserved           2",
+        "overage_limit      9",
+        "overage_used       1",
+        "total_remaining    6",
     ]
+    shown = [line.split()[0] for line in result.stdout.splitlines()]
+    assert shown == [field.name for field in attrs.fields(TokenStatus)]
 
 
-def test_status_json_is_the_seed_response(run: Run, ledger: TokenLedger) -> None:
-    ledger.open_account("u1", monthly_limit=50)
-    ledger.deduct("u1", 36)
+def test_status_json_is_the_seed_response_then_every_other_field(
+    run: Run, ledger: TokenLedger
+) -> None:
+    current = spent_into_overage(ledger)
 
     result = run("status", "u1", "--json")
 
-    assert result.stdout == '{"monthlyUsed": 36, "monthlyLimit": 50, "monthlyRemaining": 14}\n'
+    fields = json.loads(result.stdout)
+    assert list(fields)[:3] == SEED_STATUS
+    assert fields == {
+        "monthlyUsed": 51,
+        "monthlyLimit": 50,
+        "monthlyRemaining": 0,
+        "userId": "u1",
+        "periodStart": current.period_start.isoformat(),
+        "nextReset": current.next_reset.isoformat(),
+        "grantBalance": 0,
+        "reserved": 2,
+        "overageLimit": 9,
+        "overageUsed": 1,
+        "totalRemaining": 6,
+    }
+    assert len(fields) == len(attrs.fields(TokenStatus))
 
 
 def test_deduct_records_feature_context_and_idempotency_key(run: Run, ledger: TokenLedger) -> None:

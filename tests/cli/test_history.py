@@ -14,11 +14,11 @@ import pytest
 
 from cli.helpers import Run, assert_error
 from token_ledger import InsufficientTokens, StorageError, TokenLedger, Transaction
-from token_ledger.cli import EXPORT_PAGE_SIZE
+from token_ledger.cli import ENTRY_COLUMNS, EXPORT_PAGE_SIZE
 
 CSV_HEADER = (
     "id,user_id,operation_type,amount,feature,operation_context,success,created_at,"
-    "idempotency_key,balance_after\n"
+    "idempotency_key,balance_after,effects,reference\n"
 )
 
 
@@ -34,6 +34,8 @@ def as_json(entry: Transaction) -> dict[str, object]:
         "created_at": entry.created_at.isoformat(),
         "idempotency_key": entry.idempotency_key,
         "balance_after": entry.balance_after,
+        "effects": entry.effects.to_dict(),
+        "reference": entry.reference,
     }
 
 
@@ -72,7 +74,7 @@ def test_history_is_a_table_newest_first(run: Run, entries: list[Transaction]) -
         "operation_context",
     ]
     assert [int(line.split()[0]) for line in lines[2:]] == [entry.id for entry in entries]
-    assert lines[-1].endswith('search   {"q": "x"}')
+    assert lines[-1].split()[-3:] == ["search", '{"q":', '"x"}']
     assert result.stderr == ""
 
 
@@ -140,14 +142,17 @@ def test_export_csv_writes_a_header_and_every_entry(run: Run, entries: list[Tran
         "operation_type": "deduct",
         "amount": "3",
         "feature": "search",
-        "operation_context": '{"q": "x"}',
+        "operation_context": '{"q":"x"}',
         "success": "true",
         "created_at": entries[-1].created_at.isoformat(),
         "idempotency_key": "k-1",
         "balance_after": "7",
+        "effects": '{"usage":3}',
+        "reference": "",
     }
     assert rows[-2]["success"] == "false"
-    assert rows[0]["feature"] == rows[0]["idempotency_key"] == ""
+    assert rows[-2]["effects"] == "{}"
+    assert rows[0]["feature"] == rows[0]["idempotency_key"] == rows[0]["reference"] == ""
     assert result.stderr == "Exported 4 entries.\n"
 
 
@@ -169,6 +174,62 @@ def test_export_of_an_empty_log_is_the_header_alone(run: Run) -> None:
     result = run("export")
 
     assert (result.stdout, result.stderr) == (CSV_HEADER, "Exported 0 entries.\n")
+
+
+@pytest.fixture
+def credits(ledger: TokenLedger) -> list[Transaction]:
+    """A grant, a deduction that spends part of it, and a refund: references and effects."""
+    ledger.open_account("u1", monthly_limit=10)
+    ledger.grant("u1", 5, reason="promo")
+    spent = ledger.deduct("u1", 12, feature="search", context={"q": "x"}).transaction
+    assert spent.id is not None
+    ledger.refund(spent.id, 3, reason="timeout")
+    return ledger.history()
+
+
+def test_export_columns_are_the_keys_of_transaction_to_dict(credits: list[Transaction]) -> None:
+    """One list: a field added to Transaction.to_dict is exported without touching the CLI."""
+    assert ",".join(ENTRY_COLUMNS) + "\n" == CSV_HEADER
+    assert all(tuple(entry.to_dict()) == ENTRY_COLUMNS for entry in credits)
+
+
+def test_export_writes_every_column_in_csv_and_jsonl(run: Run, credits: list[Transaction]) -> None:
+    _, deduction, grant = credits
+    grant_id = grant.reference
+
+    rows = list(csv.DictReader(io.StringIO(run("export").stdout)))
+    lines = [json.loads(line) for line in run("export", "--format", "jsonl").stdout.splitlines()]
+
+    assert [list(row) for row in rows] == [list(ENTRY_COLUMNS)] * 3
+    assert [(row["operation_type"], row["effects"], row["reference"]) for row in rows] == [
+        ("refund", '{"usage":-3}', str(deduction.id)),
+        ("deduct", f'{{"usage":10,"grants":{{"{grant_id}":-2}}}}', ""),
+        ("grant", f'{{"grants":{{"{grant_id}":5}}}}', grant_id),
+    ]
+    assert [row["operation_context"] for row in rows] == [
+        '{"reason":"timeout"}',
+        '{"q":"x"}',
+        '{"reason":"promo","expires_at":null}',
+    ]
+    assert lines == [as_json(entry) for entry in credits]
+    assert [(line["effects"], line["reference"]) for line in lines] == [
+        ({"usage": -3}, str(deduction.id)),
+        ({"usage": 10, "grants": {grant_id: -2}}, None),
+        ({"grants": {grant_id: 5}}, grant_id),
+    ]
+    for row, line in zip(rows, lines, strict=True):
+        assert row == {column: csv_cell(line[column]) for column in ENTRY_COLUMNS}
+
+
+def csv_cell(value: object) -> str:
+    """How a value of Transaction.to_dict reads back from the CSV."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
 
 
 def fill_log(ledger: TokenLedger, count: int) -> None:

@@ -13,7 +13,7 @@ from psycopg_pool import ConnectionPool
 
 from postgres.support import counting_cursor, wait_for_lock_wait
 from postgres_server import Database
-from token_ledger import Ledger, TokenLedger
+from token_ledger import MonthlyResetPolicy, TokenAccount, TokenLedger
 from token_ledger.postgres import PostgresRepository
 from token_ledger.testing import MovableClock
 
@@ -28,7 +28,10 @@ def test_resetting_thousands_of_accounts_takes_three_statements_a_batch(
     postgres_database: Database, postgres_schema: str
 ) -> None:
     january = datetime(2026, 1, 15, tzinfo=UTC)
-    opened = [Ledger().open(f"user-{n:05d}", 100, january) for n in range(ACCOUNTS)]
+    opened = [
+        TokenAccount.open(f"user-{n:05d}", 100, MonthlyResetPolicy(), january)
+        for n in range(ACCOUNTS)
+    ]
     used = [
         attrs.evolve(account, monthly_tokens_used=n % 100 + 1) for n, account in enumerate(opened)
     ]

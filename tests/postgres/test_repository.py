@@ -19,8 +19,9 @@ from token_ledger import (
     IdempotencyConflict,
     InsufficientTokens,
     InvalidInput,
-    Ledger,
+    MonthlyResetPolicy,
     StorageError,
+    TokenAccount,
     TokenLedger,
 )
 from token_ledger.postgres import PostgresRepository
@@ -323,7 +324,7 @@ def test_the_tables_refuse_usage_no_operation_can_produce(
     the unit of work; below zero, the CHECK constraint does.
     """
     repository = PostgresRepository(postgres_database.url, schema=postgres_schema)
-    account = Ledger().open("u1", 10, datetime(2026, 1, 15, tzinfo=UTC))
+    account = TokenAccount.open("u1", 10, MonthlyResetPolicy(), datetime(2026, 1, 15, tzinfo=UTC))
     with repository.unit_of_work() as work:
         work.insert_account(account)
 
@@ -342,7 +343,8 @@ def test_the_guard_admits_overage_and_usage_kept_above_a_lowered_limit(
     only stay or fall, and only in the stored period: a new period starts from zero."""
     repository = PostgresRepository(postgres_database.url, schema=postgres_schema)
     opened = attrs.evolve(
-        Ledger().open("u1", 10, datetime(2026, 1, 15, tzinfo=UTC)), overage_limit=5
+        TokenAccount.open("u1", 10, MonthlyResetPolicy(), datetime(2026, 1, 15, tzinfo=UTC)),
+        overage_limit=5,
     )
     with repository.unit_of_work() as work:
         work.insert_account(opened)
@@ -368,7 +370,7 @@ def test_limits_that_add_up_past_bigint_do_not_break_the_guard(
 ) -> None:
     most = 2**63 - 1
     repository = PostgresRepository(postgres_database.url, schema=postgres_schema)
-    opened = Ledger().open("u1", most, datetime(2026, 1, 15, tzinfo=UTC))
+    opened = TokenAccount.open("u1", most, MonthlyResetPolicy(), datetime(2026, 1, 15, tzinfo=UTC))
     spent = attrs.evolve(opened, overage_limit=most, monthly_tokens_used=most)
     with repository.unit_of_work() as work:
         work.insert_account(opened)

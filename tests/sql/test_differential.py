@@ -33,8 +33,8 @@ from token_ledger import (
     TokenLedger,
     TransactionNotFound,
     install_sqlite_sql,
-    service,
 )
+from token_ledger import operations as ledger_operations
 from token_ledger.sqlite import parse_instant
 from token_ledger.testing import MovableClock
 
@@ -449,7 +449,7 @@ def test_postgres_deductions_spend_grants_overage_and_holds_as_the_library_does(
             results = []
             for ledger in (engine.library.ledger, engine.sql_ledger):
                 engine.library.clock.set(now)
-                with patch.object(service, "_new_id", numbered_ids(f"{step:02d}")):
+                with patch.object(ledger_operations, "new_id", numbered_ids(f"{step:02d}")):
                     results.append(credit_call(ledger, kind, args, now, holds))
             assert results[0] == results[1], op
             if kind == "reserve" and isinstance(results[0], str) and results[0][0].isdigit():

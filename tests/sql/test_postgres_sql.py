@@ -22,7 +22,7 @@ from token_ledger import (
 )
 from token_ledger.clock import system_clock
 from token_ledger.postgres import PostgresRepository
-from token_ledger.sql import postgres_script
+from token_ledger.sql import MIGRATION_LOCK_KEY, postgres_script
 from token_ledger.testing import MovableClock
 
 pytestmark = pytest.mark.postgres
@@ -106,6 +106,20 @@ def test_installing_needs_the_ledgers_tables(
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         with pytest.raises(StorageError, match="tables are missing"):
             install_postgres_sql(conn, schema=schema)
+
+
+def test_installing_waits_for_a_migration_that_holds_the_migrations_lock(
+    postgres_database: Database, sql_schema: str
+) -> None:
+    """The installed script takes ``MIGRATION_LOCK_KEY``, as ``PostgresRepository`` migrating."""
+    with postgres_database.connect() as migrating, postgres_database.connect() as installing:
+        installing.execute("SET lock_timeout = '200ms'")
+        with migrating.transaction():
+            migrating.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            with pytest.raises(StorageError, match="lock timeout"):
+                install_postgres_sql(installing, schema=sql_schema)
+
+        install_postgres_sql(installing, schema=sql_schema)  # the lock released
 
 
 def test_an_unknown_time_zone_is_refused_before_anything_runs() -> None:

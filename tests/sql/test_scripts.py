@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
+from click.testing import CliRunner
 
 from token_ledger import InvalidInput
-from token_ledger.sql import postgres_script, sqlite_script
+from token_ledger.cli import cli
+from token_ledger.sql import MIGRATION_LOCK_KEY, postgres_script, sqlite_script
 
 SEED_NAMES = (
     "user_tokens_with_auto_reset",
@@ -48,3 +50,13 @@ def test_a_schema_name_is_quoted_and_never_ends_a_function_body() -> None:
 def test_unusable_schema_names_are_refused(schema: str) -> None:
     with pytest.raises(InvalidInput, match="schema"):
         postgres_script(schema)
+
+
+def test_the_postgres_script_takes_the_migrations_lock_and_no_other() -> None:
+    """Printed or installed, the script queues on the one lock the migrations take."""
+    printed = CliRunner().invoke(cli, ["sql", "postgres", "--schema", "billing"]).stdout
+
+    assert MIGRATION_LOCK_KEY == 0x746F6B656E5F6C67  # what every released version takes
+    for script in (postgres_script(), postgres_script("billing", "Europe/Berlin"), printed):
+        locks = re.findall(r"pg_\w*advisory\w*\(([^)]*)\)", script)
+        assert locks == [str(MIGRATION_LOCK_KEY)]

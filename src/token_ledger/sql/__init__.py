@@ -32,7 +32,11 @@ if TYPE_CHECKING:
     import psycopg
     import sqlite_utils
 
-_PLACEHOLDER = re.compile(r"\$\$|@(schema|timezone|timezone_name)@")
+# The bytes of "token_lg" as a bigint: a constant, so every process on every host takes the
+# same lock (a Python ``hash()`` of a string differs between processes). The migrations of
+# ``token_ledger.postgres`` and the PostgreSQL script take it.
+MIGRATION_LOCK_KEY = 0x746F6B656E5F6C67
+_PLACEHOLDER = re.compile(r"\$\$|@(schema|timezone|timezone_name|migration_lock_key)@")
 # Columns the SQLite SQL reads that only the ledger's second migration adds.
 SQLITE_REQUIRED = {
     "user_tokens": {"reset_anchor", "overage_limit", "grant_balance", "reserved_tokens"},
@@ -67,6 +71,7 @@ def postgres_script(schema: str = "public", timezone: str = "UTC") -> str:
         "schema": '"' + name.replace('"', '""') + '"',
         "timezone": f"'{timezone}'",
         "timezone_name": timezone,
+        "migration_lock_key": str(MIGRATION_LOCK_KEY),
     }
     return _PLACEHOLDER.sub(lambda m: values[m[1]] if m[1] else tag, _script("postgres.sql"))
 

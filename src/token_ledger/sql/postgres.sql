@@ -14,7 +14,7 @@
 -- instant as p_now, default now(). Entries are the ones TokenLedger writes,
 -- with the same operation_context and effects, so reconcile() stays [].
 
-SELECT pg_advisory_xact_lock(8390042714202139751);  -- the migrations' lock
+SELECT pg_advisory_xact_lock(@migration_lock_key@);  -- the migrations' lock
 
 DO $$
 DECLARE

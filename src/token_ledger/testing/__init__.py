@@ -4,6 +4,8 @@
 - :mod:`token_ledger.testing.operations`: accounts, operations and scenarios as values.
 - :mod:`token_ledger.testing.strategies`: hypothesis strategies that generate them
   (the only module here that needs hypothesis).
+- :mod:`token_ledger.testing.contract`: the adapter contract suite, for the authors of
+  storage adapters (the only module here that needs pytest).
 """
 
 from __future__ import annotations

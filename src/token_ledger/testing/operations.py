@@ -29,9 +29,9 @@ from typing import TypeAlias
 import attrs
 
 from token_ledger.account import TokenAccount
+from token_ledger.application import TokenLedger
 from token_ledger.errors import IdempotencyConflict, InsufficientTokens
 from token_ledger.policy import MonthlyResetPolicy
-from token_ledger.service import TokenLedger
 from token_ledger.testing import MovableClock
 
 

@@ -16,42 +16,13 @@ from token_ledger import (
     TokenLedger,
     TokenLedgerError,
 )
+from token_ledger.testing.contract.base import ContractBase
 
 BAD_AMOUNTS = [0, -1, True, 1.0, math.nan, "5", None, 2**63]
 
 
 def snapshot(ledger: TokenLedger) -> tuple[object, ...]:
     return (ledger.get_account("u1"), tuple(ledger.history(limit=1000)))
-
-
-@pytest.fixture
-def opened(ledger: TokenLedger) -> TokenLedger:
-    ledger.open_account("u1", monthly_limit=50)
-    ledger.deduct("u1", 5)
-    return ledger
-
-
-@pytest.mark.parametrize("amount", BAD_AMOUNTS, ids=repr)
-def test_bad_amounts_are_refused(opened: TokenLedger, amount: Any) -> None:
-    before = snapshot(opened)
-
-    with pytest.raises(InvalidAmount):
-        opened.deduct("u1", amount)
-
-    assert snapshot(opened) == before
-
-
-@pytest.mark.parametrize("limit", BAD_AMOUNTS, ids=repr)
-def test_bad_limits_are_refused(opened: TokenLedger, limit: Any) -> None:
-    before = snapshot(opened)
-
-    with pytest.raises(InvalidAmount):
-        opened.set_limit("u1", limit)
-    with pytest.raises(InvalidAmount):
-        opened.open_account("u2", monthly_limit=limit)
-
-    assert snapshot(opened) == before
-    assert opened.history("u2") == []
 
 
 BAD_CALLS: list[tuple[str, Callable[[TokenLedger], object], type[TokenLedgerError]]] = [
@@ -79,21 +50,51 @@ BAD_CALLS: list[tuple[str, Callable[[TokenLedger], object], type[TokenLedgerErro
 ]
 
 
-@pytest.mark.parametrize(("name", "call", "error"), BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
-def test_bad_arguments_are_refused(
-    opened: TokenLedger,
-    name: str,
-    call: Callable[[TokenLedger], object],
-    error: type[TokenLedgerError],
-) -> None:
-    before = snapshot(opened)
+class BadInputContract(ContractBase):
+    """Refused input raises its typed error and changes nothing."""
 
-    with pytest.raises(error):
-        call(opened)
+    @pytest.fixture
+    def opened(self, ledger: TokenLedger) -> TokenLedger:
+        ledger.open_account("u1", monthly_limit=50)
+        ledger.deduct("u1", 5)
+        return ledger
 
-    assert snapshot(opened) == before
+    @pytest.mark.parametrize("amount", BAD_AMOUNTS, ids=repr)
+    def test_bad_amounts_are_refused(self, opened: TokenLedger, amount: Any) -> None:
+        before = snapshot(opened)
 
+        with pytest.raises(InvalidAmount):
+            opened.deduct("u1", amount)
 
-def test_input_errors_are_also_value_errors() -> None:
-    assert issubclass(InvalidAmount, ValueError)
-    assert issubclass(NaiveDatetime, ValueError)
+        assert snapshot(opened) == before
+
+    @pytest.mark.parametrize("limit", BAD_AMOUNTS, ids=repr)
+    def test_bad_limits_are_refused(self, opened: TokenLedger, limit: Any) -> None:
+        before = snapshot(opened)
+
+        with pytest.raises(InvalidAmount):
+            opened.set_limit("u1", limit)
+        with pytest.raises(InvalidAmount):
+            opened.open_account("u2", monthly_limit=limit)
+
+        assert snapshot(opened) == before
+        assert opened.history("u2") == []
+
+    @pytest.mark.parametrize(("name", "call", "error"), BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+    def test_bad_arguments_are_refused(
+        self,
+        opened: TokenLedger,
+        name: str,
+        call: Callable[[TokenLedger], object],
+        error: type[TokenLedgerError],
+    ) -> None:
+        before = snapshot(opened)
+
+        with pytest.raises(error):
+            call(opened)
+
+        assert snapshot(opened) == before
+
+    def test_input_errors_are_also_value_errors(self) -> None:
+        assert issubclass(InvalidAmount, ValueError)
+        assert issubclass(NaiveDatetime, ValueError)

@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 import functools
-import random
-import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from token_ledger import _validation
-from token_ledger.account import Change, TokenAccount
+from token_ledger import _validation, monitoring, operations
+from token_ledger.account import TokenAccount, check_monthly_limit
 from token_ledger.clock import Clock, system_clock
-from token_ledger.errors import (
-    AccountExists,
-    AccountNotFound,
-    InsufficientTokens,
-    InvalidAmount,
-    InvalidInput,
-    ReservationClosed,
-    ReservationNotFound,
-    TransactionNotFound,
-    TransientStorageError,
-)
-from token_ledger.grants import Grant, Reservation, ReservationStatus
-from token_ledger.ledger import DeductResult, History, Ledger, TokenStatus
+from token_ledger.errors import AccountNotFound, InsufficientTokens, InvalidAmount, InvalidInput
+from token_ledger.grants import Grant, Reservation
 from token_ledger.memory import MemoryRepository
-from token_ledger.monitoring import Alert, AlertReport, Health
+from token_ledger.monitoring import AlertReport, AlertThresholds, Health
+from token_ledger.operations import Operation
 from token_ledger.policy import MonthlyResetPolicy
 from token_ledger.reconciliation import Discrepancy, reconcile_account
 from token_ledger.repository import (
@@ -36,8 +23,9 @@ from token_ledger.repository import (
     HistoryQuery,
     StaleCutoffs,
     TokenRepository,
-    UnitOfWork,
 )
+from token_ledger.results import DeductResult, History, TokenStatus
+from token_ledger.storage import paged, write_with_retries
 from token_ledger.transactions import OperationType, Transaction
 
 if TYPE_CHECKING:
@@ -51,9 +39,6 @@ if TYPE_CHECKING:
 
 DEFAULT_RESET_BATCH_SIZE = 1000
 DEFAULT_RESERVATION_TTL = timedelta(minutes=15)
-WRITE_ATTEMPTS = 10
-RETRY_BASE_DELAY = 0.005
-RETRY_MAX_DELAY = 0.5
 SCAN_PAGE_SIZE = 1000
 
 T = TypeVar("T")
@@ -76,7 +61,6 @@ class TokenLedger:
     ) -> None:
         self.repository = repository
         self.policy = policy if policy is not None else MonthlyResetPolicy()
-        self.ledger = Ledger(self.policy)
         self._clock = clock
 
     @classmethod
@@ -168,13 +152,7 @@ class TokenLedger:
     ) -> TokenAccount:
         """Create the user's account; :class:`AccountExists` if there is one already."""
         account = self._new_account(user_id, monthly_limit, reset_anchor)
-
-        def insert(work: UnitOfWork) -> None:
-            if not work.insert_account(account):
-                raise AccountExists(user_id)
-
-        self._write(insert)
-        return account
+        return self._write(lambda: operations.open_account(account))
 
     def ensure_account(
         self, user_id: str, monthly_limit: int, *, reset_anchor: datetime | None = None
@@ -184,13 +162,7 @@ class TokenLedger:
         An existing account is returned as stored: its limit is not changed.
         """
         account = self._new_account(user_id, monthly_limit, reset_anchor)
-
-        def insert_or_load(work: UnitOfWork) -> TokenAccount:
-            if work.insert_account(account):
-                return account
-            return self._load(work, user_id)
-
-        return self._write(insert_or_load)
+        return self._write(lambda: operations.ensure_account(account))
 
     def get_account(self, user_id: str) -> TokenAccount:
         """The account as stored, which may hold a reset that is still pending."""
@@ -201,7 +173,7 @@ class TokenLedger:
 
     def status(self, user_id: str) -> TokenStatus:
         """Usage in the current period; a pending reset is shown but not written."""
-        return self.ledger.status(self.get_account(user_id), self.now())
+        return TokenStatus.of(self.get_account(user_id), self.policy, self.now())
 
     # writes
 
@@ -226,27 +198,18 @@ class TokenLedger:
         key = _validation.optional_identifier(idempotency_key, "idempotency_key")
         checked_context = _validation.json_context(context)
         now = self.now()
-
-        def spend(work: UnitOfWork) -> tuple[Transaction, int]:
-            account = self._load(work, user_id)
-            prior = work.find_by_idempotency_key(key) if key is not None else None
-            if prior is not None:
-                entry = self.ledger.replay(prior, OperationType.DEDUCT, user_id, amount, feature)
-                return entry, entry.balance_after
-            change = self.ledger.deduct(
-                account,
+        spent = self._write(
+            lambda: operations.deduct(
+                self.policy,
                 now,
+                user_id,
                 amount,
                 feature=feature,
                 context=checked_context,
                 idempotency_key=key,
             )
-            return self._store(work, account, change)[-1], change.account.spendable
-
-        entry, remaining = self._write(spend)
-        if not entry.success:
-            raise InsufficientTokens(user_id, amount, remaining)
-        return DeductResult(entry.success, entry.balance_after, entry)
+        )
+        return _deducted(spent)
 
     def set_limit(
         self,
@@ -264,23 +227,13 @@ class TokenLedger:
         if monthly_limit is None and overage_limit is None:
             raise InvalidAmount("set_limit needs a monthly_limit, an overage_limit, or both")
         if monthly_limit is not None:
-            self.ledger.check_limit(monthly_limit)
+            check_monthly_limit(monthly_limit)
         if overage_limit is not None:
             _validation.non_negative_int(overage_limit, "overage_limit")
         now = self.now()
-
-        def change_limits(work: UnitOfWork) -> TokenAccount:
-            account = self._load(work, user_id)
-            change = self.ledger.set_limits(
-                account,
-                now,
-                account.monthly_limit if monthly_limit is None else monthly_limit,
-                account.overage_limit if overage_limit is None else overage_limit,
-            )
-            self._store(work, account, change)
-            return change.account
-
-        return self._write(change_limits)
+        return self._write(
+            lambda: operations.set_limits(self.policy, now, user_id, monthly_limit, overage_limit)
+        )
 
     def grant(
         self,
@@ -303,19 +256,8 @@ class TokenLedger:
         key = _validation.optional_identifier(idempotency_key, "idempotency_key")
         now = self.now()
         expiry = _validation.optional_instant(expires_at, "expires_at")
-        if expiry is not None and expiry <= now:
-            raise InvalidInput(f"expires_at must be in the future, got {expiry.isoformat()}")
-
-        def add_grant(work: UnitOfWork) -> Transaction:
-            account = self._load(work, user_id)
-            prior = work.find_by_idempotency_key(key) if key is not None else None
-            if prior is not None:
-                return self.ledger.replay(prior, OperationType.GRANT, user_id, amount)
-            grant = Grant(_new_id(), user_id, amount, amount, now, expiry, reason)
-            change = self.ledger.grant(account, now, grant, key)
-            return self._store(work, account, change)[-1]
-
-        return self._write(add_grant)
+        offered = Grant.offered(operations.new_id(), user_id, amount, now, expiry, reason)
+        return self._write(lambda: operations.grant(self.policy, now, offered, key))
 
     def reserve(
         self,
@@ -339,25 +281,11 @@ class TokenLedger:
         key = _validation.optional_identifier(idempotency_key, "idempotency_key")
         now = self.now()
         expiry = _validation.instant_after(now, ttl, "ttl")
-
-        def hold_tokens(work: UnitOfWork) -> tuple[Transaction, int, Reservation | None]:
-            account = self._load(work, user_id)
-            prior = work.find_by_idempotency_key(key) if key is not None else None
-            if prior is not None:
-                entry = self.ledger.replay(prior, OperationType.RESERVE, user_id, amount, feature)
-                remaining = entry.balance_after
-            else:
-                hold = Reservation(_new_id(), user_id, amount, now, expiry, feature=feature)
-                change = self.ledger.reserve(account, now, hold, key)
-                entry = self._store(work, account, change)[-1]
-                remaining = change.account.spendable
-            stored = work.find_reservation(entry.reference) if entry.reference else None
-            return entry, remaining, stored
-
-        entry, remaining, reservation = self._write(hold_tokens)
-        if not entry.success or reservation is None:
-            raise InsufficientTokens(user_id, amount, remaining)
-        return reservation
+        hold = Reservation(operations.new_id(), user_id, amount, now, expiry, feature=feature)
+        spent = self._write(lambda: operations.reserve(self.policy, now, hold, key))
+        if not spent.entry.success or spent.reservation is None:
+            raise InsufficientTokens(user_id, amount, spent.remaining)
+        return spent.reservation
 
     def commit(self, reservation_id: str, actual_amount: int) -> DeductResult:
         """Spend ``actual_amount`` (at most what was reserved) and release the rest."""
@@ -390,48 +318,17 @@ class TokenLedger:
         reason = _validation.optional_text(reason, "reason")
         key = _validation.optional_identifier(idempotency_key, "idempotency_key")
         now = self.now()
-
-        def give_back(work: UnitOfWork) -> Transaction:
-            spent = work.find_transaction(transaction_id)
-            if spent is None:
-                raise TransactionNotFound(transaction_id)
-            account = self._load(work, spent.user_id)
-            prior = work.find_by_idempotency_key(key) if key is not None else None
-            if prior is not None:
-                return self.ledger.replay(
-                    prior, OperationType.REFUND, spent.user_id, amount, spent.feature
-                )
-            earlier = [
-                entry
-                for entry in work.entries_referencing(str(transaction_id))
-                if entry.operation_type is OperationType.REFUND
-            ]
-            change = self.ledger.refund(
-                account,
-                now,
-                spent,
-                earlier,
-                amount,
-                credit_grant_id=_new_id(),
-                reason=reason,
-                idempotency_key=key,
+        return self._write(
+            lambda: operations.refund(
+                self.policy, now, transaction_id, amount, reason=reason, idempotency_key=key
             )
-            return self._store(work, account, change)[-1]
-
-        return self._write(give_back)
+        )
 
     def reset_if_needed(self, user_id: str) -> bool:
         """Persist a pending reset; the seed's ``reset_user_tokens_if_needed``."""
         _validation.identifier(user_id, "user_id")
         now = self.now()
-
-        def reset(work: UnitOfWork) -> bool:
-            account = self._load(work, user_id)
-            change = self.ledger.reset(account, now)
-            self._store(work, account, change)
-            return _has_reset(change)
-
-        return self._write(reset)
+        return self._write(lambda: operations.reset(self.policy, now, user_id))
 
     def reset_all_stale(
         self,
@@ -453,19 +350,12 @@ class TokenLedger:
         cutoffs = self._stale_cutoffs(now)
         reset_count = 0
         after: str | None = None
-
-        def reset_batch(after: str | None, work: UnitOfWork) -> tuple[list[TokenAccount], int]:
-            batch = work.lock_stale_candidates(cutoffs, after, batch_size)
-            changes = [self.ledger.reset(account, now) for account in batch]
-            changed = [change for change in changes if change.entries]
-            work.save_accounts([change.account for change in changed])
-            work.save_grants([grant for change in changed for grant in change.grants])
-            work.save_reservations([r for change in changed for r in change.reservations])
-            work.append_transactions([e for change in changed for e in change.entries])
-            return batch, sum(1 for change in changed if _has_reset(change))
-
         while True:
-            batch, batch_resets = self._write(functools.partial(reset_batch, after))
+            batch, batch_resets = self._write(
+                functools.partial(
+                    operations.reset_batch, self.policy, now, cutoffs, after, batch_size
+                )
+            )
             reset_count += batch_resets
             if progress is not None:
                 progress(reset_count)
@@ -479,8 +369,7 @@ class TokenLedger:
         """The guide's health check: every account should be in the current period."""
         now = self.now()
         total = self.repository.count_accounts()
-        stale = sum(1 for _ in self._stale_accounts(now))
-        return Health(total_users=total, current=total - stale, stale=stale, checked_at=now)
+        return monitoring.health(total, self._count_behind(now), now)
 
     def alerts(
         self,
@@ -498,48 +387,26 @@ class TokenLedger:
         than ``stale_after``; ``failed_transactions`` counts refused operations in
         the last ``failed_window``; ``high_usage`` counts accounts that used more
         than ``usage_ratio`` of their limit in the current period (the guide only
-        watches it, so by default it has no threshold).
+        watches it, so by default it has no threshold). See :class:`AlertThresholds`.
         """
         now = self.now()
-        _validation.non_negative_int(stale_threshold, "stale_threshold")
-        _validation.non_negative_int(failed_threshold, "failed_threshold")
-        if high_usage_threshold is not None:
-            _validation.non_negative_int(high_usage_threshold, "high_usage_threshold")
-        if isinstance(usage_ratio, bool) or not isinstance(usage_ratio, (int, float)):
-            raise InvalidInput(f"usage_ratio must be a number, got {usage_ratio!r}")
-        if not 0 <= usage_ratio <= 1:
-            raise InvalidInput(f"usage_ratio must be between 0 and 1, got {usage_ratio}")
-        stale_at = _validation.instant_before(now, stale_after, "stale_after")
-        failed_since = _validation.instant_before(now, failed_window, "failed_window")
-
-        overdue = sum(1 for _ in self._stale_accounts(stale_at))
-        failed = self.repository.count_transactions(HistoryQuery(success=False, since=failed_since))
+        thresholds = AlertThresholds(
+            stale_after=stale_after,
+            stale_threshold=stale_threshold,
+            failed_window=failed_window,
+            failed_threshold=failed_threshold,
+            usage_ratio=usage_ratio,
+            high_usage_threshold=high_usage_threshold,
+        )
+        overdue = self._count_behind(thresholds.stale_at(now))
+        refused = HistoryQuery(success=False, since=thresholds.failed_since(now))
+        failed = self.repository.count_transactions(refused)
         high = sum(
             1
-            for account in self._scan(AccountFilter(usage_above=float(usage_ratio)))
-            if not account.as_of(self.policy, now).entries
+            for account in self._scan(AccountFilter(usage_above=float(thresholds.usage_ratio)))
+            if not account.is_stale(self.policy, now)
         )
-        return AlertReport(
-            stale_resets=Alert(
-                "stale_resets",
-                overdue,
-                stale_threshold,
-                f"accounts whose reset has been pending for more than {_duration(stale_after)}",
-            ),
-            failed_transactions=Alert(
-                "failed_transactions",
-                failed,
-                failed_threshold,
-                f"refused operations in the last {_duration(failed_window)}",
-            ),
-            high_usage=Alert(
-                "high_usage",
-                high,
-                high_usage_threshold,
-                f"accounts above {usage_ratio:.0%} of their limit this period",
-            ),
-            checked_at=now,
-        )
+        return monitoring.alerts(thresholds, overdue, failed, high, now)
 
     def reconcile(self, user_id: str | None = None) -> list[Discrepancy]:
         """Recompute balances from the ledger and list where the stored ones differ.
@@ -590,24 +457,20 @@ class TokenLedger:
     # helpers
 
     def _scan(self, where: AccountFilter) -> Iterator[TokenAccount]:
-        after: str | None = None
-        while True:
-            page = self.repository.scan_accounts(where, after, SCAN_PAGE_SIZE)
-            yield from page
-            if len(page) < SCAN_PAGE_SIZE:
-                return
-            after = page[-1].user_id
+        return paged(
+            lambda after: self.repository.scan_accounts(where, after, SCAN_PAGE_SIZE),
+            lambda account: account.user_id,
+            SCAN_PAGE_SIZE,
+        )
 
     def _all_entries(self, user_id: str) -> Iterator[Transaction]:
-        before: int | None = None
-        while True:
-            page = self.repository.history(
+        return paged(
+            lambda before: self.repository.history(
                 HistoryQuery(user_id=user_id, before_id=before, limit=MAX_HISTORY_LIMIT)
-            )
-            yield from page
-            if len(page) < MAX_HISTORY_LIMIT:
-                return
-            before = page[-1].id
+            ),
+            lambda entry: entry.id,
+            MAX_HISTORY_LIMIT,
+        )
 
     def _stale_cutoffs(self, now: datetime) -> StaleCutoffs:
         return StaleCutoffs(
@@ -615,92 +478,34 @@ class TokenLedger:
             anchored=now - self.policy.shortest_period,
         )
 
-    def _stale_accounts(self, at: datetime) -> Iterator[TokenAccount]:
-        """Accounts that had a reset pending at ``at``."""
-        for account in self._scan(AccountFilter(stale=self._stale_cutoffs(at))):
-            if account.as_of(self.policy, at).entries:
-                yield account
+    def _count_behind(self, at: datetime) -> int:
+        """How many accounts had a reset pending at ``at``."""
+        candidates = self._scan(AccountFilter(stale=self._stale_cutoffs(at)))
+        return sum(1 for account in candidates if account.is_stale(self.policy, at))
 
     def _new_account(
         self, user_id: str, monthly_limit: int, reset_anchor: datetime | None
     ) -> TokenAccount:
         _validation.identifier(user_id, "user_id")
-        self.ledger.check_limit(monthly_limit)
+        check_monthly_limit(monthly_limit)
         anchor = _validation.optional_instant(reset_anchor, "reset_anchor")
-        return self.ledger.open(user_id, monthly_limit, self.now(), anchor)
+        return TokenAccount.open(user_id, monthly_limit, self.policy, self.now(), anchor)
 
-    @staticmethod
-    def _load(work: UnitOfWork, user_id: str) -> TokenAccount:
-        account = work.load_account(user_id)
-        if account is None:
-            raise AccountNotFound(user_id)
-        return account
-
-    def _write(self, operation: Callable[[UnitOfWork], T]) -> T:
-        """Run ``operation`` in one unit of work, from the start again if it lost a race.
-
-        A transient failure rolled everything back, so the next attempt (with
-        the same instant and idempotency key) applies the operation at most
-        once. The pause is random so that the writers that collided spread out.
-        """
-        for attempt in range(1, WRITE_ATTEMPTS):
-            try:
-                with self.repository.unit_of_work() as work:
-                    return operation(work)
-            except TransientStorageError:
-                time.sleep(random.uniform(0, min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2**attempt)))
-        with self.repository.unit_of_work() as work:
-            return operation(work)
+    def _write(self, operation: Callable[[], Operation[T]]) -> T:
+        """Run a fresh ``operation()`` in a unit of work, again from the start if it lost a race."""
+        return write_with_retries(self.repository, lambda work: operations.run(operation(), work))
 
     def _settle(self, reservation_id: str, actual: int | None) -> DeductResult:
         _validation.identifier(reservation_id, "reservation_id")
         now = self.now()
-
-        def settle(work: UnitOfWork) -> tuple[Transaction, int]:
-            found = work.find_reservation(reservation_id)
-            if found is None:
-                raise ReservationNotFound(reservation_id)
-            account = self._load(work, found.user_id)
-            hold = next((h for h in account.holds if h.id == reservation_id), None)
-            if hold is None or not hold.is_held(now):
-                status = ReservationStatus.EXPIRED if hold is not None else found.status
-                raise ReservationClosed(reservation_id, str(status))
-            if actual is not None and actual > hold.amount:
-                raise InvalidAmount(
-                    f"cannot commit {actual} tokens: reservation {reservation_id!r}"
-                    f" holds {hold.amount}"
-                )
-            change = self.ledger.settle_hold(account, now, reservation_id, actual)
-            return self._store(work, account, change)[-1], change.account.spendable
-
-        entry, remaining = self._write(settle)
-        if not entry.success:
-            raise InsufficientTokens(entry.user_id, entry.amount, remaining)
-        return DeductResult(True, entry.balance_after, entry)
-
-    @staticmethod
-    def _store(work: UnitOfWork, before: TokenAccount, change: Change) -> list[Transaction]:
-        if change.account != before:
-            work.save_accounts([change.account])
-        if change.grants:
-            work.save_grants(change.grants)
-        if change.reservations:
-            work.save_reservations(change.reservations)
-        return work.append_transactions(change.entries)
+        return _deducted(
+            self._write(lambda: operations.settle(self.policy, now, reservation_id, actual))
+        )
 
 
-def _duration(delta: timedelta) -> str:
-    """``1 day``, ``1 hour``, ``90 minutes``: how an operator would say it."""
-    for unit, seconds in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
-        count, rest = divmod(delta.total_seconds(), seconds)
-        if count and not rest:
-            return f"{int(count)} {unit}{'s' if count != 1 else ''}"
-    return str(delta)
-
-
-def _has_reset(change: Change) -> bool:
-    return any(entry.operation_type is OperationType.RESET for entry in change.entries)
-
-
-def _new_id() -> str:
-    return uuid.uuid4().hex
+def _deducted(spent: operations.Spent) -> DeductResult:
+    """The result of a spending write, or the refusal its failed entry records."""
+    entry = spent.entry
+    if not entry.success:
+        raise InsufficientTokens(entry.user_id, entry.amount, spent.remaining)
+    return DeductResult(True, entry.balance_after, entry)

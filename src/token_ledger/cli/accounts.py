@@ -1,0 +1,237 @@
+"""One user's account: ``account create|show|set-limit``, ``status``, and the moves of tokens.
+
+``deduct`` spends, ``grant`` adds tokens that do not reset, ``refund`` gives back a deduction:
+each is one library call on one account, printed as the account's fields or one line of text.
+Here too is how an account and its status are shown, as the seed's JSON (``monthlyUsed``...)
+and as the library names the fields.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import attrs
+import click
+
+from token_ledger import TokenStatus
+from token_ledger.account import TokenAccount
+from token_ledger.application import TokenLedger
+from token_ledger.cli import values
+from token_ledger.cli.output import (
+    RECORD_FORMAT,
+    echo_json,
+    echo_record,
+    echo_table,
+    fmt_option,
+    json_option,
+    plural,
+)
+from token_ledger.cli.root import cli, open_ledger
+from token_ledger.errors import InsufficientTokens
+
+
+def _status_fields(current: TokenStatus) -> dict[str, object]:
+    """Every field of :class:`TokenStatus`, named as the library names it."""
+    return {field.name: getattr(current, field.name) for field in attrs.fields(TokenStatus)}
+
+
+def _camel_case(name: str) -> str:
+    first, *others = name.split("_")
+    return first + "".join(word.capitalize() for word in others)
+
+
+def _status_json(current: TokenStatus) -> dict[str, object]:
+    """The seed's status JSON (``monthlyUsed``...), then every other field, camel-cased alike."""
+    fields = {_camel_case(name): value for name, value in _status_fields(current).items()}
+    return {**current.to_dict(), **fields}
+
+
+def _account_fields(ledger: TokenLedger, account: TokenAccount) -> dict[str, object]:
+    """The stored ``user_tokens`` row; ``reset_pending`` when the next write will reset it."""
+    return {
+        "user_id": account.user_id,
+        "monthly_limit": account.monthly_limit,
+        "monthly_tokens_used": account.monthly_tokens_used,
+        "last_monthly_reset": account.last_monthly_reset,
+        "reset_anchor": account.reset_anchor,
+        "created_at": account.created_at,
+        "updated_at": account.updated_at,
+        "overage_limit": account.overage_limit,
+        "grant_balance": account.grant_balance,
+        "reserved_tokens": account.reserved_tokens,
+        "reset_pending": account.is_stale(ledger.policy, ledger.now()),
+    }
+
+
+# the account
+
+
+@cli.group()
+def account() -> None:
+    """Open, show and change one user's account."""
+
+
+@account.command("create")
+@click.argument("user")
+@click.option("--limit", "monthly_limit", type=int, required=True, help="Tokens per period.")
+@click.option(
+    "--reset-anchor",
+    callback=values.instant,
+    metavar="INSTANT",
+    help="Reset on this instant's day of the month (an anniversary) instead of the 1st.",
+)
+@click.option(
+    "--exist-ok", is_flag=True, help="Show an existing account, as stored, instead of refusing."
+)
+@json_option
+@fmt_option(RECORD_FORMAT)
+def account_create(
+    user: str,
+    monthly_limit: int,
+    reset_anchor: datetime | None,
+    exist_ok: bool,
+    as_json: bool,
+    fmt: str,
+) -> None:
+    """Open USER's account with a limit of tokens per period."""
+    ledger = open_ledger()
+    open_account = ledger.ensure_account if exist_ok else ledger.open_account
+    opened = open_account(user, monthly_limit, reset_anchor=reset_anchor)
+    echo_record(_account_fields(ledger, opened), as_json, fmt)
+
+
+@account.command("show")
+@click.argument("user")
+@json_option
+@fmt_option(RECORD_FORMAT)
+def account_show(user: str, as_json: bool, fmt: str) -> None:
+    """USER's stored row; compare with `status`, which applies a pending reset."""
+    ledger = open_ledger()
+    echo_record(_account_fields(ledger, ledger.get_account(user)), as_json, fmt)
+
+
+@account.command("set-limit")
+@click.argument("user")
+@click.argument("limit", type=int, required=False)
+@click.option("--overage", type=int, help="Tokens a deduction may go past the limit.")
+@json_option
+@fmt_option(RECORD_FORMAT)
+def account_set_limit(
+    user: str, limit: int | None, overage: int | None, as_json: bool, fmt: str
+) -> None:
+    """Change USER's limit (and/or overage limit) now, keeping this period's usage."""
+    ledger = open_ledger()
+    updated = ledger.set_limit(user, limit, overage_limit=overage)
+    echo_record(_account_fields(ledger, updated), as_json, fmt)
+
+
+# spending and giving
+
+
+@cli.command()
+@click.argument("user")
+@json_option
+@fmt_option(RECORD_FORMAT)
+def status(user: str, as_json: bool, fmt: str) -> None:
+    """What USER may still spend this period; --json leads with the seed's status JSON."""
+    current = open_ledger().status(user)
+    if as_json:
+        echo_json(_status_json(current))
+    else:
+        echo_table(list(_status_fields(current).items()), fmt=fmt)
+
+
+@cli.command()
+@click.argument("user")
+@click.argument("amount", type=int)
+@click.option(
+    "--expires-at",
+    callback=values.instant,
+    metavar="INSTANT",
+    help="When the grant stops counting.",
+)
+@click.option("--reason", help="Why the tokens were granted (a purchase, a promotion).")
+@click.option("--idempotency-key", help="A retry with the same key changes nothing.")
+@json_option
+def grant(
+    user: str,
+    amount: int,
+    expires_at: datetime | None,
+    reason: str | None,
+    idempotency_key: str | None,
+    as_json: bool,
+) -> None:
+    """Give USER AMOUNT tokens that do not reset monthly."""
+    entry = open_ledger().grant(
+        user, amount, expires_at=expires_at, reason=reason, idempotency_key=idempotency_key
+    )
+    if as_json:
+        echo_json(entry.to_dict())
+    else:
+        click.echo(f"Granted {plural(amount, 'token')} to {user!r} (grant {entry.reference}).")
+
+
+@cli.command()
+@click.argument("transaction_id", type=int)
+@click.argument("amount", type=int, required=False)
+@click.option("--reason", help="Why the tokens are given back.")
+@click.option("--idempotency-key", help="A retry with the same key changes nothing.")
+@json_option
+def refund(
+    transaction_id: int,
+    amount: int | None,
+    reason: str | None,
+    idempotency_key: str | None,
+    as_json: bool,
+) -> None:
+    """Give back AMOUNT (default: all that is left) of the deduction TRANSACTION_ID."""
+    entry = open_ledger().refund(
+        transaction_id, amount, reason=reason, idempotency_key=idempotency_key
+    )
+    if as_json:
+        echo_json(entry.to_dict())
+    else:
+        click.echo(
+            f"Refunded {plural(entry.amount, 'token')} of #{transaction_id}"
+            f" to {entry.user_id!r} (entry #{entry.id})."
+        )
+
+
+@cli.command()
+@click.argument("user")
+@click.argument("amount", type=int)
+@click.option("--feature", help="What the tokens were spent on.")
+@click.option(
+    "--context",
+    callback=values.json_object,
+    metavar="JSON",
+    help="A JSON object stored with the entry.",
+)
+@click.option("--idempotency-key", help="A retry with the same key changes nothing.")
+@json_option
+def deduct(
+    user: str,
+    amount: int,
+    feature: str | None,
+    context: dict[str, Any] | None,
+    idempotency_key: str | None,
+    as_json: bool,
+) -> None:
+    """Spend AMOUNT of USER's tokens; too few left exits 1 and is recorded as failed."""
+    ledger = open_ledger()
+    try:
+        result = ledger.deduct(
+            user, amount, feature=feature, context=context, idempotency_key=idempotency_key
+        )
+    except InsufficientTokens as refused:
+        if as_json:
+            echo_json({"success": False, "monthlyRemaining": refused.remaining})
+        raise
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        click.echo(
+            f"Deducted {plural(amount, 'token')} from {user!r}:"
+            f" {result.monthly_remaining} remaining."
+        )

@@ -1,0 +1,286 @@
+"""Every write of the ledger, written once, performing no I/O itself.
+
+An operation is a generator: it yields each call it needs of a unit of work
+(:class:`Call`: "load this account", "append these entries"), is sent the
+answer, lets the domain decide, and returns its result. It never touches a
+connection, so the same operation runs unchanged under any runner: the
+synchronous facade's (:func:`run`), an asyncio one that awaits each call, or
+a transaction the caller owns. This is the sans-I/O shape of h11: the
+protocol is written once, the shells that do the I/O are thin.
+
+The checks of the caller's arguments happen before an operation is made;
+the rules that need stored state (a reservation still held, what is left
+to refund, an idempotency key used before) are the domain's, applied here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Generator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import attrs
+
+from token_ledger.account import Change, TokenAccount
+from token_ledger.errors import (
+    AccountExists,
+    AccountNotFound,
+    ReservationNotFound,
+    TransactionNotFound,
+)
+from token_ledger.grants import Grant, Reservation
+from token_ledger.policy import MonthlyResetPolicy
+from token_ledger.repository import StaleCutoffs, UnitOfWork
+from token_ledger.transactions import OperationType, Transaction, replay
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Call:
+    """One call of a :class:`~token_ledger.repository.UnitOfWork` method, by name."""
+
+    method: str
+    arguments: tuple[Any, ...]
+
+
+Operation = Generator[Call, Any, T]
+"""Yields calls, is sent each call's answer, returns ``T``."""
+
+
+def run(operation: Operation[T], work: UnitOfWork) -> T:
+    """Run ``operation`` against ``work``, one call at a time, in this thread."""
+    answer: Any = None
+    while True:
+        try:
+            call = operation.send(answer)
+        except StopIteration as finished:
+            result: T = finished.value
+            return result
+        answer = getattr(work, call.method)(*call.arguments)
+
+
+@attrs.frozen
+class Spent:
+    """The entry that records a spending operation, and what may still be spent after it."""
+
+    entry: Transaction
+    remaining: int
+    reservation: Reservation | None = None
+
+
+# steps shared by the operations
+
+
+def _load(user_id: str) -> Operation[TokenAccount]:
+    account: TokenAccount | None = yield Call("load_account", (user_id,))
+    if account is None:
+        raise AccountNotFound(user_id)
+    return account
+
+
+def _prior(
+    key: str | None,
+    operation_type: OperationType,
+    user_id: str,
+    amount: int | None,
+    feature: str | None = None,
+) -> Operation[Transaction | None]:
+    """The entry an earlier call with the same idempotency key stored, if any."""
+    if key is None:
+        return None
+    prior: Transaction | None = yield Call("find_by_idempotency_key", (key,))
+    return None if prior is None else replay(prior, operation_type, user_id, amount, feature)
+
+
+def _store(before: TokenAccount, change: Change) -> Operation[list[Transaction]]:
+    """Write what ``change`` changed, and the entries, which come back with their ids."""
+    if change.account != before:
+        yield Call("save_accounts", ([change.account],))
+    if change.grants:
+        yield Call("save_grants", (change.grants,))
+    if change.reservations:
+        yield Call("save_reservations", (change.reservations,))
+    stored: list[Transaction] = yield Call("append_transactions", (change.entries,))
+    return stored
+
+
+# the operations
+
+
+def open_account(account: TokenAccount) -> Operation[TokenAccount]:
+    inserted = yield Call("insert_account", (account,))
+    if not inserted:
+        raise AccountExists(account.user_id)
+    return account
+
+
+def ensure_account(account: TokenAccount) -> Operation[TokenAccount]:
+    inserted = yield Call("insert_account", (account,))
+    if inserted:
+        return account
+    return (yield from _load(account.user_id))
+
+
+def deduct(
+    policy: MonthlyResetPolicy,
+    now: datetime,
+    user_id: str,
+    amount: int,
+    *,
+    feature: str | None,
+    context: Mapping[str, Any],
+    idempotency_key: str | None,
+) -> Operation[Spent]:
+    account = yield from _load(user_id)
+    prior = yield from _prior(idempotency_key, OperationType.DEDUCT, user_id, amount, feature)
+    if prior is not None:
+        return Spent(prior, prior.balance_after)
+    change = account.deduct(
+        policy,
+        now,
+        amount,
+        feature=feature,
+        context=dict(context),
+        idempotency_key=idempotency_key,
+    )
+    stored = yield from _store(account, change)
+    return Spent(stored[-1], change.account.spendable)
+
+
+def set_limits(
+    policy: MonthlyResetPolicy,
+    now: datetime,
+    user_id: str,
+    monthly_limit: int | None,
+    overage_limit: int | None,
+) -> Operation[TokenAccount]:
+    """Change either limit or both; the one not given keeps its stored value."""
+    account = yield from _load(user_id)
+    change = account.with_limits(
+        policy,
+        now,
+        account.monthly_limit if monthly_limit is None else monthly_limit,
+        account.overage_limit if overage_limit is None else overage_limit,
+    )
+    yield from _store(account, change)
+    return change.account
+
+
+def grant(
+    policy: MonthlyResetPolicy,
+    now: datetime,
+    offered: Grant,
+    idempotency_key: str | None,
+) -> Operation[Transaction]:
+    account = yield from _load(offered.user_id)
+    prior = yield from _prior(idempotency_key, OperationType.GRANT, offered.user_id, offered.amount)
+    if prior is not None:
+        return prior
+    change = account.add_grant(policy, now, offered, idempotency_key=idempotency_key)
+    return (yield from _store(account, change))[-1]
+
+
+def reserve(
+    policy: MonthlyResetPolicy,
+    now: datetime,
+    hold: Reservation,
+    idempotency_key: str | None,
+) -> Operation[Spent]:
+    account = yield from _load(hold.user_id)
+    prior = yield from _prior(
+        idempotency_key, OperationType.RESERVE, hold.user_id, hold.amount, hold.feature
+    )
+    if prior is not None:
+        spent = Spent(prior, prior.balance_after)
+    else:
+        change = account.reserve(policy, now, hold, idempotency_key=idempotency_key)
+        stored = yield from _store(account, change)
+        spent = Spent(stored[-1], change.account.spendable)
+    reference = spent.entry.reference
+    if not reference:
+        return spent
+    reservation = yield Call("find_reservation", (reference,))
+    return attrs.evolve(spent, reservation=reservation)
+
+
+def settle(
+    policy: MonthlyResetPolicy, now: datetime, reservation_id: str, actual: int | None
+) -> Operation[Spent]:
+    """Commit ``actual`` tokens of a reservation, or release it whole (``actual=None``)."""
+    found: Reservation | None = yield Call("find_reservation", (reservation_id,))
+    if found is None:
+        raise ReservationNotFound(reservation_id)
+    account = yield from _load(found.user_id)
+    change = account.settle_hold(policy, now, found, actual)
+    stored = yield from _store(account, change)
+    return Spent(stored[-1], change.account.spendable)
+
+
+def refund(
+    policy: MonthlyResetPolicy,
+    now: datetime,
+    transaction_id: int,
+    amount: int | None,
+    *,
+    reason: str | None,
+    idempotency_key: str | None,
+) -> Operation[Transaction]:
+    spent: Transaction | None = yield Call("find_transaction", (transaction_id,))
+    if spent is None:
+        raise TransactionNotFound(transaction_id)
+    account = yield from _load(spent.user_id)
+    prior = yield from _prior(
+        idempotency_key, OperationType.REFUND, spent.user_id, amount, spent.feature
+    )
+    if prior is not None:
+        return prior
+    referencing = yield Call("entries_referencing", (str(transaction_id),))
+    change = account.refund(
+        policy,
+        now,
+        spent,
+        referencing,
+        amount,
+        credit_grant_id=new_id(),
+        reason=reason,
+        idempotency_key=idempotency_key,
+    )
+    return (yield from _store(account, change))[-1]
+
+
+def reset(policy: MonthlyResetPolicy, now: datetime, user_id: str) -> Operation[bool]:
+    """Store a pending reset; whether there was one."""
+    account = yield from _load(user_id)
+    change = account.as_of(policy, now)
+    yield from _store(account, change)
+    return change.has_reset
+
+
+def reset_batch(
+    policy: MonthlyResetPolicy,
+    now: datetime,
+    cutoffs: StaleCutoffs,
+    after_user_id: str | None,
+    batch_size: int,
+) -> Operation[tuple[Sequence[TokenAccount], int]]:
+    """Store the pending resets of the next ``batch_size`` candidates after ``after_user_id``.
+
+    Returns the candidates (the last one is where the next batch starts) and
+    how many of them were reset.
+    """
+    batch: list[TokenAccount] = yield Call(
+        "lock_stale_candidates", (cutoffs, after_user_id, batch_size)
+    )
+    changed = [change for change in (a.as_of(policy, now) for a in batch) if change.entries]
+    yield Call("save_accounts", ([change.account for change in changed],))
+    yield Call("save_grants", ([grant for change in changed for grant in change.grants],))
+    yield Call("save_reservations", ([r for change in changed for r in change.reservations],))
+    yield Call("append_transactions", ([e for change in changed for e in change.entries],))
+    return batch, sum(1 for change in changed if change.has_reset)
+
+
+def new_id() -> str:
+    """A fresh id for a grant or a reservation: random, so no two writers pick the same."""
+    return uuid.uuid4().hex

@@ -1,0 +1,91 @@
+"""Where the tokens of a refund go back: the rule, decided on values alone.
+
+Applying the decision to an account is :meth:`TokenAccount.refund`'s job;
+deciding it is this module's, so that it can be read and tested without one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from datetime import datetime
+
+import attrs
+
+from token_ledger.errors import InvalidAmount, InvalidInput
+from token_ledger.transactions import OperationType, Transaction
+
+REFUNDABLE = frozenset({OperationType.DEDUCT, OperationType.COMMIT})
+
+
+@attrs.frozen
+class RefundPlan:
+    """How many tokens of a refund go back to which balance."""
+
+    usage: int
+    """Back to this period's usage."""
+    grants: tuple[tuple[str, int], ...]
+    """Back to live grants the deduction drew on, by grant id."""
+    credit: int
+    """Credited as a new grant that never expires: the rest had no live home."""
+
+
+def earlier_refunds(referencing: Iterable[Transaction]) -> list[Transaction]:
+    """Of the entries that reference a deduction, the refunds of it."""
+    return [entry for entry in referencing if entry.operation_type is OperationType.REFUND]
+
+
+def refundable(spent: Transaction, earlier: Iterable[Transaction], amount: int | None) -> int:
+    """The amount to refund (default: all that is left of ``spent``), or the refusal.
+
+    Only successful deductions and commits are refunded, and never more than
+    is left of them after earlier refunds.
+    """
+    if spent.operation_type not in REFUNDABLE or not spent.success:
+        raise InvalidInput(f"entry #{spent.id} is not a successful deduction")
+    left = spent.amount - sum(refund.amount for refund in earlier)
+    if left == 0:
+        raise InvalidAmount(f"entry #{spent.id} has already been refunded in full")
+    if amount is None:
+        return left
+    if amount > left:
+        raise InvalidAmount(
+            f"cannot refund {amount} tokens of entry #{spent.id}: only {left} are left of it"
+        )
+    return amount
+
+
+def plan_refund(
+    spent: Transaction,
+    already_refunded: int,
+    amount: int,
+    *,
+    period_start: datetime,
+    live_grant_ids: Collection[str],
+) -> RefundPlan:
+    """Walk the deduction's sources in a fixed order (its usage, then each grant it drew
+    on), skipping what earlier refunds already returned.
+
+    Tokens go back where they came from when that still exists: usage of the
+    period starting at ``period_start``, a grant that is still live. Anything
+    else (usage of an ended period, an expired or spent grant) is credited,
+    because the ended period's allowance can no longer be spent.
+    """
+    sources = [("usage", spent.effects.usage), *((g, -a) for g, a in spent.effects.grants)]
+    in_this_period = spent.created_at >= period_start
+    usage = credit = 0
+    grants: dict[str, int] = {}
+    to_skip, to_return = already_refunded, amount
+    for source, size in sources:
+        skipped = min(to_skip, size)
+        to_skip -= skipped
+        part = min(to_return, size - skipped)
+        to_return -= part
+        if not part:
+            continue
+        if source == "usage" and in_this_period:
+            usage += part
+        elif source in live_grant_ids:
+            grants[source] = part
+        else:
+            credit += part
+    return RefundPlan(usage, tuple(grants.items()), credit)
