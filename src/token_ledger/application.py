@@ -1,31 +1,29 @@
-"""``TokenLedger``: the domain, a repository and a clock, wired into one object."""
+"""``TokenLedger``: the domain, a repository and a clock, wired into one object.
+
+Each public call asks :mod:`token_ledger.commands` to check its arguments and
+make its operation, then runs it (:meth:`TokenLedger._perform`): the rules
+live in the domain, the steps in :mod:`token_ledger.operations` and
+:mod:`token_ledger.reads`, and this class only chooses how to run them.
+"""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from token_ledger import _validation, monitoring, operations
-from token_ledger.account import TokenAccount, check_monthly_limit
+from token_ledger import _validation, commands, operations
+from token_ledger.account import TokenAccount
 from token_ledger.clock import Clock, system_clock
-from token_ledger.errors import AccountNotFound, InsufficientTokens, InvalidAmount, InvalidInput
-from token_ledger.grants import Grant, Reservation
+from token_ledger.commands import DEFAULT_RESERVATION_TTL, DEFAULT_RESET_BATCH_SIZE, Command
+from token_ledger.grants import Reservation
 from token_ledger.memory import MemoryRepository
-from token_ledger.monitoring import AlertReport, AlertThresholds, Health
-from token_ledger.operations import Operation
+from token_ledger.monitoring import AlertReport, Health
 from token_ledger.policy import MonthlyResetPolicy
-from token_ledger.reconciliation import Discrepancy, reconcile_account
-from token_ledger.repository import (
-    MAX_HISTORY_LIMIT,
-    AccountFilter,
-    HistoryQuery,
-    StaleCutoffs,
-    TokenRepository,
-)
+from token_ledger.reconciliation import Discrepancy
+from token_ledger.repository import TokenRepository
 from token_ledger.results import DeductResult, History, TokenStatus
-from token_ledger.storage import paged, write_with_retries
+from token_ledger.storage import write_with_retries
 from token_ledger.transactions import OperationType, Transaction
 
 if TYPE_CHECKING:
@@ -37,11 +35,10 @@ if TYPE_CHECKING:
 
     from token_ledger.postgres import PostgresTarget
 
-DEFAULT_RESET_BATCH_SIZE = 1000
-DEFAULT_RESERVATION_TTL = timedelta(minutes=15)
-SCAN_PAGE_SIZE = 1000
+__all__ = ["DEFAULT_RESERVATION_TTL", "DEFAULT_RESET_BATCH_SIZE", "TokenLedger"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class TokenLedger:
@@ -151,8 +148,9 @@ class TokenLedger:
         self, user_id: str, monthly_limit: int, *, reset_anchor: datetime | None = None
     ) -> TokenAccount:
         """Create the user's account; :class:`AccountExists` if there is one already."""
-        account = self._new_account(user_id, monthly_limit, reset_anchor)
-        return self._write(lambda: operations.open_account(account))
+        return self._perform(
+            commands.open_account(self.policy, self.now(), user_id, monthly_limit, reset_anchor)
+        )
 
     def ensure_account(
         self, user_id: str, monthly_limit: int, *, reset_anchor: datetime | None = None
@@ -161,19 +159,17 @@ class TokenLedger:
 
         An existing account is returned as stored: its limit is not changed.
         """
-        account = self._new_account(user_id, monthly_limit, reset_anchor)
-        return self._write(lambda: operations.ensure_account(account))
+        return self._perform(
+            commands.ensure_account(self.policy, self.now(), user_id, monthly_limit, reset_anchor)
+        )
 
     def get_account(self, user_id: str) -> TokenAccount:
         """The account as stored, which may hold a reset that is still pending."""
-        account = self.repository.get_account(_validation.identifier(user_id, "user_id"))
-        if account is None:
-            raise AccountNotFound(user_id)
-        return account
+        return self._perform(commands.get_account(user_id))
 
     def status(self, user_id: str) -> TokenStatus:
         """Usage in the current period; a pending reset is shown but not written."""
-        return TokenStatus.of(self.get_account(user_id), self.policy, self.now())
+        return self._perform(commands.status(self.policy, self.now(), user_id))
 
     # writes
 
@@ -192,24 +188,17 @@ class TokenLedger:
         :class:`InsufficientTokens` is raised. A retry with the same
         ``idempotency_key`` returns (or raises) the original outcome and writes nothing.
         """
-        _validation.identifier(user_id, "user_id")
-        _validation.positive_int(amount)
-        feature = _validation.optional_identifier(feature, "feature")
-        key = _validation.optional_identifier(idempotency_key, "idempotency_key")
-        checked_context = _validation.json_context(context)
-        now = self.now()
-        spent = self._write(
-            lambda: operations.deduct(
+        return self._perform(
+            commands.deduct(
                 self.policy,
-                now,
+                self.now(),
                 user_id,
                 amount,
                 feature=feature,
-                context=checked_context,
-                idempotency_key=key,
+                context=context,
+                idempotency_key=idempotency_key,
             )
         )
-        return _deducted(spent)
 
     def set_limit(
         self,
@@ -223,16 +212,8 @@ class TokenLedger:
         A downgrade below what was already used leaves nothing remaining, never
         a negative balance. Recorded as a ``limit_change`` entry.
         """
-        _validation.identifier(user_id, "user_id")
-        if monthly_limit is None and overage_limit is None:
-            raise InvalidAmount("set_limit needs a monthly_limit, an overage_limit, or both")
-        if monthly_limit is not None:
-            check_monthly_limit(monthly_limit)
-        if overage_limit is not None:
-            _validation.non_negative_int(overage_limit, "overage_limit")
-        now = self.now()
-        return self._write(
-            lambda: operations.set_limits(self.policy, now, user_id, monthly_limit, overage_limit)
+        return self._perform(
+            commands.set_limit(self.policy, self.now(), user_id, monthly_limit, overage_limit)
         )
 
     def grant(
@@ -250,14 +231,17 @@ class TokenLedger:
         stop counting at ``expires_at``. Returns the ``grant`` entry; its
         ``reference`` is the grant's id.
         """
-        _validation.identifier(user_id, "user_id")
-        _validation.positive_int(amount)
-        reason = _validation.optional_text(reason, "reason")
-        key = _validation.optional_identifier(idempotency_key, "idempotency_key")
-        now = self.now()
-        expiry = _validation.optional_instant(expires_at, "expires_at")
-        offered = Grant.offered(operations.new_id(), user_id, amount, now, expiry, reason)
-        return self._write(lambda: operations.grant(self.policy, now, offered, key))
+        return self._perform(
+            commands.grant(
+                self.policy,
+                self.now(),
+                user_id,
+                amount,
+                expires_at=expires_at,
+                reason=reason,
+                idempotency_key=idempotency_key,
+            )
+        )
 
     def reserve(
         self,
@@ -275,26 +259,27 @@ class TokenLedger:
         the next write). A hold survives a period reset: it is committed
         against the period it is committed in.
         """
-        _validation.identifier(user_id, "user_id")
-        _validation.positive_int(amount)
-        feature = _validation.optional_identifier(feature, "feature")
-        key = _validation.optional_identifier(idempotency_key, "idempotency_key")
-        now = self.now()
-        expiry = _validation.instant_after(now, ttl, "ttl")
-        hold = Reservation(operations.new_id(), user_id, amount, now, expiry, feature=feature)
-        spent = self._write(lambda: operations.reserve(self.policy, now, hold, key))
-        if not spent.entry.success or spent.reservation is None:
-            raise InsufficientTokens(user_id, amount, spent.remaining)
-        return spent.reservation
+        return self._perform(
+            commands.reserve(
+                self.policy,
+                self.now(),
+                user_id,
+                amount,
+                ttl=ttl,
+                feature=feature,
+                idempotency_key=idempotency_key,
+            )
+        )
 
     def commit(self, reservation_id: str, actual_amount: int) -> DeductResult:
         """Spend ``actual_amount`` (at most what was reserved) and release the rest."""
-        _validation.non_negative_int(actual_amount, "actual_amount")
-        return self._settle(reservation_id, actual_amount)
+        return self._perform(
+            commands.commit(self.policy, self.now(), reservation_id, actual_amount)
+        )
 
     def release(self, reservation_id: str) -> DeductResult:
         """Give a hold back whole, spending nothing."""
-        return self._settle(reservation_id, None)
+        return self._perform(commands.release(self.policy, self.now(), reservation_id))
 
     def refund(
         self,
@@ -312,23 +297,20 @@ class TokenLedger:
         a new grant that never expires, since that allowance cannot be spent
         any more. Returns the ``refund`` entry.
         """
-        _validation.positive_int(transaction_id, "transaction_id")
-        if amount is not None:
-            _validation.positive_int(amount)
-        reason = _validation.optional_text(reason, "reason")
-        key = _validation.optional_identifier(idempotency_key, "idempotency_key")
-        now = self.now()
-        return self._write(
-            lambda: operations.refund(
-                self.policy, now, transaction_id, amount, reason=reason, idempotency_key=key
+        return self._perform(
+            commands.refund(
+                self.policy,
+                self.now(),
+                transaction_id,
+                amount,
+                reason=reason,
+                idempotency_key=idempotency_key,
             )
         )
 
     def reset_if_needed(self, user_id: str) -> bool:
         """Persist a pending reset; the seed's ``reset_user_tokens_if_needed``."""
-        _validation.identifier(user_id, "user_id")
-        now = self.now()
-        return self._write(lambda: operations.reset(self.policy, now, user_id))
+        return self._perform(commands.reset_if_needed(self.policy, self.now(), user_id))
 
     def reset_all_stale(
         self,
@@ -343,23 +325,15 @@ class TokenLedger:
         ``progress`` is called with the running count after each batch commits,
         for a progress bar on a large ledger.
         """
-        _validation.positive_int(batch_size, "batch_size")
-        if progress is not None and not callable(progress):
-            raise InvalidInput(f"progress must be a callable or None, got {progress!r}")
-        now = self.now()
-        cutoffs = self._stale_cutoffs(now)
+        reset = commands.reset_all_stale(self.policy, self.now(), batch_size, progress)
         reset_count = 0
         after: str | None = None
         while True:
-            batch, batch_resets = self._write(
-                functools.partial(
-                    operations.reset_batch, self.policy, now, cutoffs, after, batch_size
-                )
-            )
+            batch, batch_resets = self._perform(reset.batch(after))
             reset_count += batch_resets
-            if progress is not None:
-                progress(reset_count)
-            if len(batch) < batch_size:
+            if reset.progress is not None:
+                reset.progress(reset_count)
+            if len(batch) < reset.batch_size:
                 return reset_count
             after = batch[-1].user_id
 
@@ -367,9 +341,7 @@ class TokenLedger:
 
     def health(self) -> Health:
         """The guide's health check: every account should be in the current period."""
-        now = self.now()
-        total = self.repository.count_accounts()
-        return monitoring.health(total, self._count_behind(now), now)
+        return self._perform(commands.health(self.policy, self.now()))
 
     def alerts(
         self,
@@ -389,24 +361,18 @@ class TokenLedger:
         than ``usage_ratio`` of their limit in the current period (the guide only
         watches it, so by default it has no threshold). See :class:`AlertThresholds`.
         """
-        now = self.now()
-        thresholds = AlertThresholds(
-            stale_after=stale_after,
-            stale_threshold=stale_threshold,
-            failed_window=failed_window,
-            failed_threshold=failed_threshold,
-            usage_ratio=usage_ratio,
-            high_usage_threshold=high_usage_threshold,
+        return self._perform(
+            commands.alerts(
+                self.policy,
+                self.now(),
+                stale_after=stale_after,
+                stale_threshold=stale_threshold,
+                failed_window=failed_window,
+                failed_threshold=failed_threshold,
+                usage_ratio=usage_ratio,
+                high_usage_threshold=high_usage_threshold,
+            )
         )
-        overdue = self._count_behind(thresholds.stale_at(now))
-        refused = HistoryQuery(success=False, since=thresholds.failed_since(now))
-        failed = self.repository.count_transactions(refused)
-        high = sum(
-            1
-            for account in self._scan(AccountFilter(usage_above=float(thresholds.usage_ratio)))
-            if not account.is_stale(self.policy, now)
-        )
-        return monitoring.alerts(thresholds, overdue, failed, high, now)
 
     def reconcile(self, user_id: str | None = None) -> list[Discrepancy]:
         """Recompute balances from the ledger and list where the stored ones differ.
@@ -416,14 +382,7 @@ class TokenLedger:
         ``user_tokens``, ``token_grants`` and ``token_reservations`` hold. An
         empty list means the ledger is consistent.
         """
-        if user_id is not None:
-            accounts: Iterable[TokenAccount] = [self.get_account(user_id)]
-        else:
-            accounts = self._scan(AccountFilter())
-        found: list[Discrepancy] = []
-        for account in accounts:
-            found += reconcile_account(account, self._all_entries(account.user_id))
-        return found
+        return self._perform(commands.reconcile(user_id))
 
     # reads
 
@@ -441,71 +400,27 @@ class TokenLedger:
         limit: int = 100,
     ) -> History:
         """Ledger entries, newest first; page with ``before_id=page[-1].id``."""
-        query = HistoryQuery(
-            user_id=user_id,
-            operation_type=operation_type,
-            feature=feature,
-            success=success,
-            since=since,
-            until=until,
-            before_id=before_id,
-            reference=reference,
-            limit=limit,
-        )
-        return History(self.repository.history(query))
-
-    # helpers
-
-    def _scan(self, where: AccountFilter) -> Iterator[TokenAccount]:
-        return paged(
-            lambda after: self.repository.scan_accounts(where, after, SCAN_PAGE_SIZE),
-            lambda account: account.user_id,
-            SCAN_PAGE_SIZE,
+        return self._perform(
+            commands.history(
+                user_id=user_id,
+                operation_type=operation_type,
+                feature=feature,
+                success=success,
+                since=since,
+                until=until,
+                before_id=before_id,
+                reference=reference,
+                limit=limit,
+            )
         )
 
-    def _all_entries(self, user_id: str) -> Iterator[Transaction]:
-        return paged(
-            lambda before: self.repository.history(
-                HistoryQuery(user_id=user_id, before_id=before, limit=MAX_HISTORY_LIMIT)
-            ),
-            lambda entry: entry.id,
-            MAX_HISTORY_LIMIT,
-        )
-
-    def _stale_cutoffs(self, now: datetime) -> StaleCutoffs:
-        return StaleCutoffs(
-            calendar=self.policy.period(now).start,
-            anchored=now - self.policy.shortest_period,
-        )
-
-    def _count_behind(self, at: datetime) -> int:
-        """How many accounts had a reset pending at ``at``."""
-        candidates = self._scan(AccountFilter(stale=self._stale_cutoffs(at)))
-        return sum(1 for account in candidates if account.is_stale(self.policy, at))
-
-    def _new_account(
-        self, user_id: str, monthly_limit: int, reset_anchor: datetime | None
-    ) -> TokenAccount:
-        _validation.identifier(user_id, "user_id")
-        check_monthly_limit(monthly_limit)
-        anchor = _validation.optional_instant(reset_anchor, "reset_anchor")
-        return TokenAccount.open(user_id, monthly_limit, self.policy, self.now(), anchor)
-
-    def _write(self, operation: Callable[[], Operation[T]]) -> T:
-        """Run a fresh ``operation()`` in a unit of work, again from the start if it lost a race."""
-        return write_with_retries(self.repository, lambda work: operations.run(operation(), work))
-
-    def _settle(self, reservation_id: str, actual: int | None) -> DeductResult:
-        _validation.identifier(reservation_id, "reservation_id")
-        now = self.now()
-        return _deducted(
-            self._write(lambda: operations.settle(self.policy, now, reservation_id, actual))
-        )
-
-
-def _deducted(spent: operations.Spent) -> DeductResult:
-    """The result of a spending write, or the refusal its failed entry records."""
-    entry = spent.entry
-    if not entry.success:
-        raise InsufficientTokens(entry.user_id, entry.amount, spent.remaining)
-    return DeductResult(True, entry.balance_after, entry)
+    def _perform(self, command: Command[T, R]) -> R:
+        """Run a checked call: a write in a unit of work, again from the start if it lost a
+        race (with the same instant and idempotency key), a read against the repository."""
+        if command.writes:
+            result = write_with_retries(
+                self.repository, lambda work: operations.run(command.operation(), work)
+            )
+        else:
+            result = operations.run(command.operation(), self.repository)
+        return command.answer(result)

@@ -31,7 +31,7 @@ from token_ledger.errors import (
 )
 from token_ledger.grants import Grant, Reservation
 from token_ledger.policy import MonthlyResetPolicy
-from token_ledger.repository import StaleCutoffs, UnitOfWork
+from token_ledger.repository import StaleCutoffs, TokenRepository, UnitOfWork
 from token_ledger.transactions import OperationType, Transaction, replay
 
 T = TypeVar("T")
@@ -49,8 +49,12 @@ Operation = Generator[Call, Any, T]
 """Yields calls, is sent each call's answer, returns ``T``."""
 
 
-def run(operation: Operation[T], work: UnitOfWork) -> T:
-    """Run ``operation`` against ``work``, one call at a time, in this thread."""
+def run(operation: Operation[T], target: UnitOfWork | TokenRepository) -> T:
+    """Run ``operation`` against ``target``, one call at a time, in this thread.
+
+    ``target`` is the unit of work a write's calls name, or the repository a
+    read's calls name (:mod:`token_ledger.reads`).
+    """
     answer: Any = None
     while True:
         try:
@@ -58,7 +62,23 @@ def run(operation: Operation[T], work: UnitOfWork) -> T:
         except StopIteration as finished:
             result: T = finished.value
             return result
-        answer = getattr(work, call.method)(*call.arguments)
+        answer = getattr(target, call.method)(*call.arguments)
+
+
+async def run_async(operation: Operation[T], target: Any) -> T:
+    """Run ``operation`` against ``target`` whose methods are coroutines, in the event loop.
+
+    The asyncio twin of :func:`run`: the operation is the same generator; only
+    how each call's answer is obtained differs.
+    """
+    answer: Any = None
+    while True:
+        try:
+            call = operation.send(answer)
+        except StopIteration as finished:
+            result: T = finished.value
+            return result
+        answer = await getattr(target, call.method)(*call.arguments)
 
 
 @attrs.frozen

@@ -29,7 +29,16 @@ class Discrepancy:
 
 def reconcile_account(account: TokenAccount, entries: Iterable[Transaction]) -> list[Discrepancy]:
     """Every discrepancy between ``account`` and the sum of its entries' effects."""
-    total = sum((entry.effects for entry in entries if entry.success), Effects())
+    return discrepancies(account, effects_of(entries))
+
+
+def effects_of(entries: Iterable[Transaction]) -> Effects:
+    """What the entries did to the balances, summed: a log read page by page adds up."""
+    return sum((entry.effects for entry in entries if entry.success), Effects())
+
+
+def discrepancies(account: TokenAccount, total: Effects) -> list[Discrepancy]:
+    """Every figure of ``account`` that differs from what ``total`` says it should be."""
     expected_grants = {grant_id: amount for grant_id, amount in total.grants if amount}
     stored_grants = {grant.id: grant.remaining for grant in account.grants}
     figures = [

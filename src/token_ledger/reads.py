@@ -1,0 +1,124 @@
+"""Every read of the ledger, written once, performing no I/O itself.
+
+The same shape as :mod:`token_ledger.operations`, with the calls made of a
+:class:`~token_ledger.repository.TokenRepository` (``get_account``,
+``history``, ``scan_accounts``, ...) rather than of a unit of work: a read
+takes no lock and writes nothing, so any runner (synchronous, asyncio, a
+transaction the caller owns, whose uncommitted writes it then sees) answers
+it alike. Long reads walk keyset pages, one page held at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from datetime import datetime
+from typing import Any
+
+from token_ledger import monitoring
+from token_ledger.account import TokenAccount
+from token_ledger.errors import AccountNotFound
+from token_ledger.monitoring import AlertReport, AlertThresholds, Health
+from token_ledger.operations import Call, Operation
+from token_ledger.policy import MonthlyResetPolicy
+from token_ledger.reconciliation import Discrepancy, discrepancies, effects_of
+from token_ledger.repository import (
+    MAX_HISTORY_LIMIT,
+    AccountFilter,
+    HistoryQuery,
+    StaleCutoffs,
+)
+from token_ledger.results import History, TokenStatus
+from token_ledger.transactions import Effects, Transaction
+
+SCAN_PAGE_SIZE = 1000
+
+Accounts = Generator[Call, Any, list[TokenAccount]]
+
+
+def account(user_id: str) -> Operation[TokenAccount]:
+    found: TokenAccount | None = yield Call("get_account", (user_id,))
+    if found is None:
+        raise AccountNotFound(user_id)
+    return found
+
+
+def status(policy: MonthlyResetPolicy, now: datetime, user_id: str) -> Operation[TokenStatus]:
+    return TokenStatus.of((yield from account(user_id)), policy, now)
+
+
+def history(query: HistoryQuery) -> Operation[History]:
+    return History((yield Call("history", (query,))))
+
+
+def stale_cutoffs(policy: MonthlyResetPolicy, at: datetime) -> StaleCutoffs:
+    """Bounds every account with a reset pending at ``at`` falls under (a store's pre-selection)."""
+    return StaleCutoffs(calendar=policy.period(at).start, anchored=at - policy.shortest_period)
+
+
+def health(policy: MonthlyResetPolicy, now: datetime) -> Operation[Health]:
+    total: int = yield Call("count_accounts", ())
+    stale = yield from _count_stale(policy, now)
+    return monitoring.health(total, stale, now)
+
+
+def alerts(
+    policy: MonthlyResetPolicy, now: datetime, thresholds: AlertThresholds
+) -> Operation[AlertReport]:
+    overdue = yield from _count_stale(policy, thresholds.stale_at(now))
+    refused = HistoryQuery(success=False, since=thresholds.failed_since(now))
+    failed: int = yield Call("count_transactions", (refused,))
+    high = 0
+    above = AccountFilter(usage_above=float(thresholds.usage_ratio))
+    after: str | None = None
+    while True:
+        page = yield from _scan_page(above, after)
+        high += sum(1 for found in page if not found.is_stale(policy, now))
+        if len(page) < SCAN_PAGE_SIZE:
+            return monitoring.alerts(thresholds, overdue, failed, high, now)
+        after = page[-1].user_id
+
+
+def reconcile(user_id: str | None) -> Operation[list[Discrepancy]]:
+    """Where stored balances differ from what the entries add up to, for one account or all."""
+    if user_id is not None:
+        found = yield from account(user_id)
+        return (yield from _reconcile(found))
+    discrepancies: list[Discrepancy] = []
+    after: str | None = None
+    while True:
+        page = yield from _scan_page(AccountFilter(), after)
+        for found in page:
+            discrepancies += yield from _reconcile(found)
+        if len(page) < SCAN_PAGE_SIZE:
+            return discrepancies
+        after = page[-1].user_id
+
+
+def _scan_page(where: AccountFilter, after: str | None) -> Accounts:
+    page: list[TokenAccount] = yield Call("scan_accounts", (where, after, SCAN_PAGE_SIZE))
+    return page
+
+
+def _count_stale(policy: MonthlyResetPolicy, at: datetime) -> Operation[int]:
+    """How many accounts had a reset pending at ``at``."""
+    where = AccountFilter(stale=stale_cutoffs(policy, at))
+    count = 0
+    after: str | None = None
+    while True:
+        page = yield from _scan_page(where, after)
+        count += sum(1 for found in page if found.is_stale(policy, at))
+        if len(page) < SCAN_PAGE_SIZE:
+            return count
+        after = page[-1].user_id
+
+
+def _reconcile(found: TokenAccount) -> Operation[list[Discrepancy]]:
+    total = Effects()
+    before: int | None = None
+    while True:
+        query = HistoryQuery(user_id=found.user_id, before_id=before, limit=MAX_HISTORY_LIMIT)
+        page: list[Transaction] = yield Call("history", (query,))
+        total += effects_of(page)
+        if len(page) < MAX_HISTORY_LIMIT:
+            return discrepancies(found, total)
+        before = page[-1].id
