@@ -8,6 +8,9 @@ JSON context. It is what an application would write without token-ledger,
 and so the yardstick for the library's overhead. Refusals are not
 benchmarked (every account has far more tokens than a run spends), so an
 ``UPDATE`` that matches nothing is an error here.
+
+:class:`RawPostgresBest` is the second PostgreSQL yardstick: the best a hand
+writes, both statements as one data-modifying CTE in autocommit, one round trip.
 """
 
 from __future__ import annotations
@@ -176,6 +179,56 @@ class RawPostgres:
                     deduction.idempotency_key,
                 ),
             )
+        balance: int = row[0]
+        return balance
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class RawPostgresBest:
+    """A deduction as one data-modifying CTE on an autocommit connection: one round trip."""
+
+    def __init__(self, url: str, schema: str) -> None:
+        import psycopg
+        from psycopg import sql
+        from psycopg.types.json import Jsonb
+
+        self.jsonb = Jsonb
+        self.conn: psycopg.Connection[Any] = psycopg.connect(url, autocommit=True)
+        identifier = sql.Identifier(schema)
+        self.statement = (
+            sql.SQL(
+                "WITH updated AS (UPDATE {schema}.user_tokens"
+                " SET monthly_tokens_used = monthly_tokens_used + %(amount)s,"
+                " updated_at = %(now)s WHERE user_id = %(user_id)s"
+                " AND monthly_tokens_used + %(amount)s <= monthly_limit"
+                " RETURNING monthly_limit - monthly_tokens_used AS balance)"
+                " INSERT INTO {schema}.token_transactions (user_id, operation_type, amount,"
+                " created_at, balance_after, success, feature, operation_context,"
+                " idempotency_key)"
+                " SELECT %(user_id)s, 'deduct', %(amount)s, %(now)s, balance, true,"
+                " %(feature)s, %(context)s, %(key)s FROM updated RETURNING balance_after"
+            )
+            .format(schema=identifier)
+            .as_string(self.conn)
+        )
+
+    def deduct(self, deduction: Deduction) -> int:
+        """Spend ``deduction.amount`` in one statement; the balance after."""
+        row = self.conn.execute(
+            self.statement,
+            {
+                "amount": deduction.amount,
+                "now": _now(),
+                "user_id": deduction.user_id,
+                "feature": FEATURE,
+                "context": self.jsonb(deduction.context),
+                "key": deduction.idempotency_key,
+            },
+        ).fetchone()
+        if row is None:
+            raise RuntimeError(f"no tokens left for {deduction.user_id!r}")
         balance: int = row[0]
         return balance
 

@@ -17,8 +17,9 @@ import platform
 import sqlite3
 import statistics
 import tempfile
+import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,10 @@ T = TypeVar("T")
 MIN_RATIO = 0.85
 RESET_ACCOUNTS = 100_000
 RESET_SECONDS = 10.0
+#: Operator queries and reads are within this many times the time of the yardstick's SQL.
+QUERY_SLOWDOWN = 2.0
+#: The bulk reset is within this many times the time of one set-based statement.
+RESET_SLOWDOWN = 1.5
 
 
 @dataclass(frozen=True)
@@ -46,12 +51,14 @@ class Size:
     stale_accounts: int
     reset_rounds: int
     import_runs: int
+    operator_accounts: int = 1_000
+    """Accounts (three log entries each) the operator queries are timed on."""
 
 
 SIZES = {
-    "smoke": Size("smoke", 2, 100, 50, 100, 2_000, 500, 1, 2),
-    "quick": Size("quick", 5, 1_000, 300, 2_000, 1_000_000, 100_000, 1, 5),
-    "full": Size("full", 9, 3_000, 1_000, 5_000, 1_000_000, 100_000, 3, 11),
+    "smoke": Size("smoke", 2, 100, 50, 100, 2_000, 500, 1, 2, 1_000),
+    "quick": Size("quick", 5, 1_000, 300, 2_000, 1_000_000, 100_000, 1, 5, 100_000),
+    "full": Size("full", 9, 3_000, 1_000, 5_000, 1_000_000, 100_000, 3, 11, 1_000_000),
 }
 
 
@@ -109,6 +116,76 @@ def alternate(rounds: int, first: Callable[[str], float], second: Callable[[str]
     return Rounds(tuple(firsts), tuple(seconds))
 
 
+def alternate_sides(rounds: int, sides: dict[str, Callable[[str], float]]) -> dict[str, Rounds]:
+    """Run every side once per round, in turn, after one warm-up round; each side's
+    throughputs against the first side's, as :class:`Rounds` (the first side's first)."""
+    for name, side in sides.items():
+        side(f"warmup-{name}")
+    measured: dict[str, list[float]] = {name: [] for name in sides}
+    for number in range(rounds):
+        for name, side in sides.items():
+            measured[name].append(side(f"{name}-{number}"))
+    first, *others = sides
+    return {
+        name: Rounds(tuple(measured[first]), tuple(measured[name])) for name in [first, *others]
+    }
+
+
+def library_against_yardsticks(
+    rounds: dict[str, Rounds], unit: str, targets: dict[str, float]
+) -> Outcome:
+    """The library (the first side of :func:`alternate_sides`) against each other side.
+
+    ``targets`` gives, by side, the least library/side ratio the issue asks for.
+    Metrics: ``<side>_per_second`` for each side and ``library_<side>_ratio``.
+    """
+    library = statistics.median(next(iter(rounds.values())).first)
+    metrics = {"library_per_second": library}
+    raw_cells = []
+    comparisons = []
+    met = []
+    for name, pair in list(rounds.items())[1:]:
+        rate = statistics.median(pair.second)
+        metrics[f"{name}_per_second"] = rate
+        metrics[f"library_{name}_ratio"] = pair.ratio
+        raw_cells.append(f"{name} {rate:,.0f} {unit}")
+        comparisons.append(f"{pair.ratio:.2f} ({name})")
+        if name in targets:
+            met.append(Target(f"library/{name} >= {targets[name]}", pair.ratio >= targets[name]))
+    return Outcome(
+        metrics=metrics,
+        library=f"{library:,.0f} {unit}",
+        raw="; ".join(raw_cells),
+        comparison="; ".join(comparisons),
+        targets=tuple(met),
+    )
+
+
+def timed_against(
+    library: Callable[[], float], yardstick: Callable[[], float], rounds: int, what: str
+) -> Outcome:
+    """Seconds of one library call against seconds of the SQL it is measured by,
+    alternating; ``speed_ratio`` is yardstick/library time (library/yardstick throughput)."""
+    library()
+    yardstick()
+    pairs = [(library(), yardstick()) for _ in range(rounds)]
+    ratio = statistics.median(y / lib for lib, y in pairs)
+    library_seconds = statistics.median(lib for lib, _ in pairs)
+    yardstick_seconds = statistics.median(y for _, y in pairs)
+    least = 1 / QUERY_SLOWDOWN
+    return Outcome(
+        metrics={
+            "library_seconds": library_seconds,
+            "yardstick_seconds": yardstick_seconds,
+            "speed_ratio": ratio,
+        },
+        library=f"{library_seconds * 1000:,.1f} ms",
+        raw=f"{yardstick_seconds * 1000:,.1f} ms ({what})",
+        comparison=f"{1 / ratio:.2f}x the time",
+        targets=(Target(f"<= {QUERY_SLOWDOWN:g}x the time", ratio >= least),),
+    )
+
+
 def library_against_raw(rounds: Rounds, unit: str) -> Outcome:
     """The outcome of library (first) against raw (second) throughputs."""
     library = statistics.median(rounds.first)
@@ -135,6 +212,35 @@ def bulk_reset(accounts: int, seconds: list[float]) -> Outcome:
         library=f"{median:.2f} s ({accounts / median:,.0f} accounts/s)",
         targets=(Target(f"< {limit:g} s", median < limit),),
     )
+
+
+def reset_against_statement(accounts: int, pairs: Sequence[tuple[float, float]]) -> Outcome:
+    """The bulk reset's outcome (:func:`bulk_reset`) and its speed against one statement."""
+    outcome = bulk_reset(accounts, [library for library, _ in pairs])
+    ratio = statistics.median(statement / library for library, statement in pairs)
+    statement = statistics.median(statement for _, statement in pairs)
+    return Outcome(
+        metrics={**outcome.metrics, "statement_seconds": statement, "speed_ratio": ratio},
+        library=outcome.library,
+        raw=f"{statement:.2f} s (one statement)",
+        comparison=f"{1 / ratio:.2f}x the time",
+        targets=(
+            *outcome.targets,
+            Target(f"<= {RESET_SLOWDOWN:g}x the time", ratio >= 1 / RESET_SLOWDOWN),
+        ),
+    )
+
+
+def seconds_of(call: Callable[[], object], times: int = 3) -> Callable[[], float]:
+    """A side of :func:`timed_against`: the mean seconds of ``times`` calls."""
+
+    def timed() -> float:
+        start = time.perf_counter()
+        for _ in range(times):
+            call()
+        return (time.perf_counter() - start) / times
+
+    return timed
 
 
 @dataclass

@@ -10,17 +10,24 @@ from __future__ import annotations
 import multiprocessing
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
 from types import TracebackType
 from typing import Literal
 
-from baselines import FEATURE, Deduction, RawPostgres, RawSQLite, plan
-from harness import Context, Outcome, alternate, library_against_raw
+from baselines import FEATURE, Deduction, RawPostgres, RawPostgresBest, RawSQLite, plan
+from harness import (
+    Context,
+    Outcome,
+    alternate,
+    alternate_sides,
+    library_against_raw,
+    library_against_yardsticks,
+)
 from token_ledger import TokenLedger
 
-Side = Literal["library", "raw"]
+Side = Literal["library", "raw", "raw_best"]
 Engine = Literal["sqlite", "postgres"]
 Deduct = Callable[[Deduction], object]
 
@@ -54,6 +61,12 @@ def deductor(side: Side, engine: Engine, target: str, schema: str) -> Iterator[D
         )
         with ledger:
             yield library_deduct(ledger)
+    elif side == "raw_best":
+        best = RawPostgresBest(target, schema)
+        try:
+            yield best.deduct
+        finally:
+            best.close()
     else:
         raw = RawSQLite(target) if engine == "sqlite" else RawPostgres(target, schema)
         try:
@@ -146,20 +159,43 @@ class Workers:
 
 
 def one_at_a_time(
-    context: Context, engine: Engine, target: str, schema: str, user_ids: Sequence[str]
+    context: Context,
+    engine: Engine,
+    target: str,
+    schema: str,
+    user_ids: Sequence[str],
+    targets: dict[str, float] | None = None,
 ) -> Outcome:
-    """Library against raw in this process, each on its own connection, deducting in turn."""
+    """Library against raw in this process, each on its own connection, deducting in turn.
+
+    With ``targets`` (the least library/side ratio, by side), every side they name runs
+    too (``raw_best`` as well as ``raw``), round by round with the library.
+    """
     count = context.size.deductions
-    with (
-        deductor("library", engine, target, schema) as library,
-        deductor("raw", engine, target, schema) as raw,
-    ):
-        rounds = alternate(
-            context.size.rounds,
-            lambda tag: throughput(library, plan(user_ids, count, tag)),
-            lambda tag: throughput(raw, plan(user_ids, count, tag)),
+    if targets is None:
+        with (
+            deductor("library", engine, target, schema) as library,
+            deductor("raw", engine, target, schema) as raw,
+        ):
+            rounds = alternate(
+                context.size.rounds,
+                lambda tag: throughput(library, plan(user_ids, count, tag)),
+                lambda tag: throughput(raw, plan(user_ids, count, tag)),
+            )
+        return library_against_raw(rounds, "/s")
+    sides: list[Side] = ["library", "raw", "raw_best"]
+    with ExitStack() as stack:
+        deducts = {
+            side: stack.enter_context(deductor(side, engine, target, schema)) for side in sides
+        }
+
+        def side_of(deduct: Deduct) -> Callable[[str], float]:
+            return lambda tag: throughput(deduct, plan(user_ids, count, tag))
+
+        measured = alternate_sides(
+            context.size.rounds, {side: side_of(deduct) for side, deduct in deducts.items()}
         )
-    return library_against_raw(rounds, "/s")
+    return library_against_yardsticks(measured, "/s", targets)
 
 
 def at_once(
@@ -169,10 +205,12 @@ def at_once(
     schema: str,
     user_ids: Sequence[str],
     processes: int,
+    targets: dict[str, float] | None = None,
 ) -> Outcome:
     """Library against raw, ``processes`` workers deducting at once; worker n on one account.
 
     Worker ``n`` uses ``user_ids[n % len(user_ids)]``: one account each, or all on one.
+    With ``targets``, as for :func:`one_at_a_time`, ``raw_best`` runs too.
     """
 
     def jobs(side: Side, tag: str) -> list[Job]:
@@ -190,9 +228,17 @@ def at_once(
         ]
 
     with Workers(processes) as workers:
-        rounds = alternate(
-            context.size.rounds,
-            lambda tag: workers.throughput(jobs("library", tag)),
-            lambda tag: workers.throughput(jobs("raw", tag)),
-        )
-    return library_against_raw(rounds, "/s")
+        if targets is None:
+            rounds = alternate(
+                context.size.rounds,
+                lambda tag: workers.throughput(jobs("library", tag)),
+                lambda tag: workers.throughput(jobs("raw", tag)),
+            )
+            return library_against_raw(rounds, "/s")
+        sides: list[Side] = ["library", "raw", "raw_best"]
+
+        def side_of(side: Side) -> Callable[[str], float]:
+            return lambda tag: workers.throughput(jobs(side, tag))
+
+        measured = alternate_sides(context.size.rounds, {side: side_of(side) for side in sides})
+    return library_against_yardsticks(measured, "/s", targets)

@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import async_scenarios
 import postgres_scenarios
 import python_scenarios
 import sqlite_scenarios
@@ -22,6 +23,7 @@ from harness import SIZES, Scenario, machine, run_all, table, write_json
 SCENARIOS: list[Scenario] = [
     *sqlite_scenarios.scenarios,
     *postgres_scenarios.scenarios,
+    *async_scenarios.scenarios,
     *python_scenarios.scenarios,
 ]
 

@@ -1,18 +1,33 @@
-"""SQLite scenarios: deductions in one thread and in four processes, status reads, bulk reset."""
+"""SQLite scenarios: deductions in one thread and in four processes, status reads, operator
+queries and the bulk reset.
+
+The operator queries are measured against the seed guide's queries written in SQLite's
+dialect (the guide's are PostgreSQL's), on the same tables, and the bulk reset against
+the same resets written as one set-based ``INSERT ... SELECT`` and one ``UPDATE``.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import statistics
 import time
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from baselines import FEATURE, LIMIT, previous_period
-from harness import Context, Outcome, Scenarios, Target, alternate, bulk_reset
+from harness import (
+    Context,
+    Outcome,
+    Scenarios,
+    Target,
+    alternate,
+    reset_against_statement,
+    seconds_of,
+    timed_against,
+)
 from jobs import at_once, one_at_a_time
-from token_ledger import MonthlyResetPolicy, TokenLedger
+from token_ledger import MonthlyResetPolicy, TokenLedger, system_clock
 
 scenarios = Scenarios()
 
@@ -139,7 +154,7 @@ def add_stale_accounts(path: Path, accounts: int, reset_at: datetime) -> None:
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
             " INSERT INTO user_tokens (user_id, monthly_limit, monthly_tokens_used,"
             " last_monthly_reset, created_at, updated_at)"
-            " SELECT printf('user-%06d', i), 100, 5, ?, ?, ? FROM n",
+            " SELECT printf('user-%07d', i), 100, 5, ?, ?, ? FROM n",
             (accounts, stored(reset_at), stored(reset_at), stored(reset_at)),
         )
         conn.execute("COMMIT")
@@ -147,19 +162,182 @@ def add_stale_accounts(path: Path, accounts: int, reset_at: datetime) -> None:
         conn.close()
 
 
-@scenarios("sqlite_reset_all_stale", "SQLite reset_all_stale, {stale_accounts:,} stale accounts")
-def sqlite_reset_all_stale(context: Context) -> Outcome:
-    accounts = context.size.stale_accounts
+# The bulk reset by hand, set-based: every stale account's reset entry (what the library
+# writes: the same context, effects and balance) and its new row, in one transaction.
+SET_BASED_RESET = (
+    "INSERT INTO token_transactions (user_id, operation_type, amount, created_at,"
+    " balance_after, success, operation_context, effects)"
+    " SELECT user_id, 'reset', monthly_tokens_used, :now, monthly_limit, 1,"
+    " json_object('previous_used', monthly_tokens_used, 'previous_period_start',"
+    " substr(last_monthly_reset, 1, 10) || 'T' || substr(last_monthly_reset, 12),"
+    " 'period_start', :start_text), CASE WHEN monthly_tokens_used = 0 THEN '{}'"
+    " ELSE json_object('usage', -monthly_tokens_used) END"
+    " FROM user_tokens WHERE reset_anchor IS NULL AND last_monthly_reset < :start"
+    " ORDER BY user_id",
+    "UPDATE user_tokens SET monthly_tokens_used = 0, last_monthly_reset = :start,"
+    " updated_at = :now WHERE reset_anchor IS NULL AND last_monthly_reset < :start",
+)
+
+
+def library_reset(path: Path) -> float:
+    with TokenLedger.sqlite(path) as ledger:
+        start = time.perf_counter()
+        ledger.reset_all_stale()
+        return time.perf_counter() - start
+
+
+def statement_reset(path: Path) -> float:
+    now = system_clock()
+    start = MonthlyResetPolicy().period(now).start
+    parameters = {
+        "now": stored(now),
+        "start": stored(start),
+        "start_text": start.isoformat(timespec="microseconds"),
+    }
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        began = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in SET_BASED_RESET:
+            conn.execute(statement, parameters)
+        conn.execute("COMMIT")
+        return time.perf_counter() - began
+    finally:
+        conn.close()
+
+
+def one_reset(context: Context, reset: Callable[[Path], float]) -> float:
+    accounts = context.size.operator_accounts
     last_reset = MonthlyResetPolicy().period(previous_period()).start
-    seconds = []
-    for _ in range(context.size.reset_rounds):
-        path = context.directory("sqlite-reset") / "ledger.db"
-        TokenLedger.sqlite(path).close()
-        add_stale_accounts(path, accounts, last_reset)
+    path = context.directory("sqlite-reset") / "ledger.db"
+    TokenLedger.sqlite(path).close()
+    add_stale_accounts(path, accounts, last_reset)
+    seconds = reset(path)
+    with sqlite3.connect(path) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM user_tokens WHERE last_monthly_reset <= ?", (stored(last_reset),)
+        ).fetchone()[0]
+    conn.close()
+    if left:
+        raise RuntimeError(f"{left} of {accounts} stale accounts were not reset")
+    return seconds
+
+
+@scenarios(
+    "sqlite_reset_all_stale",
+    "SQLite reset_all_stale, {operator_accounts:,} stale accounts, against one set-based reset",
+)
+def sqlite_reset_all_stale(context: Context) -> Outcome:
+    pairs = [
+        (one_reset(context, library_reset), one_reset(context, statement_reset))
+        for _ in range(context.size.reset_rounds)
+    ]
+    return reset_against_statement(context.size.operator_accounts, pairs)
+
+
+# The seed guide's operator queries (tests/seed_guide.py) in SQLite's dialect: the same
+# counts, with the instants the guide's CURRENT_DATE and NOW() stand for as parameters.
+SEED_HEALTH = (
+    "SELECT COUNT(*) AS total_users,"
+    " COUNT(*) FILTER (WHERE last_monthly_reset >= :month) AS current,"
+    " COUNT(*) FILTER (WHERE last_monthly_reset < :month) AS stale FROM user_tokens"
+)
+SEED_ALERTS = (
+    "SELECT COUNT(*) FROM user_tokens WHERE last_monthly_reset < :day_before_month",
+    "SELECT COUNT(*) FROM token_transactions WHERE success = 0 AND created_at >= :hour_ago",
+    "SELECT COUNT(*) FROM user_tokens"
+    " WHERE CAST(monthly_tokens_used AS REAL) / monthly_limit > 0.9",
+)
+GROUPED_RECONCILE = (
+    "SELECT t.user_id, t.monthly_tokens_used, coalesce(s.used, 0) FROM user_tokens AS t"
+    " LEFT JOIN (SELECT user_id, sum(json_extract(effects, '$.usage')) AS used"
+    " FROM token_transactions WHERE success = 1 GROUP BY user_id) AS s"
+    " ON s.user_id = t.user_id WHERE t.monthly_tokens_used <> coalesce(s.used, 0)"
+)
+
+
+def seed_parameters() -> dict[str, str]:
+    now = system_clock()
+    month = MonthlyResetPolicy().period(now).start
+    return {
+        "month": stored(month),
+        "day_before_month": stored(month - timedelta(days=1)),
+        "hour_ago": stored(now - timedelta(hours=1)),
+    }
+
+
+def operator_file(context: Context) -> Path:
+    """A ledger of ``operator_accounts`` accounts, as ``postgres_scenarios.operator_tables``."""
+    path = context.directory("sqlite-operator") / "ledger.db"
+    TokenLedger.sqlite(path).close()
+    last_month = previous_period()
+    last_reset = MonthlyResetPolicy().period(last_month).start
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
+            " INSERT INTO user_tokens (user_id, monthly_limit, monthly_tokens_used,"
+            " last_monthly_reset, created_at, updated_at)"
+            " SELECT printf('user-%07d', i), 100, CASE WHEN i % 10 = 0 THEN 95 ELSE 3 END,"
+            " ?, ?, ? FROM n",
+            (context.size.operator_accounts, stored(last_reset), *[stored(last_month)] * 2),
+        )
+        conn.execute(
+            "INSERT INTO token_transactions (user_id, operation_type, amount, created_at,"
+            " balance_after, success, feature, effects)"
+            " SELECT user_id, 'deduct', amount, ?, 0, 1, ?, json_object('usage', amount) FROM ("
+            " SELECT t.user_id, CASE WHEN j.j = 1 THEN t.monthly_tokens_used - 2 ELSE 1 END"
+            " AS amount FROM user_tokens AS t,"
+            " (SELECT 1 AS j UNION ALL SELECT 2 UNION ALL SELECT 3) AS j ORDER BY 1, j.j)",
+            (stored(last_month), FEATURE),
+        )
+        conn.execute(
+            "INSERT INTO token_transactions (user_id, operation_type, amount, created_at,"
+            " balance_after, success, feature)"
+            " SELECT user_id, 'deduct', 500, ?, 0, 0, ? FROM user_tokens"
+            " WHERE substr(user_id, -2) = '00'",
+            (stored(system_clock() - timedelta(minutes=5)), FEATURE),
+        )
+        conn.execute("COMMIT")
+        conn.execute("ANALYZE")
+    finally:
+        conn.close()
+    return path
+
+
+def against_the_seed(
+    context: Context, library: Callable[[TokenLedger], object], queries: Sequence[str], what: str
+) -> Outcome:
+    path = context.shared(operator_file)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
         with TokenLedger.sqlite(path) as ledger:
-            start = time.perf_counter()
-            reset = ledger.reset_all_stale()
-            seconds.append(time.perf_counter() - start)
-        if reset != accounts:
-            raise RuntimeError(f"{accounts} stale accounts, but {reset} were reset")
-    return bulk_reset(accounts, seconds)
+
+            def seed() -> None:
+                parameters = seed_parameters()
+                for query in queries:
+                    conn.execute(query, parameters).fetchall()
+
+            return timed_against(
+                seconds_of(lambda: library(ledger)), seconds_of(seed), context.size.rounds, what
+            )
+    finally:
+        conn.close()
+
+
+@scenarios("sqlite_health", "SQLite health(), {operator_accounts:,} accounts: the seed's query")
+def sqlite_health(context: Context) -> Outcome:
+    return against_the_seed(context, TokenLedger.health, [SEED_HEALTH], "health check")
+
+
+@scenarios("sqlite_alerts", "SQLite alerts(), {operator_accounts:,} accounts: the seed's queries")
+def sqlite_alerts(context: Context) -> Outcome:
+    return against_the_seed(context, TokenLedger.alerts, SEED_ALERTS, "three alerts")
+
+
+@scenarios(
+    "sqlite_reconcile", "SQLite reconcile(), {operator_accounts:,} accounts: one grouped query"
+)
+def sqlite_reconcile(context: Context) -> Outcome:
+    return against_the_seed(context, TokenLedger.reconcile, [GROUPED_RECONCILE], "GROUP BY")

@@ -1,14 +1,18 @@
 """``examples/service``: the seed's HTTP API, served by uvicorn, spoken to over HTTP.
 
-One server per module listens on 127.0.0.1; each test installs a fresh
-ledger of the engine under test (every engine in ``tests/backends.py``) with
-a clock it controls, and talks to it with httpx.
+One server per module listens on 127.0.0.1, on an event loop of its own; each
+test installs a fresh async ledger of the engine under test (every engine in
+``tests/backends.py``) with a clock it controls, and talks to it with httpx. The
+test looks at what was stored through a synchronous ledger on the same storage.
+Schemathesis fuzzes the server from its OpenAPI schema at the end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
+import inspect
 import json
 import os
 import socket
@@ -16,20 +20,26 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import httpx
+import hypothesis
 import pytest
+import schemathesis
 import uvicorn
-from starlette.applications import Starlette
+from fastapi import FastAPI
+from schemathesis import checks
 
+from asyncio_ledgers import async_twin
 from postgres_server import as_url
 from token_ledger import AccountNotFound, MonthlyResetPolicy, TokenLedger
+from token_ledger.asyncio_application import AsyncTokenLedger
+from token_ledger.asyncio_storage import InlineRepository, ThreadedRepository
 from token_ledger.memory import MemoryRepository
 from token_ledger.repository import TokenRepository
 from token_ledger.sqlite import SQLiteRepository
@@ -39,6 +49,7 @@ SERVICE_DIRECTORY = Path(__file__).resolve().parent.parent / "examples" / "servi
 SIGNING_SECRET = "test-signing-secret"
 CRON_SECRET = "test-cron-secret"
 DEADLINE = 10.0  # seconds: for the server to start or stop, and for each request
+T = TypeVar("T")
 
 
 def load_service() -> ModuleType:
@@ -80,8 +91,16 @@ def listening_socket() -> socket.socket:
 
 @attrs.frozen
 class Server:
-    app: Starlette
+    app: FastAPI
     url: str
+    loop: asyncio.AbstractEventLoop
+
+    def install(self, ledger: AsyncTokenLedger) -> None:
+        self.app.state.ledger = ledger
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Await ``coroutine`` on the server's event loop (where its ledger's pool lives)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(DEADLINE)
 
 
 @pytest.fixture(scope="module")
@@ -89,24 +108,28 @@ def server() -> Iterator[Server]:
     app = service.create_app(SETTINGS)
     sock = listening_socket()
     uvicorn_server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [sock]}, daemon=True)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(
+        target=loop.run_until_complete, args=(uvicorn_server.serve(sockets=[sock]),), daemon=True
+    )
     thread.start()
     deadline = time.monotonic() + DEADLINE
     while not uvicorn_server.started:
         assert thread.is_alive(), "the server thread died while starting"
         assert time.monotonic() < deadline, "the server did not start in time"
         time.sleep(0.01)
-    yield Server(app, f"http://127.0.0.1:{sock.getsockname()[1]}")
+    yield Server(app, f"http://127.0.0.1:{sock.getsockname()[1]}", loop)
     uvicorn_server.should_exit = True
     thread.join(DEADLINE)
     sock.close()
     assert not thread.is_alive(), "the server did not stop in time"
+    loop.close()
 
 
 @attrs.frozen
 class Api:
     client: httpx.Client
-    ledger: TokenLedger
+    ledger: TokenLedger  # synchronous, on the storage the server's async ledger writes to
     clock: MovableClock
 
     def status(self, user_id: str) -> httpx.Response:
@@ -123,11 +146,16 @@ class Api:
 
 
 @pytest.fixture
-def api(server: Server, repository: TokenRepository, clock: MovableClock) -> Iterator[Api]:
-    ledger = TokenLedger(repository, clock=clock)
-    server.app.state.ledger = ledger
-    with httpx.Client(base_url=server.url, timeout=DEADLINE, trust_env=False) as client:
-        yield Api(client, ledger, clock)
+def api(
+    request: pytest.FixtureRequest, server: Server, repository: TokenRepository, clock: MovableClock
+) -> Iterator[Api]:
+    served = AsyncTokenLedger(async_twin(repository, request), clock=clock)
+    server.install(served)
+    try:
+        with httpx.Client(base_url=server.url, timeout=DEADLINE, trust_env=False) as client:
+            yield Api(client, TokenLedger(repository, clock=clock), clock)
+    finally:
+        server.run(served.close())
 
 
 def assert_nothing_written(ledger: TokenLedger, user_id: str) -> None:
@@ -330,17 +358,17 @@ def test_a_lone_surrogate_is_422_and_changes_nothing_for_a_known_user(
     assert api.ledger.history(limit=10_000) == history_before
 
 
-class RefusingLedger(TokenLedger):
+class RefusingLedger(AsyncTokenLedger):
     """A ledger whose storage refuses a value with a bare ``ValueError``, as a driver may."""
 
-    def deduct(self, *args: Any, **kwargs: Any) -> Any:
+    async def deduct(self, *args: Any, **kwargs: Any) -> Any:
         raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
 
 
 def test_any_value_error_of_the_ledger_is_422_and_its_text_goes_to_the_log(
     server: Server, clock: MovableClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server.app.state.ledger = RefusingLedger(MemoryRepository(), clock=clock)
+    server.install(RefusingLedger(InlineRepository(MemoryRepository()), clock=clock))
 
     with httpx.Client(base_url=server.url, timeout=DEADLINE, trust_env=False) as client:
         response = client.post(
@@ -359,9 +387,10 @@ def test_any_value_error_of_the_ledger_is_422_and_its_text_goes_to_the_log(
 def test_a_storage_failure_is_503_and_keeps_the_drivers_message_in_the_log(
     server: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    broken = TokenLedger.sqlite(tmp_path / "tokens.db")
-    broken.close()
-    server.app.state.ledger = broken
+    closed = SQLiteRepository(tmp_path / "tokens.db")
+    closed.close()
+    broken = AsyncTokenLedger(ThreadedRepository.of(closed))
+    server.install(broken)
 
     with httpx.Client(base_url=server.url, timeout=DEADLINE, trust_env=False) as client:
         responses = [
@@ -378,6 +407,7 @@ def test_a_storage_failure_is_503_and_keeps_the_drivers_message_in_the_log(
             "message": "the ledger is busy or unavailable",
         }
     assert "closed database" in caplog.text
+    server.run(broken.close())
 
 
 # Authentication
@@ -567,9 +597,12 @@ def test_the_database_url_picks_the_engine(
 ) -> None:
     berlin = MonthlyResetPolicy(timezone="Europe/Berlin")
 
-    with service.open_ledger(database_url.format(tmp=tmp_path), berlin) as ledger:
-        assert isinstance(ledger.repository, repository_type)
-        assert ledger.policy == berlin
+    async def open_and_close() -> None:
+        async with service.open_ledger(database_url.format(tmp=tmp_path), berlin) as ledger:
+            assert isinstance(ledger.repository.repository, repository_type)  # type: ignore[attr-defined]
+            assert ledger.policy == berlin
+
+    asyncio.run(open_and_close())
     assert (tmp_path / "tokens.db").exists() == (repository_type is SQLiteRepository)
 
 
@@ -695,5 +728,108 @@ def test_the_service_runs_under_uvicorn_from_the_environment(
     assert deducted.json() == {"success": True, "monthlyRemaining": 19}
     assert status.json() == {"monthlyUsed": 1, "monthlyLimit": 20, "monthlyRemaining": 19}
     assert reset.json() == reset_by_get.json() == {"success": True, "reset_count": 0}
-    with service.open_ledger(database_url) as ledger:
+    with TokenLedger.open(database_url) as ledger:
         assert [entry.feature for entry in ledger.history("alice")] == ["literature_search"]
+
+
+# The OpenAPI schema, and fuzzing the service from it
+
+
+def test_every_endpoint_awaits_the_async_ledger_without_a_thread_pool() -> None:
+    source = (SERVICE_DIRECTORY / "app.py").read_text()
+    assert "run_in_threadpool" not in source
+    for endpoint in (service.get_tokens, service.deduct_tokens, service.reset_monthly_tokens):
+        assert inspect.iscoroutinefunction(endpoint), endpoint
+
+
+def test_the_openapi_schema_describes_the_seeds_json_exactly(server: Server) -> None:
+    with httpx.Client(base_url=server.url, timeout=DEADLINE, trust_env=False) as client:
+        spec = client.get("/openapi.json").json()
+
+    components = spec["components"]["schemas"]
+
+    def fields(operation: dict[str, Any], status: str) -> tuple[set[str], set[str]]:
+        reference = operation["responses"][status]["content"]["application/json"]["schema"]
+        body = components[reference["$ref"].rsplit("/", 1)[1]]
+        assert body["additionalProperties"] is False
+        return set(body["properties"]), set(body["required"])
+
+    paths = spec["paths"]
+    status_fields = {"monthlyUsed", "monthlyLimit", "monthlyRemaining"}
+    assert fields(paths["/api/user/tokens"]["get"], "200") == (status_fields, status_fields)
+    deduct = paths["/api/user/tokens/deduct"]["post"]
+    assert fields(deduct, "200") == ({"success", "monthlyRemaining"},) * 2
+    assert fields(deduct, "402")[0] == {"success", "monthlyRemaining", "error", "message"}
+    for method in ("get", "post"):
+        reset = paths["/api/admin/reset-monthly-tokens"][method]
+        assert fields(reset, "200") == ({"success", "reset_count"},) * 2
+    assert set(deduct["responses"]) == {"200", "400", "401", "402", "413", "415", "422", "503"}
+    body = deduct["requestBody"]["content"]["application/json"]["schema"]
+    assert (set(body["properties"]), body["required"], body["additionalProperties"]) == (
+        {"amount", "feature", "context"},
+        ["amount"],
+        False,
+    )
+    assert [(p["name"], p["in"], p["schema"]["type"]) for p in deduct["parameters"]] == [
+        ("Idempotency-Key", "header", "string")
+    ]
+
+
+FUZZ_EXAMPLES = 100  # per endpoint and engine: about 30 s in all
+
+# Read from the app itself, at import: Schemathesis's lazy loader (from_fixture) needs a
+# pytest internal that pytest 9 removed. The requests go to the running server.
+FUZZED = schemathesis.openapi.from_dict(service.create_app(SETTINGS).openapi())
+FUZZED.config.generation.update(max_examples=FUZZ_EXAMPLES, database="none")
+
+
+def snapshot(ledger: TokenLedger) -> tuple[object, ...]:
+    entries = tuple(ledger.history(limit=10_000))
+    users = sorted({entry.user_id for entry in entries})
+    return tuple(ledger.status(user) for user in users), entries, tuple(ledger.reconcile())
+
+
+def fuzz_case(case: Any, api: Api, base_url: str) -> None:
+    """One request Schemathesis made from the schema (valid, or invalid on purpose), sent
+    with a valid bearer token for its endpoint: never a 5xx; a status, content type and
+    body the schema describes; invalid data refused; a refusal writes nothing (a 402 only
+    its failed entry)."""
+    if case.path == "/api/admin/reset-monthly-tokens":
+        authorization = f"Bearer {CRON_SECRET}"
+    else:
+        authorization = bearer("alice")["Authorization"]
+    before = snapshot(api.ledger)
+    response = case.call(base_url=base_url, headers={"Authorization": authorization})
+    case.validate_response(
+        response,
+        checks=[
+            checks.not_a_server_error,
+            checks.status_code_conformance,
+            checks.content_type_conformance,
+            checks.response_schema_conformance,
+            checks.negative_data_rejection,
+        ],
+    )
+    after = snapshot(api.ledger)
+    if response.status_code == 402:  # its failed entry, or none when a retry replays it
+        statuses, entries, discrepancies = after
+        assert (statuses, discrepancies) == (before[0], before[2])
+        added = set(entries) - set(before[1])
+        assert len(added) <= 1
+        assert not any(entry.success for entry in added)
+    elif response.status_code >= 400:
+        assert after == before
+
+
+@FUZZED.parametrize()
+@hypothesis.settings(
+    max_examples=FUZZ_EXAMPLES,
+    # the state is checked before and after each request, so it may carry over
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+def test_fuzzed_requests_never_fail_on_the_server_and_refusals_write_nothing(
+    case: schemathesis.Case, api: Api, server: Server
+) -> None:
+    if not api.ledger.history("alice", limit=1):
+        api.ledger.ensure_account("alice", monthly_limit=50)
+    fuzz_case(case, api, server.url)

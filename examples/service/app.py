@@ -1,10 +1,14 @@
-"""The seed's token API as a small ASGI service (Starlette) over ``TokenLedger``.
+"""The seed's token API as an asyncio service (FastAPI) over ``AsyncTokenLedger``.
 
     GET  /api/user/tokens                 -> {"monthlyUsed", "monthlyLimit", "monthlyRemaining"}
     POST /api/user/tokens/deduct          {"feature", "amount", "context"}
                                           -> {"success": true, "monthlyRemaining": X}
     GET or POST /api/admin/reset-monthly-tokens
                                           -> {"success": true, "reset_count": N}
+
+Every endpoint awaits the ledger: no thread pool between the event loop and the
+database (PostgreSQL through psycopg's asyncio pool; SQLite in the ledger's own
+worker thread). ``/openapi.json`` describes exactly this JSON, ``/docs`` shows it.
 
 Run it from the repository root (see ``examples/README.md``)::
 
@@ -15,7 +19,7 @@ Run it from the repository root (see ``examples/README.md``)::
 Settings are read from the environment once, when the app is created:
 
 ``TOKEN_LEDGER_DATABASE_URL``
-    Read by :meth:`TokenLedger.open`: ``postgresql://...`` for PostgreSQL,
+    Read by :meth:`AsyncTokenLedger.open`: ``postgresql://...`` for PostgreSQL,
     ``memory://`` for a ledger that lives and dies with one process, a file
     path or ``sqlite:///path`` for SQLite (default ``tokens.db``, created if
     missing). Any other ``scheme://`` is refused at startup.
@@ -54,24 +58,24 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import attrs
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 
 from token_ledger import (
     AccountNotFound,
+    AsyncTokenLedger,
     DeductResult,
     IdempotencyConflict,
     InsufficientTokens,
     InvalidInput,
     MonthlyResetPolicy,
     StorageError,
-    TokenLedger,
     UnknownTimeZone,
 )
 from token_ledger.account import check_monthly_limit
@@ -81,8 +85,10 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+MAX_TOKENS = 2**63 - 1
 DEDUCT_FIELDS = ("amount", "feature", "context")
 CRON_METHODS = ("GET", "POST")
+CRON_PATH = "/api/admin/reset-monthly-tokens"
 
 
 class ConfigurationError(ValueError):
@@ -135,14 +141,15 @@ class Settings:
         )
 
 
-def open_ledger(database_url: str, policy: MonthlyResetPolicy | None = None) -> TokenLedger:
-    """The ledger ``TOKEN_LEDGER_DATABASE_URL`` names, read as :meth:`TokenLedger.open` reads it.
+def open_ledger(database_url: str, policy: MonthlyResetPolicy | None = None) -> AsyncTokenLedger:
+    """The ledger ``TOKEN_LEDGER_DATABASE_URL`` names, read as :meth:`AsyncTokenLedger.open`
+    reads it; ``async with`` opens and closes it.
 
     A URL it refuses (``mysql://``, ``memory://x``) is a :class:`ConfigurationError`,
     never taken for a file name.
     """
     try:
-        return TokenLedger.open(database_url, policy=policy)
+        return AsyncTokenLedger.open(database_url, policy=policy)
     except InvalidInput as error:
         raise ConfigurationError(f"TOKEN_LEDGER_DATABASE_URL: {error}") from None
 
@@ -212,7 +219,87 @@ def _b64decode(text: str) -> bytes:
     return data
 
 
+# The JSON of the seed, as the OpenAPI schema describes it: exactly these fields.
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TokenStatusBody(_Body):
+    """The seed's ``GET /api/user/tokens``."""
+
+    monthlyUsed: int = Field(ge=0, le=MAX_TOKENS)
+    monthlyLimit: int = Field(ge=1, le=MAX_TOKENS)
+    monthlyRemaining: int = Field(ge=0, le=MAX_TOKENS)
+
+
+class DeductRequestBody(_Body):
+    """What ``POST /api/user/tokens/deduct`` takes (read by the endpoint itself: see
+    :func:`_json_object`, which also refuses NaN, repeated keys and bodies over 64 KiB)."""
+
+    amount: int = Field(ge=1, le=MAX_TOKENS)
+    feature: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        pattern=r"^[^\x00]*\S[^\x00]*$",
+        description="not only white space, no NUL",
+    )
+    context: dict[str, Any] | None = Field(
+        default=None, description="any JSON object: stored with the entry"
+    )
+
+
+class DeductedBody(_Body):
+    """The seed's ``POST /api/user/tokens/deduct`` when the tokens were spent."""
+
+    success: Literal[True]
+    monthlyRemaining: int = Field(ge=0, le=MAX_TOKENS)
+
+
+class RefusedBody(_Body):
+    """A deduction refused for too few tokens (402): recorded in the ledger as a failed entry."""
+
+    success: Literal[False]
+    monthlyRemaining: int = Field(ge=0, le=MAX_TOKENS)
+    error: Literal["insufficient_tokens"]
+    message: str
+
+
+class ErrorBody(_Body):
+    """Every other refusal."""
+
+    success: Literal[False]
+    error: str
+    message: str
+
+
+class ResetBody(_Body):
+    """The seed's cron endpoint: how many accounts it reset."""
+
+    success: Literal[True]
+    reset_count: int = Field(ge=0)
+
+
+def _errors(*status_codes: int) -> dict[int | str, dict[str, Any]]:
+    described = {
+        400: "the body is not JSON (or has NaN, or repeats a key)",
+        401: "no valid bearer token",
+        413: "the body is over 64 KiB",
+        415: "the body is not application/json",
+        422: "a value the ledger refuses, or an Idempotency-Key reused for another request",
+        503: "the database is busy or down (Retry-After)",
+    }
+    return {code: {"model": ErrorBody, "description": described[code]} for code in status_codes}
+
+
 # Endpoints
+
+user_bearer = HTTPBearer(
+    scheme_name="userToken", description="a user token, as mint_token.py makes", auto_error=False
+)
+cron_bearer = HTTPBearer(scheme_name="cronSecret", description="CRON_SECRET", auto_error=False)
 
 
 class ApiError(Exception):
@@ -232,22 +319,72 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
 
 
-async def get_tokens(request: Request) -> Response:
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_ledger(request: Request) -> AsyncTokenLedger:
+    ledger: AsyncTokenLedger = request.app.state.ledger
+    return ledger
+
+
+def authenticated_user(
+    request: Request,
+    settings: Annotated[Settings, Depends(get_settings)],
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(user_bearer)],
+) -> str:
+    """The user of a valid bearer token, checked before anything else of the request."""
+    user_id = user_from_bearer(request.headers.get("authorization"), settings.signing_secret)
+    if user_id is None:
+        raise _unauthorized("send Authorization: Bearer <a valid user token>")
+    return user_id
+
+
+User = Annotated[str, Depends(authenticated_user)]
+Ledger = Annotated[AsyncTokenLedger, Depends(get_ledger)]
+CurrentSettings = Annotated[Settings, Depends(get_settings)]
+IDEMPOTENCY_KEY_HEADER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH},
+    "description": "retrying with the same key answers the first result and spends nothing",
+}
+
+router = APIRouter()
+
+
+@router.get("/api/user/tokens", response_model=TokenStatusBody, responses=_errors(401, 503))
+async def get_tokens(user_id: User, ledger: Ledger, settings: CurrentSettings) -> Any:
     """The caller's status; an unknown user gets the default allowance, and nothing is written."""
-    settings, ledger = _context(request)
-    user_id = _authenticated_user(request, settings)
     try:
-        status = await run_in_threadpool(ledger.status, user_id)
+        status = await ledger.status(user_id)
     except AccountNotFound:
         limit = settings.default_monthly_limit
-        return JSONResponse({"monthlyUsed": 0, "monthlyLimit": limit, "monthlyRemaining": limit})
-    return JSONResponse(status.to_dict())
+        return {"monthlyUsed": 0, "monthlyLimit": limit, "monthlyRemaining": limit}
+    return status.to_dict()
 
 
-async def deduct_tokens(request: Request) -> Response:
+@router.post(
+    "/api/user/tokens/deduct",
+    response_model=DeductedBody,
+    responses={
+        402: {"model": RefusedBody, "description": "too few tokens remain"},
+        **_errors(400, 401, 413, 415, 422, 503),
+    },
+    openapi_extra={
+        "parameters": [IDEMPOTENCY_KEY_HEADER],  # read by _idempotency_key, as the body is
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": DeductRequestBody.model_json_schema()}},
+        },
+    },
+)
+async def deduct_tokens(
+    request: Request, user_id: User, ledger: Ledger, settings: CurrentSettings
+) -> Any:
     """Spend tokens; a user's first deduction opens their account with the default limit."""
-    settings, ledger = _context(request)
-    user_id = _authenticated_user(request, settings)
     body = await _json_object(request)
     unknown = sorted(set(body) - set(DEDUCT_FIELDS))
     if unknown:
@@ -259,8 +396,7 @@ async def deduct_tokens(request: Request) -> Response:
     if "amount" not in body:
         raise ApiError(422, "invalid_request", "amount is required")
     try:
-        result = await run_in_threadpool(
-            _deduct,
+        result = await _deduct(
             ledger,
             settings.default_monthly_limit,
             user_id,
@@ -279,11 +415,11 @@ async def deduct_tokens(request: Request) -> Response:
             },
             status_code=402,
         )
-    return JSONResponse(result.to_dict())
+    return result.to_dict()
 
 
-def _deduct(
-    ledger: TokenLedger, default_limit: int, user_id: str, amount: Any, **options: Any
+async def _deduct(
+    ledger: AsyncTokenLedger, default_limit: int, user_id: str, amount: Any, **options: Any
 ) -> DeductResult:
     """Deduct, opening the account on a user's first deduction.
 
@@ -291,43 +427,55 @@ def _deduct(
     a bad request is refused before any account is created.
     """
     try:
-        return ledger.deduct(user_id, amount, **options)
+        return await ledger.deduct(user_id, amount, **options)
     except AccountNotFound:
-        ledger.ensure_account(user_id, default_limit)
-        return ledger.deduct(user_id, amount, **options)
+        await ledger.ensure_account(user_id, default_limit)
+        return await ledger.deduct(user_id, amount, **options)
 
 
-async def reset_monthly_tokens(request: Request) -> Response:
+async def reset_monthly_tokens(
+    request: Request,
+    ledger: Ledger,
+    settings: CurrentSettings,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(cron_bearer)],
+) -> Any:
     """The seed's cron job: persist every pending reset (users never wait for it).
 
-    ``GET`` (Vercel's cron) and ``POST`` (by hand) do the same, behind the same
-    secret; ``HEAD``, which Starlette would route with ``GET``, resets nothing.
+    ``GET`` (Vercel's cron) and ``POST`` (by hand) do the same, behind the same secret.
     """
-    if request.method not in CRON_METHODS:
-        raise ApiError(
-            405,
-            "method_not_allowed",
-            f"use {' or '.join(CRON_METHODS)}",
-            {"Allow": ", ".join(CRON_METHODS)},
-        )
-    settings, ledger = _context(request)
     if not is_cron_request(request.headers.get("authorization"), settings.cron_secret):
         raise _unauthorized("send Authorization: Bearer <CRON_SECRET>")
-    reset_count = await run_in_threadpool(ledger.reset_all_stale)
+    reset_count = await ledger.reset_all_stale()
     return JSONResponse(
         {"success": True, "reset_count": reset_count}, headers={"Cache-Control": "no-store"}
     )
 
 
-def _context(request: Request) -> tuple[Settings, TokenLedger]:
-    return request.app.state.settings, request.app.state.ledger
+async def other_cron_methods() -> Response:
+    """``HEAD`` and the rest reset nothing."""
+    raise ApiError(
+        405,
+        "method_not_allowed",
+        f"use {' or '.join(CRON_METHODS)}",
+        {"Allow": ", ".join(CRON_METHODS)},
+    )
 
 
-def _authenticated_user(request: Request, settings: Settings) -> str:
-    user_id = user_from_bearer(request.headers.get("authorization"), settings.signing_secret)
-    if user_id is None:
-        raise _unauthorized("send Authorization: Bearer <a valid user token>")
-    return user_id
+for _method in CRON_METHODS:
+    router.add_api_route(
+        CRON_PATH,
+        reset_monthly_tokens,
+        methods=[_method],
+        response_model=ResetBody,
+        responses=_errors(401, 503),
+        operation_id=f"reset_monthly_tokens_{_method.lower()}",
+    )
+router.add_api_route(
+    CRON_PATH,
+    other_cron_methods,
+    methods=["HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"],
+    include_in_schema=False,
+)
 
 
 def _idempotency_key(request: Request, user_id: str) -> str | None:
@@ -381,9 +529,19 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return value
 
 
+# Errors
+
+
 async def _api_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, ApiError)
     return _error_response(error.status_code, error.code, error.message, error.headers)
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    """Starlette's own refusals (an unknown path, a method a route does not serve), as JSON."""
+    assert isinstance(error, HTTPException)
+    code = "not_found" if error.status_code == 404 else "http_error"
+    return _error_response(error.status_code, code, str(error.detail), error.headers)
 
 
 async def _ledger_error(request: Request, error: Exception) -> Response:
@@ -414,7 +572,9 @@ def _error_response(
     )
 
 
-def create_app(settings: Settings | None = None, *, ledger: TokenLedger | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None, *, ledger: AsyncTokenLedger | None = None
+) -> FastAPI:
     """The ASGI app; ``uvicorn --factory`` calls it with no arguments.
 
     Without ``settings`` they come from the environment. Without a ``ledger``
@@ -425,31 +585,29 @@ def create_app(settings: Settings | None = None, *, ledger: TokenLedger | None =
     settings = Settings.from_env(os.environ) if settings is None else settings
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if ledger is not None:
             app.state.ledger = ledger
             yield
             return
-        with open_ledger(settings.database_url, settings.policy) as opened:
+        async with open_ledger(settings.database_url, settings.policy) as opened:
             app.state.ledger = opened
             yield
 
-    app = Starlette(
-        routes=[
-            Route("/api/user/tokens", get_tokens, methods=["GET"]),
-            Route("/api/user/tokens/deduct", deduct_tokens, methods=["POST"]),
-            Route(
-                "/api/admin/reset-monthly-tokens", reset_monthly_tokens, methods=list(CRON_METHODS)
-            ),
-        ],
+    app = FastAPI(
+        title="token-ledger example service",
+        summary="The seed's token API: status, deduct, and the monthly reset",
+        version="1.0.0",
+        lifespan=lifespan,
         exception_handlers={
             ApiError: _api_error,
+            HTTPException: _http_error,
             InvalidInput: _ledger_error,
             IdempotencyConflict: _ledger_error,
             StorageError: _ledger_error,
             ValueError: _ledger_error,
         },
-        lifespan=lifespan,
     )
+    app.include_router(router)
     app.state.settings = settings
     return app

@@ -7,6 +7,8 @@
 36
 """
 
+from typing import TYPE_CHECKING
+
 from token_ledger.account import TokenAccount
 from token_ledger.application import TokenLedger
 from token_ledger.clock import Clock, system_clock
@@ -36,7 +38,21 @@ from token_ledger.results import DeductResult, History, TokenStatus
 from token_ledger.sql import install_postgres_sql, install_sqlite_sql
 from token_ledger.transactions import OperationType, Transaction
 
+if TYPE_CHECKING:  # imported on first use at run time: see __getattr__ below
+    from token_ledger.asyncio_application import AsyncTokenLedger
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``token_ledger.AsyncTokenLedger``, imported on first use: ``import token_ledger`` stays
+    free of asyncio and of every database driver."""
+    if name == "AsyncTokenLedger":
+        from token_ledger.asyncio_application import AsyncTokenLedger
+
+        return AsyncTokenLedger
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # What an application calls and gets back. What a storage adapter implements lives with the
 # port in token_ledger.repository (TokenRepository, UnitOfWork, HistoryQuery, AccountFilter).
@@ -46,6 +62,7 @@ __all__ = [
     "Alert",
     "AlertReport",
     "AlertThresholds",
+    "AsyncTokenLedger",
     "Clock",
     "DeductResult",
     "Discrepancy",

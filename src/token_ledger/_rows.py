@@ -235,6 +235,30 @@ class RowWriter:
         return texts, values
 
 
+class KnownAnchors:
+    """User ids seen with a ``reset_anchor``: a one-statement deduction never covers them.
+
+    An anchor is set when an account opens and never changed by the library, so an
+    adapter that saw one need not try the statement for that user again. It is a
+    hint only: the statement's guard decides, and a user wrongly taken for anchored
+    (an outside writer cleared its anchor) gets the full path, with the same rows.
+    At most :attr:`LIMIT` ids are kept; then it starts afresh.
+    """
+
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self._ids
+
+    def add(self, user_id: str) -> None:
+        if len(self._ids) >= self.LIMIT:
+            self._ids = set()
+        self._ids.add(user_id)
+
+
 PARAM = "{?}"
 """Where a condition's value goes in its SQL; each adapter puts its driver's mark there."""
 
@@ -270,19 +294,54 @@ def _compared(column: str, comparison: str, value: Any) -> Condition:
     )
 
 
-def _maybe_stale(cutoffs: StaleCutoffs) -> Condition:
-    """The accounts that can be stale: see :class:`~token_ledger.repository.StaleCutoffs`."""
+def _maybe_stale(cutoffs: StaleCutoffs, anchored: bool | None = None) -> Condition:
+    """The accounts that can be stale: see :class:`~token_ledger.repository.StaleCutoffs`.
+
+    With ``anchored`` known, only that half of the test is written.
+    """
 
     def test(account: TokenAccount) -> bool:
         if account.reset_anchor is None:
             return account.last_monthly_reset < cutoffs.calendar
         return account.last_monthly_reset <= cutoffs.anchored
 
+    if anchored is False:
+        return Condition(f"last_monthly_reset < {PARAM}", (cutoffs.calendar,), test)
+    if anchored:
+        return Condition(f"last_monthly_reset <= {PARAM}", (cutoffs.anchored,), test)
     return Condition(
         f"((reset_anchor IS NULL AND last_monthly_reset < {PARAM})"
         f" OR (reset_anchor IS NOT NULL AND last_monthly_reset <= {PARAM}))",
         (cutoffs.calendar, cutoffs.anchored),
         test,
+    )
+
+
+def _current(cutoffs: StaleCutoffs, anchored: bool | None = None) -> Condition:
+    """The accounts :func:`_maybe_stale` leaves out: none of them has a reset pending."""
+
+    def test(account: TokenAccount) -> bool:
+        if account.reset_anchor is None:
+            return account.last_monthly_reset >= cutoffs.calendar
+        return account.last_monthly_reset > cutoffs.anchored
+
+    if anchored is False:
+        return Condition(f"last_monthly_reset >= {PARAM}", (cutoffs.calendar,), test)
+    if anchored:
+        return Condition(f"last_monthly_reset > {PARAM}", (cutoffs.anchored,), test)
+    return Condition(
+        f"((reset_anchor IS NULL AND last_monthly_reset >= {PARAM})"
+        f" OR (reset_anchor IS NOT NULL AND last_monthly_reset > {PARAM}))",
+        (cutoffs.calendar, cutoffs.anchored),
+        test,
+    )
+
+
+def _anchored(anchored: bool) -> Condition:
+    return Condition(
+        f"reset_anchor IS {'NOT ' if anchored else ''}NULL",
+        (),
+        lambda account: (account.reset_anchor is not None) == anchored,
     )
 
 
@@ -304,8 +363,12 @@ def account_conditions(where: AccountFilter, after_user_id: str | None) -> list[
     conditions = []
     if after_user_id is not None:
         conditions.append(_compared("user_id", ">", after_user_id))
+    if where.anchored is not None:
+        conditions.append(_anchored(where.anchored))
     if where.stale is not None:
-        conditions.append(_maybe_stale(where.stale))
+        conditions.append(_maybe_stale(where.stale, where.anchored))
+    if where.current is not None:
+        conditions.append(_current(where.current, where.anchored))
     if where.usage_above is not None:
         conditions.append(_usage_above(where.usage_above))
     return conditions

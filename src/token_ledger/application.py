@@ -9,6 +9,7 @@ live in the domain, the steps in :mod:`token_ledger.operations` and
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -19,6 +20,7 @@ from token_ledger.commands import DEFAULT_RESERVATION_TTL, DEFAULT_RESET_BATCH_S
 from token_ledger.grants import Reservation
 from token_ledger.memory import MemoryRepository
 from token_ledger.monitoring import AlertReport, Health
+from token_ledger.operations import ResetStep
 from token_ledger.policy import MonthlyResetPolicy
 from token_ledger.reconciliation import Discrepancy
 from token_ledger.repository import TokenRepository
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 
     from token_ledger.postgres import PostgresTarget
+    from token_ledger.within import LedgerInTransaction
 
 __all__ = ["DEFAULT_RESERVATION_TTL", "DEFAULT_RESET_BATCH_SIZE", "TokenLedger"]
 
@@ -327,15 +330,16 @@ class TokenLedger:
         """
         reset = commands.reset_all_stale(self.policy, self.now(), batch_size, progress)
         reset_count = 0
-        after: str | None = None
+        step = ResetStep(None, 0, last=False)
         while True:
-            batch, batch_resets = self._perform(reset.batch(after))
-            reset_count += batch_resets
+            step = self._perform(
+                reset.step(step.after_user_id, step.for_the_domain, step.final_batch)
+            )
+            reset_count += step.resets
             if reset.progress is not None:
                 reset.progress(reset_count)
-            if len(batch) < reset.batch_size:
+            if step.last:
                 return reset_count
-            after = batch[-1].user_id
 
     # operations
 
@@ -414,9 +418,38 @@ class TokenLedger:
             )
         )
 
+    def within(
+        self, connection: object, *, schema: str | None = None
+    ) -> AbstractContextManager[LedgerInTransaction]:
+        """The ledger's calls inside a transaction you own on ``connection``.
+
+        ``with ledger.within(conn) as tokens: tokens.deduct(...)``: each call is a savepoint
+        of your transaction, so your COMMIT stores it with your own writes and your ROLLBACK
+        undoes it; nothing here commits or retries. ``connection`` is a psycopg 3
+        ``Connection``, a ``sqlite3.Connection`` or ``sqlite_utils.Database``, a SQLAlchemy 2
+        ``Connection`` or ``Session``, or Django's connection inside ``transaction.atomic()``;
+        ``schema`` (PostgreSQL) defaults to this ledger's. See :mod:`token_ledger.within`.
+        """
+        from token_ledger.within import within
+
+        return within(self, connection, schema=schema)
+
     def _perform(self, command: Command[T, R]) -> R:
         """Run a checked call: a write in a unit of work, again from the start if it lost a
-        race (with the same instant and idempotency key), a read against the repository."""
+        race (with the same instant and idempotency key), a read against the repository.
+
+        A command's shortcut goes first when the repository offers what it needs
+        (a deduction in one guarded statement, counts made by the database); when
+        it answers ``None``, the command's own operation runs as usual."""
+        shortcut = command.shortcut
+        if shortcut is not None and shortcut.available(self.repository):
+            call = shortcut.call
+            if call is not None:  # the deduction's: one call, made without a generator
+                found = getattr(self.repository, call.method)(*call.arguments)
+            else:
+                found = operations.run(shortcut.operation(), self.repository)
+            if found is not None:
+                return command.answer(found)
         if command.writes:
             result = write_with_retries(
                 self.repository, lambda work: operations.run(command.operation(), work)

@@ -11,7 +11,7 @@ operation's result into what the call returns, or the refusal it raises.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -22,7 +22,7 @@ from token_ledger.account import TokenAccount, check_monthly_limit
 from token_ledger.errors import InsufficientTokens, InvalidAmount, InvalidInput
 from token_ledger.grants import Grant, Reservation
 from token_ledger.monitoring import AlertReport, AlertThresholds, Health
-from token_ledger.operations import Operation, Spent
+from token_ledger.operations import Operation, ResetStep, Spent
 from token_ledger.policy import MonthlyResetPolicy
 from token_ledger.reconciliation import Discrepancy
 from token_ledger.repository import HistoryQuery
@@ -44,17 +44,50 @@ def _as_is(value: T) -> T:
 
 
 @attrs.frozen
+class Shortcut(Generic[T]):
+    """A faster way to a command's result, through repository methods that are optional.
+
+    ``operation`` runs against the repository (never in a unit of work) and calls
+    only the repository methods ``needs`` names, which an adapter may lack: a facade
+    whose repository lacks one of them, or has it set to ``None``, runs the
+    command's own operation instead. So does a facade whose shortcut answered
+    ``None``: the case was not one the shortcut covers. Either way the result,
+    and what is stored, is the same.
+    """
+
+    needs: tuple[str, ...]
+    operation: Callable[[], Operation[T | None]]
+    call: operations.Call | None = None
+    """The one repository call ``operation`` makes, when it makes only one: a facade may
+    make it directly, without running ``operation``."""
+
+    @classmethod
+    def single(cls, call: operations.Call) -> Shortcut[Any]:
+        """The shortcut of one repository method, ``call.method``, answering by itself."""
+        return cls((call.method,), lambda: operations.single(call), call)
+
+    def available(self, repository: object) -> bool:
+        """Whether ``repository`` has every method the shortcut needs."""
+        for name in self.needs:  # noqa: SIM110 - a loop: all() of a generator costs more here
+            if getattr(repository, name, None) is None:
+                return False
+        return True
+
+
+@attrs.frozen
 class Command(Generic[T, R]):
     """A checked call: the operation to run (made afresh for each attempt) and its answer.
 
     ``writes`` says where the operation runs: in a unit of work, which a facade
     may run again from the start after a transient failure, or against the
-    repository, as a read.
+    repository, as a read. ``shortcut``, when there is one, is tried first by a
+    facade that knows how (see :class:`Shortcut`); one that does not may ignore it.
     """
 
     operation: Callable[[], Operation[T]]
     answer: Callable[[T], R]
     writes: bool = True
+    shortcut: Shortcut[T] | None = None
 
 
 def _write(operation: Callable[[], Operation[T]]) -> Command[T, T]:
@@ -119,7 +152,10 @@ def deduct(
     tokens = _validation.positive_int(amount)
     checked_feature = _validation.optional_identifier(feature, "feature")
     key = _validation.optional_identifier(idempotency_key, "idempotency_key")
-    checked_context: Mapping[str, Any] = _validation.json_context(context)
+    checked_context = _validation.json_context(context)
+    direct = operations.DirectDeduction(
+        user, tokens, checked_feature, checked_context, key, now, policy.period(now).start
+    )
     return Command(
         lambda: operations.deduct(
             policy,
@@ -131,6 +167,7 @@ def deduct(
             idempotency_key=key,
         ),
         _deducted,
+        shortcut=Shortcut.single(operations.Call("deduct_directly", (direct,))),
     )
 
 
@@ -248,6 +285,43 @@ class ResetAll:
             )
         )
 
+    def step(
+        self, after_user_id: str | None, for_the_domain: int = 0, final: bool = False
+    ) -> Command[ResetStep, ResetStep]:
+        """The next step after ``after_user_id``: a batch, or the shortcut of a set-based run.
+
+        ``for_the_domain`` (and ``final``) is what the step before left to the domain:
+        a batch of that many then, without a shortcut (see :class:`ResetStep`). A
+        facade that ignores shortcuts gets the batches of :meth:`batch`.
+        """
+        cutoffs = reads.stale_cutoffs(self.policy, self.now)
+        size = for_the_domain or self.batch_size
+
+        def batch() -> Operation[ResetStep]:
+            return operations.reset_step(
+                self.policy,
+                self.now,
+                cutoffs,
+                after_user_id,
+                size,
+                partial=for_the_domain > 0,
+                final=final,
+            )
+
+        if for_the_domain:
+            return _write(batch)
+        return Command(
+            batch,
+            _as_is,
+            shortcut=Shortcut(
+                _RESET_CALENDAR_RUN,
+                lambda: operations.reset_calendar_run(self.now, cutoffs, after_user_id, size),
+            ),
+        )
+
+
+_RESET_CALENDAR_RUN = ("reset_calendar_run",)
+
 
 def reset_all_stale(
     policy: MonthlyResetPolicy, now: datetime, batch_size: object, progress: object
@@ -261,20 +335,38 @@ def reset_all_stale(
 # operator reads
 
 
+_COUNTED = ("count_accounts_where",)
+
+
 def health(policy: MonthlyResetPolicy, now: datetime) -> Command[Health, Health]:
-    return _read(lambda: reads.health(policy, now))
+    return Command(
+        lambda: reads.health(policy, now),
+        _as_is,
+        writes=False,
+        shortcut=Shortcut(_COUNTED, lambda: reads.health_counted(policy, now)),
+    )
 
 
 def alerts(
     policy: MonthlyResetPolicy, now: datetime, **thresholds: Any
 ) -> Command[AlertReport, AlertReport]:
     checked = AlertThresholds(**thresholds)
-    return _read(lambda: reads.alerts(policy, now, checked))
+    return Command(
+        lambda: reads.alerts(policy, now, checked),
+        _as_is,
+        writes=False,
+        shortcut=Shortcut(_COUNTED, lambda: reads.alerts_counted(policy, now, checked)),
+    )
 
 
 def reconcile(user_id: object) -> Command[list[Discrepancy], list[Discrepancy]]:
     checked = _validation.optional_identifier(user_id, "user_id")
-    return _read(lambda: reads.reconcile(checked))
+    return Command(
+        lambda: reads.reconcile(checked),
+        _as_is,
+        writes=False,
+        shortcut=Shortcut(("find_discrepancies",), lambda: reads.reconcile_counted(checked)),
+    )
 
 
 def history(**filters: Any) -> Command[History, History]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Generator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import attrs
@@ -32,7 +32,7 @@ from token_ledger.errors import (
 from token_ledger.grants import Grant, Reservation
 from token_ledger.policy import MonthlyResetPolicy
 from token_ledger.repository import StaleCutoffs, TokenRepository, UnitOfWork
-from token_ledger.transactions import OperationType, Transaction, replay
+from token_ledger.transactions import Effects, OperationType, Transaction, replay
 
 T = TypeVar("T")
 
@@ -88,6 +88,72 @@ class Spent:
     entry: Transaction
     remaining: int
     reservation: Reservation | None = None
+
+
+@attrs.frozen
+class DirectDeduction:
+    """The common deduction, decided before its account is read.
+
+    Most deductions find their account as most accounts are: without a
+    ``reset_anchor``, in the calendar period that contains ``now`` (its
+    ``last_monthly_reset`` is :attr:`period_start`), without live grants or held
+    reservations (``grant_balance = 0 AND reserved_tokens = 0``), with room for
+    ``amount`` in the allowance (``amount <= monthly_limit - monthly_tokens_used``)
+    and, with an idempotency key, no entry stored under it yet. For such an account
+    the domain's deduction adds ``amount`` to the usage, stamps ``updated_at`` with
+    ``now`` (or :attr:`earlier` when the stored ``updated_at`` is ``now``, as
+    :func:`token_ledger.change.stamped` does) and writes one successful entry whose
+    ``balance_after`` is the allowance left and whose effects are ``{"usage": amount}``.
+
+    A store that can test all of this and write both rows in one guarded statement
+    offers ``deduct_directly(deduction)``; it answers :meth:`spent` for the entry it
+    wrote, or ``None`` when the guard matched nothing (or it lost a race), and
+    :func:`deduct` then runs as usual. Either way the rows are the same.
+    """
+
+    user_id: str
+    amount: int
+    feature: str | None
+    context: dict[str, Any]
+    idempotency_key: str | None
+    now: datetime
+    period_start: datetime
+    """The start of the calendar period containing ``now``."""
+
+    @property
+    def earlier(self) -> datetime:
+        """The ``updated_at`` to write when the stored one is ``now`` already."""
+        return self.now - _EARLIER
+
+    def spent(self, entry_id: int, balance_after: int, overage_limit: int) -> Spent:
+        """The result of the deduction a store applied: the entry it stored as ``entry_id``.
+
+        What is still spendable is the allowance left plus the whole overage
+        limit, since the deduction drew on neither grants nor overage.
+        """
+        entry = Transaction(
+            self.user_id,
+            OperationType.DEDUCT,
+            self.amount,
+            self.now,
+            balance_after,
+            True,
+            self.feature,
+            self.context,
+            self.idempotency_key,
+            entry_id,
+            Effects(usage=self.amount),
+        )
+        return Spent(entry, balance_after + overage_limit)
+
+
+_EARLIER = timedelta(microseconds=1)
+
+
+def single(call: Call) -> Operation[Any]:
+    """An operation of one call, answering what the call answers."""
+    answer = yield call
+    return answer
 
 
 # steps shared by the operations
@@ -299,6 +365,99 @@ def reset_batch(
     yield Call("save_reservations", ([r for change in changed for r in change.reservations],))
     yield Call("append_transactions", ([e for change in changed for e in change.entries],))
     return batch, sum(1 for change in changed if change.has_reset)
+
+
+@attrs.frozen
+class ResetStep:
+    """Where the bulk reset stands after one unit of work of it."""
+
+    after_user_id: str | None
+    """The last account it looked at: the next step starts after it."""
+    resets: int
+    last: bool
+    """Whether no stale account can be left after it."""
+    for_the_domain: int = 0
+    """How many of the next candidates need the domain's decision (an anchor, grants or
+    holds): the next step is a batch of that many, by :func:`reset_step`."""
+    final_batch: bool = False
+    """Whether those candidates are the last ones: no step is needed after their batch."""
+
+
+def reset_step(
+    policy: MonthlyResetPolicy,
+    now: datetime,
+    cutoffs: StaleCutoffs,
+    after_user_id: str | None,
+    batch_size: int,
+    *,
+    partial: bool = False,
+    final: bool = False,
+) -> Operation[ResetStep]:
+    """:func:`reset_batch` as a :class:`ResetStep`: the last when it came back short, or,
+    for a ``partial`` batch (the candidates a :class:`CalendarResets` left), when ``final``."""
+    batch, resets = yield from reset_batch(policy, now, cutoffs, after_user_id, batch_size)
+    after = batch[-1].user_id if batch else after_user_id
+    return ResetStep(after, resets, last=final if partial else len(batch) < batch_size)
+
+
+@attrs.frozen
+class CalendarResets:
+    """The next run of the bulk reset that the domain decides without reading the accounts.
+
+    Of the next ``limit`` candidates after ``after_user_id`` (locked in ``user_id``
+    order, as :meth:`~token_ledger.repository.UnitOfWork.lock_stale_candidates` selects
+    them), the ones before the first that has a ``reset_anchor``, a grant or a hold are
+    accounts without an anchor whose period ended: each gets usage 0,
+    ``last_monthly_reset`` :attr:`period_start`, ``updated_at`` stamped with ``now``
+    (:attr:`earlier` when it is ``now`` already) and the ``reset`` entry the domain
+    writes (:meth:`context` is its ``operation_context``; ``balance_after`` the limit,
+    effects ``{"usage": -used}``, or none when nothing was used), in ``user_id`` order.
+
+    A store that can do that in one transaction offers ``reset_calendar_run(run)``
+    and answers a :class:`ResetStep`: how many it reset, the last of them, and how
+    many candidates after them need the domain (for :func:`reset_step`), or ``None``
+    to leave the whole batch to :func:`reset_step`.
+    """
+
+    cutoffs: StaleCutoffs
+    now: datetime
+    after_user_id: str | None
+    limit: int
+
+    @property
+    def period_start(self) -> datetime:
+        return self.cutoffs.calendar
+
+    @property
+    def earlier(self) -> datetime:
+        return self.now - _EARLIER
+
+    @property
+    def period_start_text(self) -> str:
+        """The new period's start as ``operation_context`` writes it."""
+        return _iso(self.period_start)
+
+    def context(self, previous_used: int, previous_period_start: datetime) -> dict[str, Any]:
+        """The reset entry's ``operation_context``, key for key in the domain's order."""
+        return {
+            "previous_used": previous_used,
+            "previous_period_start": _iso(previous_period_start),
+            "period_start": self.period_start_text,
+        }
+
+
+def _iso(instant: datetime) -> str:
+    """An instant as the domain writes it into a context (``TokenAccount``'s ``_iso``)."""
+    return instant.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def reset_calendar_run(
+    now: datetime, cutoffs: StaleCutoffs, after_user_id: str | None, limit: int
+) -> Operation[ResetStep | None]:
+    """The next :class:`CalendarResets` in one call of the repository, or ``None``."""
+    run = CalendarResets(cutoffs, now, after_user_id, limit)
+    step: ResetStep | None = yield Call("reset_calendar_run", (run,))
+    return step
 
 
 def new_id() -> str:

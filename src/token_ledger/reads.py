@@ -94,6 +94,89 @@ def reconcile(user_id: str | None) -> Operation[list[Discrepancy]]:
         after = page[-1].user_id
 
 
+# Shortcuts (token_ledger.commands.Shortcut): the same answers, counted by the database.
+# ``count_accounts_where`` counts the accounts matching each of several filters in one
+# pass. Without an anchor an account's staleness is a comparison the store makes
+# exactly; only anchored accounts are read, a page at a time, for the domain to judge.
+
+
+def health_counted(policy: MonthlyResetPolicy, now: datetime) -> Operation[Health]:
+    """:func:`health`, with every account that has no anchor counted by the store."""
+    cutoffs = stale_cutoffs(policy, now)
+    total, calendar_stale, anchored_candidates = yield from _counts(
+        AccountFilter(),
+        AccountFilter(stale=cutoffs, anchored=False),
+        AccountFilter(stale=cutoffs, anchored=True),
+    )
+    stale = calendar_stale
+    if anchored_candidates:
+        stale += yield from _count_anchored(
+            AccountFilter(stale=cutoffs, anchored=True), policy, now
+        )
+    return monitoring.health(total, stale, now)
+
+
+def alerts_counted(
+    policy: MonthlyResetPolicy, now: datetime, thresholds: AlertThresholds
+) -> Operation[AlertReport]:
+    """:func:`alerts`, with every account that has no anchor counted by the store.
+
+    High usage counts the accounts above the ratio with no reset pending: without
+    an anchor, those in the current period; with one, as the domain judges them.
+    """
+    stale_at = thresholds.stale_at(now)
+    overdue_cutoffs = stale_cutoffs(policy, stale_at)
+    ratio = float(thresholds.usage_ratio)
+    above = AccountFilter(usage_above=ratio, anchored=True)
+    calendar_overdue, anchored_candidates, calendar_high, anchored_high = yield from _counts(
+        AccountFilter(stale=overdue_cutoffs, anchored=False),
+        AccountFilter(stale=overdue_cutoffs, anchored=True),
+        AccountFilter(usage_above=ratio, current=stale_cutoffs(policy, now), anchored=False),
+        above,
+    )
+    overdue = calendar_overdue
+    if anchored_candidates:
+        overdue += yield from _count_anchored(
+            AccountFilter(stale=overdue_cutoffs, anchored=True), policy, stale_at
+        )
+    refused = HistoryQuery(success=False, since=thresholds.failed_since(now))
+    failed: int = yield Call("count_transactions", (refused,))
+    high = calendar_high
+    if anchored_high:
+        high += yield from _count_anchored(above, policy, now, stale=False)
+    return monitoring.alerts(thresholds, overdue, failed, high, now)
+
+
+def reconcile_counted(user_id: str | None) -> Operation[list[Discrepancy] | None]:
+    """:func:`reconcile` as one grouped query of the store; ``None`` where it cannot answer."""
+    if user_id is not None:
+        yield from account(user_id)
+    found: list[Discrepancy] | None = yield Call("find_discrepancies", (user_id,))
+    return found
+
+
+def _counts(*filters: AccountFilter) -> Generator[Call, Any, list[int]]:
+    counts: list[int] = yield Call("count_accounts_where", (filters,))
+    return counts
+
+
+def _count_anchored(
+    where: AccountFilter, policy: MonthlyResetPolicy, at: datetime, *, stale: bool = True
+) -> Operation[int]:
+    """How many anchored accounts matching ``where`` had a reset pending at ``at``
+    (or, with ``stale=False``, had none)."""
+    count = 0
+    after: str | None = None
+    while True:
+        page = yield from _scan_page(where, after)
+        count += sum(
+            1 for a in page if a.reset_anchor is not None and a.is_stale(policy, at) == stale
+        )
+        if len(page) < SCAN_PAGE_SIZE:
+            return count
+        after = page[-1].user_id
+
+
 def _scan_page(where: AccountFilter, after: str | None) -> Accounts:
     page: list[TokenAccount] = yield Call("scan_accounts", (where, after, SCAN_PAGE_SIZE))
     return page

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -19,6 +19,10 @@ from token_ledger.account import TokenAccount
 from token_ledger.errors import InvalidInput
 from token_ledger.grants import Grant, Reservation
 from token_ledger.transactions import OperationType, Transaction
+
+if TYPE_CHECKING:
+    from token_ledger.operations import CalendarResets, DirectDeduction, ResetStep, Spent
+    from token_ledger.reconciliation import Discrepancy
 
 
 @attrs.frozen
@@ -45,6 +49,14 @@ class AccountFilter:
     stale: StaleCutoffs | None = None
     usage_above: float | None = None
     """A fraction of the limit: ``monthly_tokens_used / monthly_limit > usage_above``."""
+    current: StaleCutoffs | None = None
+    """The accounts ``stale`` would not pre-select: those no reset can be pending for."""
+    anchored: bool | None = None
+    """Only accounts with a ``reset_anchor`` (``True``) or only those without (``False``).
+
+    Without an anchor, ``stale`` and ``current`` are exact, so a store can count
+    those accounts by itself; anchored ones need the domain's decision.
+    """
 
 
 MAX_HISTORY_LIMIT = 10_000
@@ -157,6 +169,47 @@ class UnitOfWork(Protocol):
         self, cutoffs: StaleCutoffs, after_user_id: str | None, limit: int
     ) -> list[TokenAccount]:
         """Up to ``limit`` possibly stale accounts, by ``user_id`` after ``after_user_id``."""
+        ...
+
+
+SHORTCUT_METHODS = (
+    "deduct_directly",
+    "count_accounts_where",
+    "find_discrepancies",
+    "reset_calendar_run",
+)
+"""Optional methods of a repository, which the facade uses when present, for shortcuts.
+
+An adapter may offer any of them (:class:`Shortcuts` says what each one does); one
+that lacks a method, or has it set to ``None``, gets the same answers by the way
+every adapter has. The contract suite and the shortcut tests hold both ways to the
+same rows and results.
+"""
+
+
+class Shortcuts(Protocol):
+    """What the optional methods of :data:`SHORTCUT_METHODS` do; no adapter has to offer them.
+
+    Each answers like the operations they shortcut, and ``None`` where it does not
+    cover the case: the facade then runs the operation itself.
+    """
+
+    def deduct_directly(self, deduction: DirectDeduction) -> Spent | None:
+        """Apply ``deduction`` if its account is as :class:`~token_ledger.operations.
+        DirectDeduction` describes, in one transaction: the usage and the entry."""
+        ...
+
+    def count_accounts_where(self, filters: Sequence[AccountFilter]) -> list[int]:
+        """How many accounts match each of ``filters``, exactly as its conditions say."""
+        ...
+
+    def find_discrepancies(self, user_id: str | None) -> list[Discrepancy] | None:
+        """What :func:`token_ledger.reads.reconcile` finds, for one account or all, in its
+        order: each stored figure the successful entries' effects do not add up to."""
+        ...
+
+    def reset_calendar_run(self, run: CalendarResets) -> ResetStep | None:
+        """The resets of :class:`~token_ledger.operations.CalendarResets`, in one transaction."""
         ...
 
 

@@ -22,7 +22,10 @@ def counting_cursor() -> type[psycopg.Cursor[Any]]:
         statements: list[str] = []  # noqa: RUF012 - one list per class made here
 
         def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-            text = query if isinstance(query, str) else query.as_string(self)
+            if isinstance(query, bytes):  # statements the adapter renders once
+                text = query.decode()
+            else:
+                text = query if isinstance(query, str) else query.as_string(self)
             self.statements.append(text)
             return super().execute(query, params, **kwargs)
 

@@ -24,9 +24,13 @@ ACCOUNTS = 3000
 BATCH = 1000
 
 
-def test_resetting_thousands_of_accounts_takes_three_statements_a_batch(
-    postgres_database: Database, postgres_schema: str
+@pytest.mark.parametrize("set_based", [True, False], ids=["set-based", "by-the-domain"])
+def test_resetting_thousands_of_accounts_takes_a_fixed_number_of_statements_a_batch(
+    postgres_database: Database, postgres_schema: str, set_based: bool
 ) -> None:
+    """One statement a batch when the database can reset every account of it (no anchor,
+    grant or hold); three without that statement (an adapter that lacks it): the locking
+    SELECT, then the UPDATE and the INSERT for the whole batch."""
     january = datetime(2026, 1, 15, tzinfo=UTC)
     opened = [
         TokenAccount.open(f"user-{n:05d}", 100, MonthlyResetPolicy(), january)
@@ -41,6 +45,8 @@ def test_resetting_thousands_of_accounts_takes_three_statements_a_batch(
     )
     with pool:
         repository = PostgresRepository(pool, schema=postgres_schema)
+        if not set_based:
+            repository.reset_calendar_run = None  # type: ignore[assignment]
         with repository.unit_of_work() as work:
             for account in opened:
                 work.insert_account(account)
@@ -52,7 +58,11 @@ def test_resetting_thousands_of_accounts_takes_three_statements_a_batch(
         assert ledger.reset_all_stale(batch_size=BATCH) == ACCOUNTS
 
         batches = ACCOUNTS // BATCH + 1  # the last one finds nothing left
-        assert len(cursor.statements) == 3 * (batches - 1) + 1
+        if set_based:
+            assert len(cursor.statements) == batches
+            assert all(text.startswith("WITH candidates") for text in cursor.statements)
+        else:
+            assert len(cursor.statements) == 3 * (batches - 1) + 1
         resets = ledger.history(operation_type="reset", limit=ACCOUNTS + 1)
         assert sorted(entry.user_id for entry in resets) == [a.user_id for a in opened]
         assert sum(entry.amount for entry in resets) == sum(a.monthly_tokens_used for a in used)
@@ -117,6 +127,7 @@ def test_a_batch_with_grants_and_holds_reads_and_writes_them_once_for_all_its_ac
         # the table each statement is about: the first quoted name after the schema's
         tables = [text.split('"')[3] for text in cursor.statements]
         assert tables == [
+            "user_tokens",  # the set-based reset, which finds every account for the domain
             "user_tokens",  # the locking SELECT of the batch
             "token_grants",
             "token_reservations",

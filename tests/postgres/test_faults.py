@@ -132,7 +132,13 @@ def test_your_own_connection_killed_while_idle_says_to_reconnect(
 
 
 class _DyingRepository(PostgresRepository):
-    """Its units of work lose their connection once the account is locked."""
+    """Its units of work lose their connection once the account is locked.
+
+    Its deductions all take the locked path (there is no one-statement deduction to
+    try first), since what is tested is a unit of work.
+    """
+
+    deduct_directly = None
 
     def __init__(self, *args: Any, kill: Callable[[], int], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -188,13 +188,20 @@ def test_a_server_that_cannot_be_reached_raises_storage_error(
     assert isinstance(raised.value.__cause__, psycopg.OperationalError)
 
 
+@pytest.mark.parametrize(
+    "level", ["serializable", r"repeatable\ read"], ids=["serializable", "repeatable-read"]
+)
+@pytest.mark.parametrize("in_one_statement", [True, False], ids=["one-statement", "locked"])
 def test_a_serialization_failure_reruns_the_whole_unit_of_work(
-    postgres_database: Database, postgres_schema: str
+    postgres_database: Database, postgres_schema: str, level: str, in_one_statement: bool
 ) -> None:
-    """Under SERIALIZABLE, locking a row changed since the snapshot fails with 40001.
+    """At SERIALIZABLE or REPEATABLE READ, writing a row changed since the snapshot fails (40001).
 
-    The deduction waits on a row another writer holds; that writer commits;
-    the first attempt fails, and the second one spends from the new usage.
+    The deduction waits on a row another writer holds; that writer commits. In
+    one statement, the statement fails, changes nothing and hands over to the
+    locked path, which spends from the new usage; the caller never sees the
+    failure. On the locked path alone, the first unit of work fails and the
+    second one spends.
     """
     cursor = counting_cursor()
     pool = ConnectionPool(
@@ -204,11 +211,13 @@ def test_a_serialization_failure_reruns_the_whole_unit_of_work(
         open=True,
         kwargs={
             "application_name": "tl-serializable",
-            "options": "-c default_transaction_isolation=serializable",
+            "options": f"-c default_transaction_isolation={level}",
             "cursor_factory": cursor,
         },
     )
     with pool, TokenLedger.postgres(pool, schema=postgres_schema) as ledger:
+        if not in_one_statement:
+            ledger.repository.deduct_directly = None  # type: ignore[attr-defined]
         ledger.open_account("u1", monthly_limit=10)
         with psycopg.connect(postgres_database.url) as other_writer:
             other_writer.execute(
@@ -224,8 +233,12 @@ def test_a_serialization_failure_reruns_the_whole_unit_of_work(
                 other_writer.commit()
                 result = deduction.result()
 
+        one_statement = [text for text in cursor.statements if text.startswith("WITH updated")]
         locks = [statement for statement in cursor.statements if "FOR UPDATE" in statement]
-        assert len(locks) == 2, "the unit of work ran twice"
+        if in_one_statement:
+            assert (len(one_statement), len(locks)) == (1, 1), "one statement, then the lock"
+        else:
+            assert (len(one_statement), len(locks)) == (0, 2), "the unit of work ran twice"
         assert result.monthly_remaining == 2
         assert ledger.status("u1").monthly_used == 8
         assert len(ledger.history("u1")) == 1
@@ -238,6 +251,8 @@ def test_a_deadlock_reruns_the_whole_unit_of_work(
 
     PostgreSQL aborts the session that detects the cycle first, which is the
     one that has waited longest: the bulk reset, whose second attempt succeeds.
+    The first attempt is the set-based statement of the batch, which changes
+    nothing when it fails; the second the batch's unit of work, which locks again.
     """
     clock = MovableClock(datetime(2026, 1, 15, tzinfo=UTC))
     cursor = counting_cursor()
@@ -267,7 +282,7 @@ def test_a_deadlock_reruns_the_whole_unit_of_work(
                 reset_count = bulk_reset.result()
 
         locks = [statement for statement in cursor.statements if "FOR UPDATE" in statement]
-        assert len(locks) == 2, "the unit of work ran twice"
+        assert len(locks) == 2, "the batch was attempted twice"
         assert reset_count == 2
         assert sorted(e.user_id for e in ledger.history(operation_type="reset")) == ["a", "b"]
 

@@ -1,0 +1,690 @@
+"""Spend inside the application's own transaction: ``ledger.within(connection)``.
+
+::
+
+    with conn.transaction():  # your transaction (psycopg 3 here)
+        conn.execute("INSERT INTO orders (id, user_id) VALUES (%s, %s)", (order_id, "u1"))
+        with ledger.within(conn) as tokens:
+            tokens.deduct("u1", 5, feature="order", idempotency_key=f"order-{order_id}")
+    # the order and its deduction are committed together, or neither is
+
+The object ``within`` yields (:class:`LedgerInTransaction`) has the ledger's
+calls. Each runs the same checked command (:mod:`token_ledger.commands`) and
+the same operation (:mod:`token_ledger.operations`, :mod:`token_ledger.reads`)
+as :class:`~token_ledger.TokenLedger`, with the ledger's policy and clock, but
+in a SAVEPOINT of the caller's transaction: released when the call succeeds,
+rolled back to when it fails, so a refused or failed call leaves the caller's
+transaction as it was and usable. The library commits nothing and rolls
+nothing back here: the caller's COMMIT keeps every call, its ROLLBACK undoes
+them all (statuses, history, ``reconcile()`` and idempotency keys are then as
+they were before).
+
+Accepted connections, each resolved to its driver's connection (:func:`within`
+lists them; anything else raises :class:`UnsupportedConnection`):
+
+- ``psycopg.Connection`` (psycopg 3) and ``sqlite3.Connection`` /
+  ``sqlite_utils.Database`` directly;
+- a SQLAlchemy 2 ``Connection`` or ORM ``Session`` on ``postgresql+psycopg``
+  or ``sqlite``;
+- Django's connection (``django.db.connection`` or ``connections[alias]``)
+  inside ``transaction.atomic()``, on PostgreSQL with psycopg 3 or on SQLite.
+
+Design for the asyncio twin: a connection is resolved once, to an engine's
+:class:`CallerTransaction`, which offers ``savepoint()`` and the repository's
+reads; the facade only builds commands and runs their operations against it.
+:class:`~token_ledger.AsyncTokenLedger` builds the same commands and drives the
+same operations with :func:`token_ledger.operations.run_async` against awaiting
+twins of these objects (``AsyncTokenLedger.within``, psycopg ``AsyncConnection``
+and SQLAlchemy ``AsyncSession``); handed to this synchronous ``within``, an
+asyncio connection is refused with a message saying so.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import attrs
+import sqlite_utils
+
+from token_ledger import _validation, commands, operations
+from token_ledger.account import TokenAccount
+from token_ledger.commands import DEFAULT_RESERVATION_TTL, Command
+from token_ledger.errors import InvalidInput, SchemaVersionError, TransientStorageError
+from token_ledger.grants import Reservation
+from token_ledger.monitoring import AlertReport, Health
+from token_ledger.reconciliation import Discrepancy
+from token_ledger.repository import TokenRepository, UnitOfWork
+from token_ledger.results import DeductResult, History, TokenStatus
+from token_ledger.storage import RETRY_BASE_DELAY, RETRY_MAX_DELAY, WRITE_ATTEMPTS
+from token_ledger.transactions import OperationType, Transaction
+
+if TYPE_CHECKING:
+    from token_ledger.application import TokenLedger
+
+__all__ = [
+    "LedgerInTransaction",
+    "SchemaNotMigrated",
+    "TransactionRequired",
+    "UnsupportedConnection",
+    "WriteLockUnavailable",
+    "is_transient",
+    "retrying",
+    "within",
+]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class UnsupportedConnection(InvalidInput, TypeError):
+    """``within`` was given something that is not a connection it can join."""
+
+
+class TransactionRequired(InvalidInput):
+    """The connection has no transaction ``within`` can join, or the ``within`` block ended.
+
+    A connection that commits every statement on its own (psycopg's or
+    SQLAlchemy's autocommit, ``sqlite3`` with ``isolation_level=None`` outside
+    ``BEGIN``, Django outside ``transaction.atomic()``) would commit each
+    deduction alone and release the account's lock at once; a failed
+    transaction accepts no statement until it is rolled back.
+    """
+
+
+class SchemaNotMigrated(SchemaVersionError):
+    """The ledger's tables are missing, or older than this token-ledger.
+
+    ``within`` never creates or migrates tables inside your transaction: open
+    a ledger on the database once (``TokenLedger.postgres(url)``,
+    ``TokenLedger.sqlite(path)``, ``token-ledger init``), which migrates them.
+    """
+
+
+class WriteLockUnavailable(TransientStorageError):
+    """SQLite: the caller's transaction cannot take the database's write lock.
+
+    A transaction that has read before writing holds a snapshot; SQLite can
+    upgrade it to a writer only while nobody else is writing and nothing was
+    committed since its first read, and it refuses at once otherwise, whatever
+    the busy timeout. Begin such transactions with ``BEGIN IMMEDIATE`` (or
+    call ``within`` before their first read), and run them with
+    :func:`retrying`.
+    """
+
+
+class CallerTransaction(TokenRepository, Protocol):
+    """A transaction the caller owns, as the calls of one ``within`` block use it.
+
+    Its reads (``get_account``, ``history``, ...) run on the caller's connection and
+    see the caller's uncommitted writes; :meth:`savepoint` is what ``unit_of_work``
+    is for the ledger's own repositories, a savepoint of that transaction instead
+    of a transaction of its own. One per engine (``token_ledger._within_sqlite``,
+    ``token_ledger._within_postgres``); an asyncio twin would offer the same with
+    coroutines.
+    """
+
+    def savepoint(self) -> AbstractContextManager[UnitOfWork]:
+        """Released when the block succeeds, rolled back to when it raises."""
+        ...
+
+
+_Joined = tuple[CallerTransaction, "Callable[[], object] | None"]
+
+
+# The facade
+
+
+class LedgerInTransaction:
+    """The ledger's calls, run in savepoints of a transaction the caller owns.
+
+    Made by :func:`within` (``ledger.within(connection)``) and usable only
+    inside its ``with`` block. Every call takes the ledger's clock at the
+    moment it is made and applies its policy; a write's locks (the account's
+    row on PostgreSQL, the database's write lock on SQLite) are held until
+    the caller's transaction ends. Nothing here retries: a
+    :class:`~token_ledger.TransientStorageError` means "run the whole
+    transaction again" (:func:`retrying`).
+    """
+
+    def __init__(
+        self,
+        ledger: TokenLedger,
+        transaction: CallerTransaction,
+        before_call: Callable[[], object] | None = None,
+    ) -> None:
+        self._ledger = ledger
+        self._transaction: CallerTransaction | None = transaction
+        self._before_call = before_call
+
+    def _end(self) -> None:
+        self._transaction = None
+
+    def _perform(self, command: Command[T, R]) -> R:
+        transaction = self._transaction
+        if transaction is None:
+            raise TransactionRequired(
+                "this ledger.within(...) block has ended: its calls ran in your transaction,"
+                " so open a new block for the next ones"
+            )
+        if self._before_call is not None:
+            self._before_call()
+        with transaction.savepoint() as work:
+            target = work if command.writes else transaction
+            result = operations.run(command.operation(), target)
+        return command.answer(result)
+
+    # accounts
+
+    def open_account(
+        self, user_id: str, monthly_limit: int, *, reset_anchor: datetime | None = None
+    ) -> TokenAccount:
+        """Create the user's account; :class:`~token_ledger.AccountExists` if there is one."""
+        ledger = self._ledger
+        return self._perform(
+            commands.open_account(ledger.policy, ledger.now(), user_id, monthly_limit, reset_anchor)
+        )
+
+    def ensure_account(
+        self, user_id: str, monthly_limit: int, *, reset_anchor: datetime | None = None
+    ) -> TokenAccount:
+        """The user's account, created with these settings if it is missing."""
+        ledger = self._ledger
+        return self._perform(
+            commands.ensure_account(
+                ledger.policy, ledger.now(), user_id, monthly_limit, reset_anchor
+            )
+        )
+
+    def get_account(self, user_id: str) -> TokenAccount:
+        """The account as stored in this transaction (a reset may be pending)."""
+        return self._perform(commands.get_account(user_id))
+
+    def status(self, user_id: str) -> TokenStatus:
+        """Usage in the current period as this transaction sees it, uncommitted writes included."""
+        ledger = self._ledger
+        return self._perform(commands.status(ledger.policy, ledger.now(), user_id))
+
+    # writes
+
+    def deduct(
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        feature: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> DeductResult:
+        """Spend ``amount`` tokens, as :meth:`TokenLedger.deduct <token_ledger.TokenLedger.deduct>`.
+
+        A refusal writes its failed entry in your transaction (kept if you
+        commit) and raises :class:`~token_ledger.InsufficientTokens`; your
+        transaction stays usable.
+        """
+        ledger = self._ledger
+        return self._perform(
+            commands.deduct(
+                ledger.policy,
+                ledger.now(),
+                user_id,
+                amount,
+                feature=feature,
+                context=context,
+                idempotency_key=idempotency_key,
+            )
+        )
+
+    def set_limit(
+        self,
+        user_id: str,
+        monthly_limit: int | None = None,
+        *,
+        overage_limit: int | None = None,
+    ) -> TokenAccount:
+        """Change the monthly limit and/or the overage limit; usage is kept."""
+        ledger = self._ledger
+        return self._perform(
+            commands.set_limit(ledger.policy, ledger.now(), user_id, monthly_limit, overage_limit)
+        )
+
+    def grant(
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        expires_at: datetime | None = None,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Transaction:
+        """Add tokens that do not reset monthly; returns the ``grant`` entry."""
+        ledger = self._ledger
+        return self._perform(
+            commands.grant(
+                ledger.policy,
+                ledger.now(),
+                user_id,
+                amount,
+                expires_at=expires_at,
+                reason=reason,
+                idempotency_key=idempotency_key,
+            )
+        )
+
+    def reserve(
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        ttl: timedelta = DEFAULT_RESERVATION_TTL,
+        feature: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Reservation:
+        """Hold ``amount`` tokens until :meth:`commit`, :meth:`release` or ``ttl``."""
+        ledger = self._ledger
+        return self._perform(
+            commands.reserve(
+                ledger.policy,
+                ledger.now(),
+                user_id,
+                amount,
+                ttl=ttl,
+                feature=feature,
+                idempotency_key=idempotency_key,
+            )
+        )
+
+    def commit(self, reservation_id: str, actual_amount: int) -> DeductResult:
+        """Spend ``actual_amount`` of a hold and release the rest (your transaction stays open)."""
+        ledger = self._ledger
+        return self._perform(
+            commands.commit(ledger.policy, ledger.now(), reservation_id, actual_amount)
+        )
+
+    def release(self, reservation_id: str) -> DeductResult:
+        """Give a hold back whole."""
+        ledger = self._ledger
+        return self._perform(commands.release(ledger.policy, ledger.now(), reservation_id))
+
+    def refund(
+        self,
+        transaction_id: int,
+        amount: int | None = None,
+        *,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Transaction:
+        """Reverse all (by default) or part of a successful deduction."""
+        ledger = self._ledger
+        return self._perform(
+            commands.refund(
+                ledger.policy,
+                ledger.now(),
+                transaction_id,
+                amount,
+                reason=reason,
+                idempotency_key=idempotency_key,
+            )
+        )
+
+    def reset_if_needed(self, user_id: str) -> bool:
+        """Store the account's pending reset, if any."""
+        ledger = self._ledger
+        return self._perform(commands.reset_if_needed(ledger.policy, ledger.now(), user_id))
+
+    # reads (they see this transaction's uncommitted writes)
+
+    def history(
+        self,
+        user_id: str | None = None,
+        *,
+        operation_type: OperationType | str | None = None,
+        feature: str | None = None,
+        success: bool | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        before_id: int | None = None,
+        reference: str | None = None,
+        limit: int = 100,
+    ) -> History:
+        """Ledger entries, newest first, this transaction's own included."""
+        return self._perform(
+            commands.history(
+                user_id=user_id,
+                operation_type=operation_type,
+                feature=feature,
+                success=success,
+                since=since,
+                until=until,
+                before_id=before_id,
+                reference=reference,
+                limit=limit,
+            )
+        )
+
+    def reconcile(self, user_id: str | None = None) -> list[Discrepancy]:
+        """Where stored balances differ from the log, as this transaction sees both."""
+        return self._perform(commands.reconcile(user_id))
+
+    def health(self) -> Health:
+        """Total, current and stale accounts, as this transaction sees them."""
+        ledger = self._ledger
+        return self._perform(commands.health(ledger.policy, ledger.now()))
+
+    def alerts(
+        self,
+        *,
+        stale_after: timedelta = timedelta(days=1),
+        stale_threshold: int = 0,
+        failed_window: timedelta = timedelta(hours=1),
+        failed_threshold: int = 10,
+        usage_ratio: float = 0.9,
+        high_usage_threshold: int | None = None,
+    ) -> AlertReport:
+        """The guide's three alerts, as this transaction sees the ledger."""
+        ledger = self._ledger
+        return self._perform(
+            commands.alerts(
+                ledger.policy,
+                ledger.now(),
+                stale_after=stale_after,
+                stale_threshold=stale_threshold,
+                failed_window=failed_window,
+                failed_threshold=failed_threshold,
+                usage_ratio=usage_ratio,
+                high_usage_threshold=high_usage_threshold,
+            )
+        )
+
+
+@contextmanager
+def within(
+    ledger: TokenLedger, connection: object, *, schema: str | None = None
+) -> Iterator[LedgerInTransaction]:
+    """The ledger's calls inside the transaction ``connection`` is in; see the module's text.
+
+    ``connection`` is one of: a ``psycopg.Connection`` (psycopg 3); a
+    ``sqlite3.Connection`` or ``sqlite_utils.Database``; a SQLAlchemy 2
+    ``Connection`` or ORM ``Session`` (dialects ``postgresql+psycopg`` and
+    ``sqlite``); Django's connection inside ``transaction.atomic()``
+    (PostgreSQL on psycopg 3, or SQLite). ``schema`` names the PostgreSQL
+    schema of the tables; it defaults to the ledger's own (``public`` for a
+    ledger that is not on PostgreSQL) and is refused for SQLite.
+
+    A connection without a transaction open is handled the way its driver
+    handles your next statement: one that opens a transaction implicitly
+    (psycopg without autocommit, SQLAlchemy's autobegin, ``sqlite3``'s
+    default transaction control) gets that transaction opened now, and left
+    open for you to commit or roll back; one that commits each statement on
+    its own is refused with :class:`TransactionRequired`. On SQLite the
+    database's write lock is taken on entry (``BEGIN IMMEDIATE`` when a
+    transaction is opened here), so no call inside fails later with
+    ``SQLITE_BUSY``; a transaction that has already read and cannot take it
+    gets :class:`WriteLockUnavailable` at once.
+
+    The tables must exist at this token-ledger's version: a ledger opened on
+    the database once migrates them; otherwise :class:`SchemaNotMigrated`.
+    """
+    transaction, before_call = _join(ledger, connection, schema)
+    tokens = LedgerInTransaction(ledger, transaction, before_call)
+    try:
+        yield tokens
+    finally:
+        tokens._end()
+
+
+# retrying the whole transaction
+
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+_SQLITE_BUSY = 5
+
+
+def _sqlite_busy(error: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or one of its extended codes (a stale snapshot, a recovery)."""
+    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11 and later
+    if code is not None:
+        return int(code) & 0xFF == _SQLITE_BUSY
+    return str(error).startswith("database is locked")
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether running the whole transaction again may succeed where ``error`` stopped it.
+
+    True for :class:`~token_ledger.TransientStorageError` (which includes
+    :class:`WriteLockUnavailable`) and for the driver errors of your own
+    statements and COMMIT that mean the same: a PostgreSQL serialization
+    failure (40001) or deadlock (40P01), SQLite's ``SQLITE_BUSY``, also when
+    SQLAlchemy or Django wrapped them (followed through ``__cause__`` and
+    SQLAlchemy's ``.orig``).
+    """
+    pending: list[BaseException] = [error]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, TransientStorageError):
+            return True
+        if getattr(current, "sqlstate", None) in _TRANSIENT_SQLSTATES:
+            return True
+        if isinstance(current, sqlite3.OperationalError) and _sqlite_busy(current):
+            return True
+        for linked in (current.__cause__, getattr(current, "orig", None)):
+            if isinstance(linked, BaseException):
+                pending.append(linked)
+    return False
+
+
+def retrying(transaction: Callable[[], T], *, attempts: int = WRITE_ATTEMPTS) -> T:
+    """Run ``transaction()`` again from the start after a transient failure, up to ``attempts``.
+
+    ``transaction`` must be the whole of your transaction, from its BEGIN to
+    its COMMIT (or its ``with`` block), so that each attempt starts afresh::
+
+        def place_order() -> int:
+            with conn.transaction():
+                order_id = insert_order(conn)
+                with ledger.within(conn) as tokens:
+                    tokens.deduct("u1", 5, idempotency_key=f"order-{order_id}")
+                return order_id
+
+        order_id = retrying(place_order)
+
+    The pauses are random and double from 5 ms (at most 0.5 s), as the
+    ledger's own retries; any other error is raised at once, and so is the
+    last transient one.
+    """
+    checked = _validation.positive_int(attempts, "attempts")
+    for attempt in range(1, checked):
+        try:
+            return transaction()
+        except Exception as error:
+            if not is_transient(error):
+                raise
+        time.sleep(random.uniform(0, min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2**attempt)))
+    return transaction()
+
+
+# Resolving what the caller passed to its driver's connection
+
+_ACCEPTED = (
+    "a psycopg (3) Connection, a sqlite3.Connection or sqlite_utils.Database, a SQLAlchemy 2"
+    " Connection or Session (postgresql+psycopg or sqlite), or Django's connection inside"
+    " transaction.atomic() (PostgreSQL on psycopg 3, or SQLite)"
+)
+_PSYCOPG2 = (
+    "psycopg2 connections are not supported: token-ledger speaks psycopg 3. Connect with"
+    ' psycopg.connect(...) (pip install "token-ledger[postgres]"), use SQLAlchemy\'s'
+    " postgresql+psycopg:// dialect, or install psycopg 3, which Django 4.2+ then uses"
+)
+_ASYNC = (
+    "is an asyncio connection, and ledger.within() runs synchronously: pass a synchronous"
+    f" one ({_ACCEPTED})"
+)
+
+
+@attrs.frozen
+class _Driver:
+    """What the caller passed, reduced to its driver's connection."""
+
+    connection: object
+    origin: str  # how to name what the caller passed, in messages
+    before_call: Callable[[], object] | None = None
+
+
+def _join(ledger: TokenLedger, connection: object, schema: str | None) -> _Joined:
+    driver = _driver_of(connection)
+    raw = driver.connection
+    if isinstance(raw, sqlite3.Connection):
+        if schema is not None:
+            raise InvalidInput(
+                "schema is for PostgreSQL: on SQLite the ledger's tables are in the"
+                f" connection's main database, got schema={schema!r}"
+            )
+        from token_ledger._within_sqlite import SQLiteCallerTransaction
+
+        return SQLiteCallerTransaction.join(raw, driver.origin), driver.before_call
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None:
+        if isinstance(raw, psycopg.Connection):
+            from token_ledger._within_postgres import PostgresCallerTransaction
+
+            joined = PostgresCallerTransaction.join(raw, _schema_of(ledger, schema))
+            return joined, driver.before_call
+        if isinstance(raw, psycopg.AsyncConnection):
+            raise UnsupportedConnection(f"{driver.origin} {_ASYNC}")
+    if type(raw).__module__.partition(".")[0] == "psycopg2":
+        raise UnsupportedConnection(f"{driver.origin} is a psycopg2 connection: {_PSYCOPG2}")
+    if raw is not connection:
+        kind = f"{type(raw).__module__}.{type(raw).__qualname__}"
+        raise UnsupportedConnection(
+            f"{driver.origin} runs on a {kind} driver connection; within() takes {_ACCEPTED}"
+        )
+    raise UnsupportedConnection(f"within() takes {_ACCEPTED}; got {driver.origin}")
+
+
+def _driver_of(connection: object) -> _Driver:
+    if isinstance(connection, sqlite_utils.Database):
+        return _Driver(connection.conn, "sqlite_utils.Database")
+    modules = {cls.__module__.partition(".")[0] for cls in type(connection).__mro__}
+    if "django" in modules:
+        return _django_driver(connection)
+    if "sqlalchemy" in modules:
+        return _sqlalchemy_driver(connection)
+    return _Driver(connection, f"a {type(connection).__module__}.{type(connection).__qualname__}")
+
+
+def _schema_of(ledger: TokenLedger, schema: str | None) -> str:
+    """``schema``, or the ledger's own PostgreSQL schema, or ``public``."""
+    if schema is not None:
+        return _validation.schema_name(schema)
+    from token_ledger.postgres import PostgresRepository
+
+    repository = ledger.repository
+    return repository._schema if isinstance(repository, PostgresRepository) else "public"
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, _, rest = text.partition(".")
+    minor = "".join(itertools.takewhile(str.isdigit, rest))
+    return int(major or 0), int(minor or 0)
+
+
+def _sqlalchemy_driver(connection: object) -> _Driver:
+    """The driver connection of a SQLAlchemy ``Connection`` or ``Session``, in a transaction.
+
+    SQLAlchemy begins a transaction on first use and ends it at ``commit()`` or
+    ``rollback()``: when none is open yet it is begun here, so that those include
+    the ledger's statements. A ``Session`` is flushed before each call (as its
+    autoflush would before a query, unless autoflush is off), so that the
+    database has its pending objects first.
+    """
+    sqlalchemy: Any = sys.modules["sqlalchemy"]
+    if _version(str(sqlalchemy.__version__)) < (2, 0):
+        raise UnsupportedConnection(
+            f"SQLAlchemy {sqlalchemy.__version__} is too old: within() needs SQLAlchemy 2.0"
+            " or later"
+        )
+    name = type(connection).__name__
+    origin = f"SQLAlchemy's {name}"
+    asyncio_api: Any = sys.modules.get("sqlalchemy.ext.asyncio")
+    if asyncio_api is not None and isinstance(
+        connection, asyncio_api.AsyncConnection | asyncio_api.AsyncSession
+    ):
+        raise UnsupportedConnection(f"{origin} {_ASYNC}")
+    orm: Any = sys.modules.get("sqlalchemy.orm")
+    target: Any = connection
+    before_call: Callable[[], object] | None = None
+    if orm is not None and isinstance(target, orm.scoped_session):
+        target = target()
+    if orm is not None and isinstance(target, orm.Session):
+        session = target
+
+        def flush() -> None:
+            if session.autoflush:
+                session.flush()
+
+        flush()
+        before_call = flush
+        target = session.connection()
+    if isinstance(target, sqlalchemy.engine.Engine):
+        raise UnsupportedConnection(
+            "a SQLAlchemy Engine has no transaction: pass the Connection your transaction is"
+            " on (with engine.begin() as conn: ...) or your Session"
+        )
+    if not isinstance(target, sqlalchemy.engine.Connection):
+        raise UnsupportedConnection(f"within() takes {_ACCEPTED}; got {origin}")
+    if not target.in_transaction():
+        target.begin()
+    return _Driver(target.connection.driver_connection, origin, before_call)
+
+
+def _django_driver(connection: object) -> _Driver:
+    """The driver connection under Django's, which must be inside ``transaction.atomic()``.
+
+    Outside ``atomic()`` Django commits every statement on its own; inside it the
+    transaction and its COMMIT are Django's, and the ledger's statements go
+    through the driver connection underneath, in savepoints of that transaction.
+    """
+    django: Any = sys.modules["django"]
+    base: Any = sys.modules.get("django.db.backends.base.base")
+    proxies: Any = sys.modules.get("django.utils.connection")
+    wrappers: tuple[type, ...] = ()
+    if base is not None:
+        wrappers += (base.BaseDatabaseWrapper,)
+    if proxies is not None:
+        wrappers += (proxies.ConnectionProxy,)
+    if not wrappers or not isinstance(connection, wrappers):
+        raise UnsupportedConnection(
+            f"within() takes {_ACCEPTED}; got Django's {type(connection).__qualname__}"
+        )
+    if tuple(django.VERSION[:2]) < (4, 2):
+        raise UnsupportedConnection(
+            f"Django {django.get_version()} is too old: within() needs Django 4.2 or later"
+        )
+    wrapper: Any = connection
+    if wrapper.vendor not in ("postgresql", "sqlite"):
+        raise UnsupportedConnection(
+            f"Django's {wrapper.vendor} connection is not supported: within() joins PostgreSQL"
+            " (on psycopg 3) and SQLite"
+        )
+    if not wrapper.in_atomic_block:
+        raise TransactionRequired(
+            "Django's connection is in autocommit mode, which commits every statement on its"
+            " own: call ledger.within(connection) inside `with transaction.atomic():`"
+        )
+    if wrapper.needs_rollback:
+        raise TransactionRequired(
+            "this transaction.atomic() block has failed and will roll back: let the error"
+            " leave the block, then run the whole block again"
+        )
+    wrapper.ensure_connection()
+    return _Driver(wrapper.connection, "Django's connection")
