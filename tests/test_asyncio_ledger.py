@@ -72,12 +72,13 @@ class Engine:
 
         A task cancelled while it waited for a connection, just as the pool handed it one,
         has that connection put back by the pool's own worker task, a moment later: it is
-        given that moment (a bounded wait), then judged.
+        given that moment (a bounded wait, long enough for a machine shared with other
+        work: its rollback and the server's cancel may queue behind them), then judged.
         """
         if self.pool is None:
             return
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5.0
+        deadline = loop.time() + 30.0
         stats = self.pool.get_stats()
         while stats["pool_available"] != stats["pool_size"] and loop.time() < deadline:
             await asyncio.sleep(0.01)
