@@ -1,6 +1,6 @@
 """``ledger.within(connection)`` on PostgreSQL: savepoints of the caller's transaction.
 
-The statements are the engine's own (:class:`~token_ledger.postgres._Statements`,
+The statements are the engine's own (:class:`~token_ledger._postgres_statements.Statements`,
 :class:`~token_ledger.postgres.PostgresUnitOfWork`), run on the caller's
 connection: a write locks the account's row (``SELECT ... FOR UPDATE``) and the
 lock lasts until the caller's transaction ends, since a savepoint's locks
@@ -20,23 +20,15 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import Format, TransactionStatus
 
+from token_ledger._postgres_migrations import MIGRATIONS, MIGRATIONS_TABLE
+from token_ledger._postgres_statements import ROWS, Statements, sql_conditions
 from token_ledger._rows import account_conditions, history_conditions
+from token_ledger._within_errors import SchemaNotMigrated, TransactionRequired
 from token_ledger.account import TokenAccount
 from token_ledger.errors import SchemaVersionError, StorageError, TransientStorageError
-from token_ledger.postgres import (
-    MIGRATIONS,
-    MIGRATIONS_TABLE,
-    ROWS,
-    PostgresUnitOfWork,
-    _conditions,
-    _fetch,
-    _Statements,
-    _translated_errors,
-    _with_balances,
-)
+from token_ledger.postgres import PostgresUnitOfWork, _fetch, _translated_errors, _with_balances
 from token_ledger.repository import AccountFilter, HistoryQuery
 from token_ledger.transactions import Transaction
-from token_ledger.within import SchemaNotMigrated, TransactionRequired
 
 # The types of the columns the library reads, loaded the way psycopg loads them by default.
 LIBRARY_TYPES = (
@@ -63,7 +55,7 @@ _verified: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[str]] = (
     weakref.WeakKeyDictionary()
 )
 _verified_lock = threading.Lock()
-_statements: dict[str, _Statements] = {}
+_statements: dict[str, Statements] = {}
 
 
 class _LibraryCursors:
@@ -106,7 +98,7 @@ def _must_retry_whole(error: TransientStorageError) -> TransientStorageError:
 class PostgresCallerTransaction:
     """The caller's PostgreSQL transaction, as a repository whose units of work are savepoints."""
 
-    def __init__(self, conn: psycopg.Connection[Any], statements: _Statements) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], statements: Statements) -> None:
         self._conn = conn
         self._library = _library_view(conn)
         self._sql = statements
@@ -141,7 +133,7 @@ class PostgresCallerTransaction:
             )
         statements = _statements.get(schema)
         if statements is None:
-            statements = _statements.setdefault(schema, _Statements(schema))
+            statements = _statements.setdefault(schema, Statements(schema))
         joined = cls(conn, statements)
         joined._check_schema(schema)
         return joined
@@ -209,7 +201,7 @@ class PostgresCallerTransaction:
         return accounts[0] if accounts else None
 
     def history(self, query: HistoryQuery) -> list[Transaction]:
-        conditions, params = _conditions(history_conditions(query))
+        conditions, params = sql_conditions(history_conditions(query))
         statement = self._sql.history_query(conditions)
         return [
             ROWS.transaction(row)
@@ -217,7 +209,7 @@ class PostgresCallerTransaction:
         ]
 
     def count_transactions(self, query: HistoryQuery) -> int:
-        conditions, params = _conditions(history_conditions(attrs.evolve(query, before_id=None)))
+        conditions, params = sql_conditions(history_conditions(attrs.evolve(query, before_id=None)))
         return int(_fetch(self._library, self._sql.count_query(conditions), params)[0][0])
 
     def count_accounts(self) -> int:
@@ -226,7 +218,7 @@ class PostgresCallerTransaction:
     def scan_accounts(
         self, where: AccountFilter, after_user_id: str | None, limit: int
     ) -> list[TokenAccount]:
-        conditions, params = _conditions(account_conditions(where, after_user_id))
+        conditions, params = sql_conditions(account_conditions(where, after_user_id))
         return self._accounts(self._sql.select_accounts(conditions, lock=False), [*params, limit])
 
     def close(self) -> None:

@@ -20,12 +20,17 @@ from contextlib import contextmanager
 import attrs
 
 from token_ledger._rows import TRANSACTION_COLUMNS, history_conditions
+from token_ledger._sqlite_migrations import KNOWN_MIGRATIONS, MIGRATION_SET
+from token_ledger._within_errors import (
+    SchemaNotMigrated,
+    TransactionRequired,
+    WriteLockUnavailable,
+    sqlite_busy,
+)
 from token_ledger.account import TokenAccount
 from token_ledger.errors import SchemaVersionError, StorageError
 from token_ledger.repository import AccountFilter, HistoryQuery
 from token_ledger.sqlite import (
-    KNOWN_MIGRATIONS,
-    MIGRATION_SET,
     ROWS,
     SQLiteUnitOfWork,
     _select_accounts,
@@ -33,12 +38,6 @@ from token_ledger.sqlite import (
     _where,
 )
 from token_ledger.transactions import Transaction
-from token_ledger.within import (
-    SchemaNotMigrated,
-    TransactionRequired,
-    WriteLockUnavailable,
-    _sqlite_busy,
-)
 
 _LEGACY = getattr(sqlite3, "LEGACY_TRANSACTION_CONTROL", -1)  # Python 3.12's constant
 # A write that changes nothing still makes its transaction the writer.
@@ -176,7 +175,7 @@ def _take_write_lock(conn: sqlite3.Connection, origin: str) -> None:
     try:
         conn.execute(TAKE_WRITE_LOCK)
     except sqlite3.OperationalError as error:
-        if _sqlite_busy(error):
+        if sqlite_busy(error):
             waited = time.monotonic() - started
             timeout = int(conn.execute("PRAGMA busy_timeout").fetchone()[0]) / 1000
             if timeout and waited >= timeout / 2:

@@ -1,8 +1,9 @@
 """The PostgreSQL engine for asyncio: psycopg's ``AsyncConnection`` and ``AsyncConnectionPool``.
 
-The statements, the rows read and written, the error translation and the migrations are
-:mod:`token_ledger.postgres`'s own; what is here awaits them. Correctness rests on the same
-row locks (``SELECT ... FOR UPDATE``) as the synchronous engine.
+The statements and the rows read and written (:mod:`token_ledger._postgres_statements`), the
+migrations (:mod:`token_ledger._postgres_migrations`) and the error translation
+(:mod:`token_ledger.postgres`) are the synchronous engine's own; what is here awaits them.
+Correctness rests on the same row locks (``SELECT ... FOR UPDATE``) as the synchronous engine.
 
 psycopg is imported here only, and this module only by the asyncio facade when it opens a
 PostgreSQL ledger, so ``import token_ledger`` works without it.
@@ -13,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar, cast
 
 import attrs
@@ -22,11 +23,20 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from token_ledger import _validation, operations
+from token_ledger._postgres_migrations import migrate_async
+from token_ledger._postgres_statements import (
+    ROWS,
+    WRITE,
+    Statements,
+    as_columns,
+    direct_deduction,
+    sql_conditions,
+)
 from token_ledger._rows import ACCOUNT_FIELDS, account_conditions, history_conditions
+from token_ledger._within_errors import TransactionRequired, UnsupportedConnection
 from token_ledger.account import TokenAccount
 from token_ledger.asyncio_storage import guarded, write_with_retries_async
 from token_ledger.errors import InvalidInput, StorageError
@@ -35,19 +45,12 @@ from token_ledger.operations import DirectDeduction, Operation, Spent
 from token_ledger.postgres import (
     _BUSY,
     DEFAULT_POOL_SIZE,
-    ROWS,
-    WRITE,
-    PostgresRepository,
     _alive,
-    _columns,
-    _conditions,
     _lost_a_race,
-    _Statements,
     _storage_error,
 )
 from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs
 from token_ledger.transactions import Transaction
-from token_ledger.within import TransactionRequired, UnsupportedConnection
 
 T = TypeVar("T")
 
@@ -91,7 +94,7 @@ async def _fetch(
 
 
 async def _with_balances(
-    conn: psycopg.AsyncConnection[Any], statements: _Statements, accounts: list[TokenAccount]
+    conn: psycopg.AsyncConnection[Any], statements: Statements, accounts: list[TokenAccount]
 ) -> list[TokenAccount]:
     """postgres.py's ``_with_balances``, its selects awaited.
 
@@ -118,7 +121,7 @@ class AsyncPostgresUnitOfWork:
     """:class:`~token_ledger.postgres.PostgresUnitOfWork` on an ``AsyncConnection``: the same
     statements and rows, each call a coroutine."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], statements: _Statements) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection[Any], statements: Statements) -> None:
         self._conn = conn
         self._sql = statements
 
@@ -148,7 +151,7 @@ class AsyncPostgresUnitOfWork:
                 self._sql.save_account, dict(zip(ACCOUNT_FIELDS, rows[0], strict=True))
             )
         else:
-            cursor = await self._execute(self._sql.save_accounts, _columns(rows))
+            cursor = await self._execute(self._sql.save_accounts, as_columns(rows))
         if cursor.rowcount != len(accounts):
             raise StorageError(
                 f"refused to store {len(accounts)} accounts: {len(accounts) - cursor.rowcount}"
@@ -158,12 +161,12 @@ class AsyncPostgresUnitOfWork:
     async def save_grants(self, grants: Sequence[Grant]) -> None:
         if grants:
             rows = [WRITE.grant_row(grant) for grant in grants]
-            await self._execute(self._sql.save_grants, _columns(rows))
+            await self._execute(self._sql.save_grants, as_columns(rows))
 
     async def save_reservations(self, reservations: Sequence[Reservation]) -> None:
         if reservations:
             rows = [WRITE.reservation_row(r) for r in reservations]
-            await self._execute(self._sql.save_reservations, _columns(rows))
+            await self._execute(self._sql.save_reservations, as_columns(rows))
 
     async def find_transaction(self, transaction_id: int) -> Transaction | None:
         cursor = await self._execute(self._sql.find_transaction, (transaction_id,))
@@ -189,7 +192,7 @@ class AsyncPostgresUnitOfWork:
             assert row is not None  # INSERT ... RETURNING returns the row it inserted
             return [attrs.evolve(entry, id=row[0])]
         rows = [WRITE.entry_row(entry) for entry in entries]
-        cursor = await self._execute(self._sql.append_transactions, _columns(rows))
+        cursor = await self._execute(self._sql.append_transactions, as_columns(rows))
         # Rows are inserted in ``position`` order, so their identities grow in it.
         in_order = sorted(row[0] for row in await cursor.fetchall())
         return [attrs.evolve(entry, id=i) for entry, i in zip(entries, in_order, strict=True)]
@@ -202,7 +205,7 @@ class AsyncPostgresUnitOfWork:
     async def lock_stale_candidates(
         self, cutoffs: StaleCutoffs, after_user_id: str | None, limit: int
     ) -> list[TokenAccount]:
-        conditions, params = _conditions(
+        conditions, params = sql_conditions(
             account_conditions(AccountFilter(stale=cutoffs), after_user_id)
         )
         query = self._sql.select_accounts(conditions, lock=True)
@@ -214,7 +217,7 @@ class AsyncPostgresReads:
     """The reads of :class:`~token_ledger.postgres.PostgresRepository` on one ``AsyncConnection``,
     without locks: what a read's calls are sent to."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], statements: _Statements) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection[Any], statements: Statements) -> None:
         self._conn = conn
         self._sql = statements
 
@@ -227,12 +230,12 @@ class AsyncPostgresReads:
         return accounts[0] if accounts else None
 
     async def history(self, query: HistoryQuery) -> list[Transaction]:
-        conditions, params = _conditions(history_conditions(query))
+        conditions, params = sql_conditions(history_conditions(query))
         rows = await _fetch(self._conn, self._sql.history_query(conditions), [*params, query.limit])
         return [ROWS.transaction(row) for row in rows]
 
     async def count_transactions(self, query: HistoryQuery) -> int:
-        conditions, params = _conditions(history_conditions(attrs.evolve(query, before_id=None)))
+        conditions, params = sql_conditions(history_conditions(attrs.evolve(query, before_id=None)))
         return int((await _fetch(self._conn, self._sql.count_query(conditions), params))[0][0])
 
     async def count_accounts(self) -> int:
@@ -241,7 +244,7 @@ class AsyncPostgresReads:
     async def scan_accounts(
         self, where: AccountFilter, after_user_id: str | None, limit: int
     ) -> list[TokenAccount]:
-        conditions, params = _conditions(account_conditions(where, after_user_id))
+        conditions, params = sql_conditions(account_conditions(where, after_user_id))
         query = self._sql.select_accounts(conditions, lock=False)
         return await self._accounts(query, [*params, limit])
 
@@ -256,12 +259,12 @@ class AsyncPostgresRepository:
     which tasks then take turns on. A pool or connection you pass stays yours to close, and
     must not be inside a transaction of your own when the ledger uses it (see
     :meth:`bound_to` for that). The tables live in ``schema``; :meth:`open` brings them up
-    to date with :mod:`token_ledger.postgres`'s own migrations, run over this target.
+    to date with the synchronous engine's own migrations, run over this target.
     """
 
     def __init__(self, target: AsyncPostgresTarget, *, schema: str = "public") -> None:
         self._schema = _validation.schema_name(schema)
-        self._sql = _Statements(self._schema)
+        self._sql = Statements(self._schema)
         if not isinstance(target, str | psycopg.AsyncConnection | AsyncConnectionPool):
             raise InvalidInput(
                 "target must be a URL, a psycopg.AsyncConnection or a"
@@ -319,16 +322,8 @@ class AsyncPostgresRepository:
             self._opened = True
 
     async def _migrate(self) -> None:
-        """postgres.py's migrations, each step in a transaction of this engine's.
-
-        They are synchronous code; they run in a worker thread, each statement handed back
-        to the event loop to be awaited on this engine's connection.
-        """
-        migrator = PostgresRepository.__new__(PostgresRepository)
-        migrator._schema = self._schema
-        migrator._sql = self._sql
-        bridge = _SyncBridge(asyncio.get_running_loop(), self._transaction)
-        await asyncio.to_thread(migrator._migrate, cast(Any, bridge.transaction))
+        """The synchronous engine's migrations, each step in a transaction of this engine's."""
+        await migrate_async(self._transaction, self._schema)
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -397,7 +392,7 @@ class AsyncPostgresRepository:
         """postgres.py's ``deduct_directly``: the common deduction as its one statement, in
         autocommit, one round trip; ``None`` when its guard matched nothing or it lost a race
         (it changed nothing then, and the full path takes over)."""
-        statement, params = _direct_statement(self._sql, deduction)
+        statement, params = direct_deduction(self._sql, deduction, hinted=False)
         async with self._idle_connection() as conn:
             try:
                 row = await _alone(conn, statement, params)
@@ -429,7 +424,7 @@ class AsyncPostgresRepository:
         """This ledger's tables (or those of ``schema``) on a connection or SQLAlchemy session
         whose transaction is the caller's: see :class:`AsyncPostgresTransaction`."""
         await self.open()
-        statements = self._sql if schema is None else _Statements(_validation.schema_name(schema))
+        statements = self._sql if schema is None else Statements(_validation.schema_name(schema))
         joined = AsyncPostgresTransaction(await _async_connection_of(connection), statements)
         joined._check_usable()
         return joined
@@ -462,7 +457,7 @@ class AsyncPostgresTransaction:
     :class:`~token_ledger.within.TransactionRequired`, as the synchronous ``within`` does.
     """
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], statements: _Statements) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection[Any], statements: Statements) -> None:
         self._conn = conn
         self._sql = statements
         self._turns = asyncio.Lock()
@@ -531,25 +526,6 @@ class AsyncPostgresTransaction:
             )
 
 
-def _direct_statement(
-    statements: _Statements, deduction: DirectDeduction
-) -> tuple[bytes, dict[str, Any]]:
-    """The statement and parameters of postgres.py's ``deduct_directly``."""
-    params: dict[str, Any] = {
-        "amount": deduction.amount,
-        "now": deduction.now,
-        "earlier": deduction.earlier,
-        "user_id": deduction.user_id,
-        "period_start": deduction.period_start,
-        "feature": deduction.feature,
-        "context": Jsonb(deduction.context),
-    }
-    if deduction.idempotency_key is None:
-        return statements.rendered.direct_deduction, params
-    params["key"] = deduction.idempotency_key
-    return statements.rendered.direct_keyed_deduction, params
-
-
 async def _alone(
     conn: psycopg.AsyncConnection[Any], query: bytes, params: Mapping[str, Any]
 ) -> Row | None:
@@ -594,61 +570,3 @@ async def _async_connection_of(connection: object) -> psycopg.AsyncConnection[An
         "ledger.within() takes a psycopg.AsyncConnection or a SQLAlchemy AsyncSession or"
         f" AsyncConnection, got {connection!r}"
     )
-
-
-class _SyncBridge:
-    """A synchronous face of this engine's transactions, for postgres.py's migration code.
-
-    Used from a worker thread: each statement is handed to the event loop, awaited on the
-    engine's connection, and its answer handed back.
-    """
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        transaction: Callable[[], AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]],
-    ) -> None:
-        self._loop = loop
-        self._transaction = transaction
-
-    def run(self, awaitable: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(awaitable, self._loop).result()
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[_BridgedConnection]:
-        manager = self._transaction()
-        conn = self.run(manager.__aenter__())
-        try:
-            yield _BridgedConnection(self, conn)
-        except BaseException as error:
-            if not self.run(manager.__aexit__(type(error), error, error.__traceback__)):
-                raise
-        else:
-            self.run(manager.__aexit__(None, None, None))
-
-
-class _BridgedConnection:
-    def __init__(self, bridge: _SyncBridge, conn: psycopg.AsyncConnection[Any]) -> None:
-        self._bridge = bridge
-        self._conn = conn
-
-    @contextlib.contextmanager
-    def cursor(self, row_factory: Any = tuple_row) -> Iterator[_BridgedCursor]:
-        cursor = self._conn.cursor(row_factory=row_factory)
-        try:
-            yield _BridgedCursor(self._bridge, cursor)
-        finally:
-            self._bridge.run(cursor.close())
-
-
-class _BridgedCursor:
-    def __init__(self, bridge: _SyncBridge, cursor: psycopg.AsyncCursor[Any]) -> None:
-        self._bridge = bridge
-        self._cursor = cursor
-
-    def execute(self, query: Any, params: Any = None) -> _BridgedCursor:
-        self._bridge.run(self._cursor.execute(query, params))
-        return self
-
-    def fetchone(self) -> Any:
-        return self._bridge.run(self._cursor.fetchone())

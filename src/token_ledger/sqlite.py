@@ -14,7 +14,7 @@ import functools
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +22,6 @@ from typing import Any
 
 import attrs
 import sqlite_utils
-from sqlite_utils.migrations import Migrations
 
 from token_ledger._rows import (
     ACCOUNT_COLUMNS,
@@ -37,8 +36,19 @@ from token_ledger._rows import (
     account_conditions,
     history_conditions,
 )
+from token_ledger._sqlite_migrations import MIGRATION_SET as MIGRATION_SET  # also read from here
+from token_ledger._sqlite_migrations import migrations, refuse_newer_schema
+from token_ledger._sqlite_statements import (
+    DIRECT_DEDUCTION,
+    DIRECT_ENTRY,
+    RESET_IN_SQL,
+    RUN_ACCOUNTS,
+    RUN_ENTRIES,
+    discrepancies,
+    numbered,
+)
 from token_ledger.account import TokenAccount
-from token_ledger.errors import InvalidInput, SchemaVersionError, StorageError
+from token_ledger.errors import InvalidInput, StorageError
 from token_ledger.grants import Grant, Reservation
 from token_ledger.operations import CalendarResets, DirectDeduction, ResetStep, Spent
 from token_ledger.reconciliation import Discrepancy
@@ -49,100 +59,11 @@ SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 SHORTCUTS_SINCE = (3, 35, 0)
 """The SQLite whose statements the shortcuts use; with an older one, every call takes the
 path of an adapter without them."""
-MIGRATION_SET = "token_ledger"
 
 MAX_PARAMETERS = 500
 
 # ``json.dumps`` with any option builds a new encoder per call; every ledger entry is encoded.
 COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
-
-migrations = Migrations(MIGRATION_SET)
-KNOWN_MIGRATIONS: set[str] = set()
-MigrationFunction = Callable[[sqlite_utils.Database], None]
-
-
-def _migration(name: str) -> Callable[[MigrationFunction], MigrationFunction]:
-    """Register a numbered migration, remembering its name to detect newer databases."""
-    KNOWN_MIGRATIONS.add(name)
-    return migrations(name=name)
-
-
-@_migration("0001_user_tokens_and_token_transactions")
-def _create_tables(db: sqlite_utils.Database) -> None:
-    now = "(strftime('%Y-%m-%d %H:%M:%f', 'now') || '+00:00')"
-    db.execute(f"""
-        CREATE TABLE user_tokens (
-            user_id TEXT PRIMARY KEY NOT NULL,
-            monthly_limit INTEGER NOT NULL CHECK (monthly_limit > 0),
-            monthly_tokens_used INTEGER NOT NULL DEFAULT 0 CHECK (monthly_tokens_used >= 0),
-            last_monthly_reset TEXT NOT NULL,
-            reset_anchor TEXT,
-            created_at TEXT NOT NULL DEFAULT {now},
-            updated_at TEXT NOT NULL DEFAULT {now}
-        )""")
-    db.execute(f"""
-        CREATE TABLE token_transactions (
-            id INTEGER PRIMARY KEY,
-            user_id TEXT NOT NULL,
-            operation_type TEXT NOT NULL,
-            amount INTEGER NOT NULL CHECK (amount >= 0),
-            feature TEXT,
-            operation_context TEXT NOT NULL DEFAULT '{{}}',
-            success INTEGER NOT NULL DEFAULT 1 CHECK (success IN (0, 1)),
-            created_at TEXT NOT NULL DEFAULT {now},
-            idempotency_key TEXT UNIQUE,
-            balance_after INTEGER NOT NULL
-        )""")
-    db.table("user_tokens").create_index(["last_monthly_reset"])
-    db.table("token_transactions").create_index(["user_id", "id"])
-    db.table("token_transactions").create_index(["operation_type", "created_at"])
-    db.execute(
-        "CREATE INDEX idx_token_transactions_failed"
-        " ON token_transactions (created_at) WHERE success = 0"
-    )
-
-
-@_migration("0002_grants_reservations_overage_effects")
-def _add_balances(db: sqlite_utils.Database) -> None:
-    for statement in (
-        "ALTER TABLE user_tokens ADD COLUMN overage_limit INTEGER NOT NULL DEFAULT 0"
-        " CHECK (overage_limit >= 0)",
-        "ALTER TABLE user_tokens ADD COLUMN grant_balance INTEGER NOT NULL DEFAULT 0"
-        " CHECK (grant_balance >= 0)",
-        "ALTER TABLE user_tokens ADD COLUMN reserved_tokens INTEGER NOT NULL DEFAULT 0"
-        " CHECK (reserved_tokens >= 0)",
-        "ALTER TABLE token_transactions ADD COLUMN effects TEXT NOT NULL DEFAULT '{}'",
-        "ALTER TABLE token_transactions ADD COLUMN reference TEXT",
-        # entries written before effects existed: deductions used, resets cleared
-        """UPDATE token_transactions SET effects = '{"usage":' || amount || '}'
-           WHERE operation_type = 'deduct' AND success = 1""",
-        """UPDATE token_transactions SET effects = '{"usage":-' || amount || '}'
-           WHERE operation_type = 'reset' AND amount > 0""",
-        """CREATE TABLE token_grants (
-            id TEXT PRIMARY KEY NOT NULL,
-            user_id TEXT NOT NULL,
-            amount INTEGER NOT NULL CHECK (amount > 0),
-            remaining INTEGER NOT NULL CHECK (remaining >= 0 AND remaining <= amount),
-            created_at TEXT NOT NULL,
-            expires_at TEXT,
-            reason TEXT
-        )""",
-        "CREATE INDEX idx_token_grants_live ON token_grants (user_id) WHERE remaining > 0",
-        """CREATE TABLE token_reservations (
-            id TEXT PRIMARY KEY NOT NULL,
-            user_id TEXT NOT NULL,
-            amount INTEGER NOT NULL CHECK (amount > 0),
-            status TEXT NOT NULL,
-            feature TEXT,
-            created_at TEXT NOT NULL,
-            expires_at TEXT NOT NULL
-        )""",
-        "CREATE INDEX idx_token_reservations_held ON token_reservations (user_id)"
-        " WHERE status = 'held'",
-        "CREATE INDEX idx_token_transactions_reference ON token_transactions (reference)"
-        " WHERE reference IS NOT NULL",
-    ):
-        db.execute(statement)
 
 
 def format_instant(value: datetime) -> str:
@@ -208,14 +129,6 @@ def _require_wal(conn: sqlite3.Connection) -> None:
             " token-ledger needs WAL so that readers do not block a writer's COMMIT"
             " (in other modes a COMMIT fails with SQLITE_BUSY while anyone reads)"
         )
-
-
-def _numbered(where: str, first: int) -> str:
-    """``where``'s ``?`` marks numbered from ``first`` on, so they follow ``?1 .. ?first-1``."""
-    parts = where.split("?")
-    return "".join(
-        part + (f"?{first + n}" if n < len(parts) - 1 else "") for n, part in enumerate(parts)
-    )
 
 
 def _where(conditions: Sequence[Condition]) -> tuple[str, list[Any]]:
@@ -327,132 +240,6 @@ class SQLiteUnitOfWork:
         return _select_accounts(self._conn, AccountFilter(stale=cutoffs), after_user_id, limit)
 
 
-# The common deduction (see DirectDeduction): the usage grows only where the domain would
-# let it grow this way, and the entry is written from the row the UPDATE returns. ?1 is
-# the amount, ?2 now, ?3 the user, ?4 the period's start. Subtracting never overflows:
-# 0 <= usage and 0 < limit. The domain stamps updated_at one microsecond before now when
-# it is now already; such a row takes the full path. A key stored already makes the
-# entry's INSERT fail on the unique index, and the transaction is rolled back: in the
-# write lock nobody else can store it meanwhile, and SQLite reuses the rowid.
-_DIRECT_GUARD = (
-    "UPDATE user_tokens SET monthly_tokens_used = monthly_tokens_used + ?1, updated_at = ?2"
-    " WHERE user_id = ?3 AND reset_anchor IS NULL AND last_monthly_reset = ?4"
-    " AND grant_balance = 0 AND reserved_tokens = 0 AND updated_at <> ?2"
-    " AND ?1 <= monthly_limit - monthly_tokens_used"
-)
-_DIRECT_RETURNING = " RETURNING monthly_limit - monthly_tokens_used, overage_limit"
-DIRECT_DEDUCTION = _DIRECT_GUARD + _DIRECT_RETURNING
-DIRECT_ENTRY = (
-    f"INSERT INTO token_transactions ({NEW_TRANSACTION_COLUMNS})"
-    " VALUES (?, 'deduct', ?, ?, ?, 1, ?, ?, ?, ?, NULL)"
-)
-
-
-# An account the bulk reset can reset in SQL: no anchor, grant or hold, and instants in
-# the library's own form (the entry quotes last_monthly_reset; updated_at is compared).
-_CANONICAL = "'____-__-__ __:__:__.______+00:00'"
-_RESET_IN_SQL = (
-    "(reset_anchor IS NULL AND grant_balance = 0 AND reserved_tokens = 0"
-    f" AND last_monthly_reset LIKE {_CANONICAL} AND updated_at LIKE {_CANONICAL})"
-)
-# A run of such accounts' reset entries, in user_id order, and their new rows. ?1 is now,
-# ?2 the new period's start as the context writes it, ?3 that start as stored, ?4 now less
-# a microsecond; the rest are the candidates' conditions and the run's last user_id.
-_RUN_ENTRIES = (
-    f"INSERT INTO token_transactions ({NEW_TRANSACTION_COLUMNS})"
-    " SELECT user_id, 'reset', monthly_tokens_used, ?1, monthly_limit, 1, NULL,"
-    " json_object('previous_used', monthly_tokens_used, 'previous_period_start',"
-    " substr(last_monthly_reset, 1, 10) || 'T' || substr(last_monthly_reset, 12),"
-    " 'period_start', ?2), NULL,"
-    " CASE WHEN monthly_tokens_used = 0 THEN '{{}}'"
-    " ELSE json_object('usage', -monthly_tokens_used) END, NULL"
-    " FROM user_tokens {where} AND user_id <= ? AND " + _RESET_IN_SQL + " ORDER BY user_id"
-)
-_RUN_ACCOUNTS = (
-    "UPDATE user_tokens SET monthly_tokens_used = 0, last_monthly_reset = ?3,"
-    " updated_at = CASE WHEN updated_at = ?1 THEN ?4 ELSE ?1 END"
-    " {where} AND user_id <= ? AND " + _RESET_IN_SQL
-)
-
-# Where the stored balances differ from what the successful entries' effects add up
-# to: reconciliation.discrepancies, for every account at once, in its order (accounts
-# by user_id, then usage, reserved, holds, grant balance, and grants by id). Like the
-# accounts the library reads, grants count only when the row has a grant balance, and
-# held reservations only when it has reserved tokens. The {of_...} placeholders restrict
-# it to one user, or to none.
-DISCREPANCIES = """
-WITH sums AS MATERIALIZED (
-    SELECT user_id, sum(json_extract(effects, '$.usage')) AS usage,
-        sum(json_extract(effects, '$.reserved')) AS reserved,
-        max(instr(effects, '"grants"') > 0) AS granted
-    FROM token_transactions WHERE success = 1{of_user} GROUP BY user_id
-),
-expected AS MATERIALIZED (
-    SELECT e.user_id, g.key AS grant_id, sum(g.value) AS amount
-    FROM sums AS s JOIN token_transactions AS e ON e.user_id = s.user_id,
-        json_each(e.effects, '$.grants') AS g
-    WHERE s.granted AND e.success = 1 AND instr(e.effects, '"grants"') > 0
-    GROUP BY e.user_id, g.key HAVING sum(g.value) <> 0
-),
-stored AS MATERIALIZED (
-    SELECT g.user_id, g.id AS grant_id, g.remaining AS amount
-    FROM token_grants AS g JOIN user_tokens AS a ON a.user_id = g.user_id
-    WHERE g.remaining > 0 AND a.grant_balance > 0{of_user_a}
-),
-grants AS MATERIALIZED (
-    SELECT i.user_id, i.grant_id, coalesce(s.amount, 0) AS stored,
-        coalesce(x.amount, 0) AS expected
-    FROM (SELECT user_id, grant_id FROM expected UNION SELECT user_id, grant_id FROM stored) AS i
-    LEFT JOIN stored AS s ON s.user_id = i.user_id AND s.grant_id = i.grant_id
-    LEFT JOIN expected AS x ON x.user_id = i.user_id AND x.grant_id = i.grant_id
-),
-by_account AS MATERIALIZED (
-    SELECT user_id, sum(expected) AS expected, max(stored <> expected) AS differ
-    FROM grants GROUP BY user_id
-),
-holds AS MATERIALIZED (
-    SELECT h.user_id, sum(h.amount) AS amount
-    FROM token_reservations AS h JOIN user_tokens AS a ON a.user_id = h.user_id
-    WHERE h.status = 'held' AND a.reserved_tokens > 0{of_user_a} GROUP BY h.user_id
-),
-differing AS MATERIALIZED (
-    SELECT * FROM (
-        SELECT a.user_id, a.monthly_tokens_used AS used, coalesce(s.usage, 0) AS e_used,
-            a.reserved_tokens AS reserved, coalesce(s.reserved, 0) AS e_reserved,
-            coalesce(h.amount, 0) AS held, a.grant_balance AS balance,
-            coalesce(b.expected, 0) AS e_balance, coalesce(b.differ, 0) AS grants_differ
-        FROM user_tokens AS a LEFT JOIN sums AS s ON s.user_id = a.user_id
-            LEFT JOIN holds AS h ON h.user_id = a.user_id
-            LEFT JOIN by_account AS b ON b.user_id = a.user_id
-        {of_account}
-    )
-    WHERE used <> e_used OR reserved <> e_reserved OR held <> e_reserved
-        OR balance <> e_balance OR grants_differ
-)
-SELECT user_id, 0 AS place, '' AS grant_id, 'monthly_tokens_used', used, e_used
-    FROM differing WHERE used <> e_used
-UNION ALL SELECT user_id, 1, '', 'reserved_tokens', reserved, e_reserved
-    FROM differing WHERE reserved <> e_reserved
-UNION ALL SELECT user_id, 2, '', 'holds', held, e_reserved FROM differing WHERE held <> e_reserved
-UNION ALL SELECT user_id, 3, '', 'grant_balance', balance, e_balance
-    FROM differing WHERE balance <> e_balance
-UNION ALL SELECT g.user_id, 4, g.grant_id, 'grant:' || g.grant_id, g.stored, g.expected
-    FROM grants AS g JOIN differing AS d ON d.user_id = g.user_id WHERE g.stored <> g.expected
-ORDER BY 1, 2, 3
-"""
-
-
-def _discrepancies(user_id: str | None) -> tuple[str, tuple[str, ...]]:
-    """:data:`DISCREPANCIES` for every account, or for one, and its parameters."""
-    if user_id is None:
-        return DISCREPANCIES.format(of_user="", of_user_a="", of_account=""), ()
-    return DISCREPANCIES.format(
-        of_user=" AND user_id = ?",
-        of_user_a=" AND a.user_id = ?",
-        of_account="WHERE a.user_id = ?",
-    ), (user_id,) * 4
-
-
 class SQLiteRepository:
     """Accounts and the ledger in one SQLite database file (or ``":memory:"``).
 
@@ -509,19 +296,11 @@ class SQLiteRepository:
 
     def _migrate(self) -> None:
         """Bring the schema up to date; opening an up-to-date database takes no write lock."""
-        self._refuse_newer_schema()
+        refuse_newer_schema(self.db)
         if migrations.pending(self.db):
             with self._write():
-                self._refuse_newer_schema()
+                refuse_newer_schema(self.db)
                 migrations.apply(self.db)
-
-    def _refuse_newer_schema(self) -> None:
-        unknown = {m.name for m in migrations.applied(self.db)} - KNOWN_MIGRATIONS
-        if unknown:
-            raise SchemaVersionError(
-                "this database was written by a newer token-ledger (migrations "
-                f"{sorted(unknown)} are unknown here); upgrade token-ledger to open it"
-            )
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -621,8 +400,7 @@ class SQLiteRepository:
         )
         with self._write() as conn:
             candidates = conn.execute(
-                f"SELECT user_id, {_RESET_IN_SQL} FROM user_tokens {where}"
-                " ORDER BY user_id LIMIT ?",
+                f"SELECT user_id, {RESET_IN_SQL} FROM user_tokens {where} ORDER BY user_id LIMIT ?",
                 (*parameters, run.limit),
             ).fetchall()
             if not candidates:
@@ -634,11 +412,11 @@ class SQLiteRepository:
                 now = format_instant(run.now)
                 stamps = (now, run.period_start_text, format_instant(run.period_start))
                 conn.execute(
-                    _RUN_ENTRIES.format(where=_numbered(where, 5)),
+                    RUN_ENTRIES.format(where=numbered(where, 5)),
                     (*stamps, format_instant(run.earlier), *parameters, last),
                 )
                 conn.execute(
-                    _RUN_ACCOUNTS.format(where=_numbered(where, 5)),
+                    RUN_ACCOUNTS.format(where=numbered(where, 5)),
                     (*stamps, format_instant(run.earlier), *parameters, last),
                 )
         after = candidates[resets - 1][0] if resets else run.after_user_id
@@ -671,7 +449,7 @@ class SQLiteRepository:
         ``None`` when SQLite cannot add the figures up (a sum past 2^63 - 1): the
         library's own fold, which has no such limit, answers then.
         """
-        query, parameters = _discrepancies(user_id)
+        query, parameters = discrepancies(user_id)
         with self._lock:
             try:
                 rows = self.db.conn.execute(query, parameters).fetchall()

@@ -41,23 +41,26 @@ asyncio connection is refused with a message saying so.
 
 from __future__ import annotations
 
-import itertools
 import random
 import sqlite3
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import attrs
-import sqlite_utils
-
 from token_ledger import _validation, commands, operations
+from token_ledger._within_drivers import join
+from token_ledger._within_errors import (
+    SchemaNotMigrated,
+    TransactionRequired,
+    UnsupportedConnection,
+    WriteLockUnavailable,
+    sqlite_busy,
+)
 from token_ledger.account import TokenAccount
 from token_ledger.commands import DEFAULT_RESERVATION_TTL, Command
-from token_ledger.errors import InvalidInput, SchemaVersionError, TransientStorageError
+from token_ledger.errors import TransientStorageError
 from token_ledger.grants import Reservation
 from token_ledger.monitoring import AlertReport, Health
 from token_ledger.reconciliation import Discrepancy
@@ -84,42 +87,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class UnsupportedConnection(InvalidInput, TypeError):
-    """``within`` was given something that is not a connection it can join."""
-
-
-class TransactionRequired(InvalidInput):
-    """The connection has no transaction ``within`` can join, or the ``within`` block ended.
-
-    A connection that commits every statement on its own (psycopg's or
-    SQLAlchemy's autocommit, ``sqlite3`` with ``isolation_level=None`` outside
-    ``BEGIN``, Django outside ``transaction.atomic()``) would commit each
-    deduction alone and release the account's lock at once; a failed
-    transaction accepts no statement until it is rolled back.
-    """
-
-
-class SchemaNotMigrated(SchemaVersionError):
-    """The ledger's tables are missing, or older than this token-ledger.
-
-    ``within`` never creates or migrates tables inside your transaction: open
-    a ledger on the database once (``TokenLedger.postgres(url)``,
-    ``TokenLedger.sqlite(path)``, ``token-ledger init``), which migrates them.
-    """
-
-
-class WriteLockUnavailable(TransientStorageError):
-    """SQLite: the caller's transaction cannot take the database's write lock.
-
-    A transaction that has read before writing holds a snapshot; SQLite can
-    upgrade it to a writer only while nobody else is writing and nothing was
-    committed since its first read, and it refuses at once otherwise, whatever
-    the busy timeout. Begin such transactions with ``BEGIN IMMEDIATE`` (or
-    call ``within`` before their first read), and run them with
-    :func:`retrying`.
-    """
-
-
 class CallerTransaction(TokenRepository, Protocol):
     """A transaction the caller owns, as the calls of one ``within`` block use it.
 
@@ -134,9 +101,6 @@ class CallerTransaction(TokenRepository, Protocol):
     def savepoint(self) -> AbstractContextManager[UnitOfWork]:
         """Released when the block succeeds, rolled back to when it raises."""
         ...
-
-
-_Joined = tuple[CallerTransaction, "Callable[[], object] | None"]
 
 
 # The facade
@@ -432,7 +396,7 @@ def within(
     The tables must exist at this token-ledger's version: a ledger opened on
     the database once migrates them; otherwise :class:`SchemaNotMigrated`.
     """
-    transaction, before_call = _join(ledger, connection, schema)
+    transaction, before_call = join(ledger, connection, schema)
     tokens = LedgerInTransaction(ledger, transaction, before_call)
     try:
         yield tokens
@@ -443,15 +407,6 @@ def within(
 # retrying the whole transaction
 
 _TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
-_SQLITE_BUSY = 5
-
-
-def _sqlite_busy(error: sqlite3.Error) -> bool:
-    """SQLITE_BUSY or one of its extended codes (a stale snapshot, a recovery)."""
-    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11 and later
-    if code is not None:
-        return int(code) & 0xFF == _SQLITE_BUSY
-    return str(error).startswith("database is locked")
 
 
 def is_transient(error: BaseException) -> bool:
@@ -475,7 +430,7 @@ def is_transient(error: BaseException) -> bool:
             return True
         if getattr(current, "sqlstate", None) in _TRANSIENT_SQLSTATES:
             return True
-        if isinstance(current, sqlite3.OperationalError) and _sqlite_busy(current):
+        if isinstance(current, sqlite3.OperationalError) and sqlite_busy(current):
             return True
         for linked in (current.__cause__, getattr(current, "orig", None)):
             if isinstance(linked, BaseException):
@@ -511,180 +466,3 @@ def retrying(transaction: Callable[[], T], *, attempts: int = WRITE_ATTEMPTS) ->
                 raise
         time.sleep(random.uniform(0, min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2**attempt)))
     return transaction()
-
-
-# Resolving what the caller passed to its driver's connection
-
-_ACCEPTED = (
-    "a psycopg (3) Connection, a sqlite3.Connection or sqlite_utils.Database, a SQLAlchemy 2"
-    " Connection or Session (postgresql+psycopg or sqlite), or Django's connection inside"
-    " transaction.atomic() (PostgreSQL on psycopg 3, or SQLite)"
-)
-_PSYCOPG2 = (
-    "psycopg2 connections are not supported: token-ledger speaks psycopg 3. Connect with"
-    ' psycopg.connect(...) (pip install "token-ledger[postgres]"), use SQLAlchemy\'s'
-    " postgresql+psycopg:// dialect, or install psycopg 3, which Django 4.2+ then uses"
-)
-_ASYNC = (
-    "is an asyncio connection, and ledger.within() runs synchronously: pass a synchronous"
-    f" one ({_ACCEPTED})"
-)
-
-
-@attrs.frozen
-class _Driver:
-    """What the caller passed, reduced to its driver's connection."""
-
-    connection: object
-    origin: str  # how to name what the caller passed, in messages
-    before_call: Callable[[], object] | None = None
-
-
-def _join(ledger: TokenLedger, connection: object, schema: str | None) -> _Joined:
-    driver = _driver_of(connection)
-    raw = driver.connection
-    if isinstance(raw, sqlite3.Connection):
-        if schema is not None:
-            raise InvalidInput(
-                "schema is for PostgreSQL: on SQLite the ledger's tables are in the"
-                f" connection's main database, got schema={schema!r}"
-            )
-        from token_ledger._within_sqlite import SQLiteCallerTransaction
-
-        return SQLiteCallerTransaction.join(raw, driver.origin), driver.before_call
-    psycopg = sys.modules.get("psycopg")
-    if psycopg is not None:
-        if isinstance(raw, psycopg.Connection):
-            from token_ledger._within_postgres import PostgresCallerTransaction
-
-            joined = PostgresCallerTransaction.join(raw, _schema_of(ledger, schema))
-            return joined, driver.before_call
-        if isinstance(raw, psycopg.AsyncConnection):
-            raise UnsupportedConnection(f"{driver.origin} {_ASYNC}")
-    if type(raw).__module__.partition(".")[0] == "psycopg2":
-        raise UnsupportedConnection(f"{driver.origin} is a psycopg2 connection: {_PSYCOPG2}")
-    if raw is not connection:
-        kind = f"{type(raw).__module__}.{type(raw).__qualname__}"
-        raise UnsupportedConnection(
-            f"{driver.origin} runs on a {kind} driver connection; within() takes {_ACCEPTED}"
-        )
-    raise UnsupportedConnection(f"within() takes {_ACCEPTED}; got {driver.origin}")
-
-
-def _driver_of(connection: object) -> _Driver:
-    if isinstance(connection, sqlite_utils.Database):
-        return _Driver(connection.conn, "sqlite_utils.Database")
-    modules = {cls.__module__.partition(".")[0] for cls in type(connection).__mro__}
-    if "django" in modules:
-        return _django_driver(connection)
-    if "sqlalchemy" in modules:
-        return _sqlalchemy_driver(connection)
-    return _Driver(connection, f"a {type(connection).__module__}.{type(connection).__qualname__}")
-
-
-def _schema_of(ledger: TokenLedger, schema: str | None) -> str:
-    """``schema``, or the ledger's own PostgreSQL schema, or ``public``."""
-    if schema is not None:
-        return _validation.schema_name(schema)
-    from token_ledger.postgres import PostgresRepository
-
-    repository = ledger.repository
-    return repository._schema if isinstance(repository, PostgresRepository) else "public"
-
-
-def _version(text: str) -> tuple[int, int]:
-    major, _, rest = text.partition(".")
-    minor = "".join(itertools.takewhile(str.isdigit, rest))
-    return int(major or 0), int(minor or 0)
-
-
-def _sqlalchemy_driver(connection: object) -> _Driver:
-    """The driver connection of a SQLAlchemy ``Connection`` or ``Session``, in a transaction.
-
-    SQLAlchemy begins a transaction on first use and ends it at ``commit()`` or
-    ``rollback()``: when none is open yet it is begun here, so that those include
-    the ledger's statements. A ``Session`` is flushed before each call (as its
-    autoflush would before a query, unless autoflush is off), so that the
-    database has its pending objects first.
-    """
-    sqlalchemy: Any = sys.modules["sqlalchemy"]
-    if _version(str(sqlalchemy.__version__)) < (2, 0):
-        raise UnsupportedConnection(
-            f"SQLAlchemy {sqlalchemy.__version__} is too old: within() needs SQLAlchemy 2.0"
-            " or later"
-        )
-    name = type(connection).__name__
-    origin = f"SQLAlchemy's {name}"
-    asyncio_api: Any = sys.modules.get("sqlalchemy.ext.asyncio")
-    if asyncio_api is not None and isinstance(
-        connection, asyncio_api.AsyncConnection | asyncio_api.AsyncSession
-    ):
-        raise UnsupportedConnection(f"{origin} {_ASYNC}")
-    orm: Any = sys.modules.get("sqlalchemy.orm")
-    target: Any = connection
-    before_call: Callable[[], object] | None = None
-    if orm is not None and isinstance(target, orm.scoped_session):
-        target = target()
-    if orm is not None and isinstance(target, orm.Session):
-        session = target
-
-        def flush() -> None:
-            if session.autoflush:
-                session.flush()
-
-        flush()
-        before_call = flush
-        target = session.connection()
-    if isinstance(target, sqlalchemy.engine.Engine):
-        raise UnsupportedConnection(
-            "a SQLAlchemy Engine has no transaction: pass the Connection your transaction is"
-            " on (with engine.begin() as conn: ...) or your Session"
-        )
-    if not isinstance(target, sqlalchemy.engine.Connection):
-        raise UnsupportedConnection(f"within() takes {_ACCEPTED}; got {origin}")
-    if not target.in_transaction():
-        target.begin()
-    return _Driver(target.connection.driver_connection, origin, before_call)
-
-
-def _django_driver(connection: object) -> _Driver:
-    """The driver connection under Django's, which must be inside ``transaction.atomic()``.
-
-    Outside ``atomic()`` Django commits every statement on its own; inside it the
-    transaction and its COMMIT are Django's, and the ledger's statements go
-    through the driver connection underneath, in savepoints of that transaction.
-    """
-    django: Any = sys.modules["django"]
-    base: Any = sys.modules.get("django.db.backends.base.base")
-    proxies: Any = sys.modules.get("django.utils.connection")
-    wrappers: tuple[type, ...] = ()
-    if base is not None:
-        wrappers += (base.BaseDatabaseWrapper,)
-    if proxies is not None:
-        wrappers += (proxies.ConnectionProxy,)
-    if not wrappers or not isinstance(connection, wrappers):
-        raise UnsupportedConnection(
-            f"within() takes {_ACCEPTED}; got Django's {type(connection).__qualname__}"
-        )
-    if tuple(django.VERSION[:2]) < (4, 2):
-        raise UnsupportedConnection(
-            f"Django {django.get_version()} is too old: within() needs Django 4.2 or later"
-        )
-    wrapper: Any = connection
-    if wrapper.vendor not in ("postgresql", "sqlite"):
-        raise UnsupportedConnection(
-            f"Django's {wrapper.vendor} connection is not supported: within() joins PostgreSQL"
-            " (on psycopg 3) and SQLite"
-        )
-    if not wrapper.in_atomic_block:
-        raise TransactionRequired(
-            "Django's connection is in autocommit mode, which commits every statement on its"
-            " own: call ledger.within(connection) inside `with transaction.atomic():`"
-        )
-    if wrapper.needs_rollback:
-        raise TransactionRequired(
-            "this transaction.atomic() block has failed and will roll back: let the error"
-            " leave the block, then run the whole block again"
-        )
-    wrapper.ensure_connection()
-    return _Driver(wrapper.connection, "Django's connection")

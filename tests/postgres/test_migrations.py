@@ -18,8 +18,8 @@ from token_ledger import (
     SchemaVersionError,
     StorageError,
     TokenLedger,
+    _postgres_migrations,
     install_postgres_sql,
-    postgres,
 )
 from token_ledger.postgres import MIGRATIONS, PostgresRepository
 from token_ledger.testing import MovableClock
@@ -100,7 +100,7 @@ def test_a_version_one_schema_is_migrated_and_its_log_still_reconciles(
 ) -> None:
     """Entries written before effects existed are given theirs by the migration."""
     with monkeypatch.context() as version_one:
-        version_one.setattr(postgres, "MIGRATIONS", MIGRATIONS[:1])
+        version_one.setattr(_postgres_migrations, "MIGRATIONS", MIGRATIONS[:1])
         PostgresRepository(postgres_database.url, schema=postgres_schema).close()
     with postgres_database.connect() as conn:
         conn.execute(

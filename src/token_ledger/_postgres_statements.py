@@ -1,0 +1,567 @@
+"""The PostgreSQL engine's SQL: every statement, composed once per schema, and its rows.
+
+Pure text and values, no I/O: :mod:`token_ledger.postgres` and
+:mod:`token_ledger.postgres_async` send the same statements with the same
+parameters, one awaiting them, and read their rows back the same way. Identifiers
+are quoted by ``psycopg.sql``; values are always bound as parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import attrs
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from token_ledger._rows import (
+    ACCOUNT_COLUMNS,
+    GRANT_COLUMNS,
+    HELD_RESERVATIONS,
+    LIVE_GRANTS,
+    NEW_TRANSACTION_COLUMNS,
+    PARAM,
+    RESERVATION_COLUMNS,
+    TRANSACTION_COLUMNS,
+    Condition,
+    RowReader,
+    RowWriter,
+)
+from token_ledger.account import TokenAccount
+from token_ledger.grants import Grant, Reservation
+from token_ledger.operations import DirectDeduction
+
+
+def _utc(value: datetime) -> datetime:
+    """Whatever the session's ``TimeZone``, hand back UTC like every other adapter."""
+    return value.astimezone(timezone.utc)
+
+
+def _optional_utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(timezone.utc)
+
+
+def _as_given(value: datetime) -> datetime:
+    return value
+
+
+ROWS = RowReader(instant=_utc, document=dict)
+WRITE = RowWriter(instant=_as_given, document=Jsonb, mark="%s")
+
+
+def sql_conditions(conditions: Sequence[Condition]) -> tuple[list[sql.Composable], list[Any]]:
+    """The conditions as SQL, with their ``%s`` values in order."""
+    texts, params = WRITE.conditions(conditions)
+    return [sql.SQL(text) for text in texts], params
+
+
+def named_conditions(
+    conditions: Sequence[Condition],
+) -> tuple[list[sql.Composable], dict[str, Any]]:
+    """The conditions as SQL with named parameters (``%(where_0)s``...), and their values."""
+    texts: list[sql.Composable] = []
+    params: dict[str, Any] = {}
+    for condition in conditions:
+        first, *rest = condition.sql.split(PARAM)
+        text = first
+        for part, value in zip(rest, condition.values, strict=True):
+            name = f"where_{len(params)}"
+            params[name] = WRITE.parameter(value)
+            text += f"%({name})s{part}"
+        texts.append(sql.SQL(text))
+    return texts, params
+
+
+def as_columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """The rows' values column by column: the arrays of an ``unnest`` statement."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+class Statements:
+    """Every statement of the adapter, composed once for one schema."""
+
+    def __init__(self, schema: str) -> None:
+        names = {
+            "user_tokens": sql.Identifier(schema, "user_tokens"),
+            "token_transactions": sql.Identifier(schema, "token_transactions"),
+            "token_grants": sql.Identifier(schema, "token_grants"),
+            "token_reservations": sql.Identifier(schema, "token_reservations"),
+            "accounts": sql.SQL(ACCOUNT_COLUMNS),
+            "entries": sql.SQL(TRANSACTION_COLUMNS),
+            "new_entries": sql.SQL(NEW_TRANSACTION_COLUMNS),
+            "grants": sql.SQL(GRANT_COLUMNS),
+            "reservations": sql.SQL(RESERVATION_COLUMNS),
+        }
+
+        def compose(text: str) -> sql.Composed:
+            return sql.SQL(text).format(**names)
+
+        self.select_account = compose("SELECT {accounts} FROM {user_tokens} WHERE user_id = %s")
+        self.lock_account = compose(
+            "SELECT {accounts} FROM {user_tokens} WHERE user_id = %s FOR UPDATE"
+        )
+        # Read after the accounts' rows, in the same transaction. Under the row locks
+        # of a unit of work they are current, since every writer of a user's grants
+        # and holds locks the user's row first; a read without locks may see a write
+        # committed between the two statements, as any unlocked read may be stale.
+        self.balances = {
+            query: sql.SQL(query).format(among=sql.SQL("user_id = ANY(%s::text[])"), **names)
+            for query in (LIVE_GRANTS, HELD_RESERVATIONS)
+        }
+        self.insert_account = compose(
+            "INSERT INTO {user_tokens} ({accounts})"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (user_id) DO NOTHING"
+        )
+        # Usage may grow up to the limit plus the overage limit. Above that (a limit
+        # lowered below what was used) it may stay or fall, but only within the
+        # stored period: a new period starts from zero. No CHECK can say this, so
+        # it is checked against the row as locked: a write that would overspend
+        # changes nothing and the unit of work is refused. A difference rather than
+        # a sum, because two bigint limits can add up past bigint.
+        self.save_accounts = compose(
+            "UPDATE {user_tokens} AS t SET monthly_limit = v.monthly_limit,"
+            " monthly_tokens_used = v.monthly_tokens_used,"
+            " last_monthly_reset = v.last_monthly_reset, reset_anchor = v.reset_anchor,"
+            " updated_at = v.updated_at, overage_limit = v.overage_limit,"
+            " grant_balance = v.grant_balance, reserved_tokens = v.reserved_tokens"
+            " FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::timestamptz[],"
+            " %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], %s::bigint[],"
+            " %s::bigint[], %s::bigint[]) AS v({accounts})"
+            " WHERE t.user_id = v.user_id"
+            " AND (v.monthly_tokens_used - v.monthly_limit <= v.overage_limit"
+            " OR (v.monthly_tokens_used <= t.monthly_tokens_used"
+            " AND v.last_monthly_reset = t.last_monthly_reset))"
+        )
+        # The same for the one account of an ordinary write: plain parameters are
+        # far cheaper for the client to send than one-element arrays.
+        self.save_account = compose(
+            "UPDATE {user_tokens} SET monthly_limit = %(monthly_limit)s,"
+            " monthly_tokens_used = %(monthly_tokens_used)s,"
+            " last_monthly_reset = %(last_monthly_reset)s, reset_anchor = %(reset_anchor)s,"
+            " updated_at = %(updated_at)s, overage_limit = %(overage_limit)s,"
+            " grant_balance = %(grant_balance)s, reserved_tokens = %(reserved_tokens)s"
+            " WHERE user_id = %(user_id)s"
+            " AND (%(monthly_tokens_used)s::bigint - %(monthly_limit)s::bigint"
+            " <= %(overage_limit)s::bigint"
+            " OR (%(monthly_tokens_used)s::bigint <= monthly_tokens_used"
+            " AND %(last_monthly_reset)s::timestamptz = last_monthly_reset))"
+        )
+        self.save_grants = compose(
+            "INSERT INTO {token_grants} ({grants})"
+            " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[],"
+            " %s::timestamptz[], %s::timestamptz[], %s::text[])"
+            " ON CONFLICT (id) DO UPDATE SET remaining = excluded.remaining"
+        )
+        self.save_reservations = compose(
+            "INSERT INTO {token_reservations} ({reservations})"
+            " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::timestamptz[],"
+            " %s::timestamptz[], %s::text[], %s::text[])"
+            " ON CONFLICT (id) DO UPDATE SET status = excluded.status"
+        )
+        self.append_transactions = compose(
+            "INSERT INTO {token_transactions} ({new_entries}) SELECT {new_entries}"
+            " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::timestamptz[],"
+            " %s::bigint[], %s::boolean[], %s::text[], %s::jsonb[], %s::text[], %s::jsonb[],"
+            " %s::text[]) WITH ORDINALITY AS e({new_entries}, position)"
+            " ORDER BY position RETURNING id"
+        )
+        self.append_transaction = compose(
+            "INSERT INTO {token_transactions} ({new_entries})"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
+        )
+        self.find_by_idempotency_key = compose(
+            "SELECT {entries} FROM {token_transactions} WHERE idempotency_key = %s"
+        )
+        self.find_transaction = compose("SELECT {entries} FROM {token_transactions} WHERE id = %s")
+        self.entries_referencing = compose(
+            "SELECT {entries} FROM {token_transactions} WHERE reference = %s ORDER BY id"
+        )
+        self.find_reservation = compose(
+            "SELECT {reservations} FROM {token_reservations} WHERE id = %s"
+        )
+        self.count_accounts = compose("SELECT count(*) FROM {user_tokens}")
+        # The common deduction (see DirectDeduction) in one statement: the usage grows
+        # only where the domain would let it grow this way, with the stamp the domain
+        # gives updated_at, and the entry is written from the row the UPDATE returns.
+        # Subtracting never overflows: 0 <= usage and 0 < limit.
+        direct = (
+            "WITH updated AS (UPDATE {user_tokens}"
+            " SET monthly_tokens_used = monthly_tokens_used + %(amount)s,"
+            " updated_at = CASE WHEN updated_at = %(now)s THEN {earlier} ELSE %(now)s END"
+            " WHERE user_id = %(user_id)s AND reset_anchor IS NULL"
+            " AND last_monthly_reset = %(period_start)s"
+            " AND grant_balance = 0 AND reserved_tokens = 0"
+            " AND %(amount)s <= monthly_limit - monthly_tokens_used{unused}"
+            " RETURNING user_id, monthly_limit - monthly_tokens_used AS balance_after,"
+            " overage_limit)"
+        )
+        entry = (
+            "INSERT INTO {token_transactions} ({new_entries})"
+            " SELECT user_id, 'deduct', %(amount)s, %(now)s, balance_after, true, %(feature)s,"
+            " %(context)s, {key}, jsonb_build_object('usage', %(amount)s), NULL FROM updated"
+        )
+        # The id, balance_after and overage_limit of the entry written, or no row.
+        returning = " RETURNING id, balance_after, (SELECT overage_limit FROM updated)"
+        # The same, and when the guard matched nothing a row of NULLs that says whether
+        # the account has an anchor, which no deduction of this kind covers (the adapter
+        # remembers it, and goes to the full path for that user at once).
+        hinted = (
+            ", inserted AS (" + entry + " RETURNING id, balance_after)"
+            " SELECT id, balance_after, (SELECT overage_limit FROM updated), false FROM inserted"
+            " UNION ALL SELECT NULL, NULL, NULL, reset_anchor IS NOT NULL FROM {user_tokens}"
+            " WHERE user_id = %(user_id)s AND NOT EXISTS (SELECT FROM updated)"
+        )
+        given = {"earlier": sql.SQL("%(earlier)s")}
+        # The hinted ones compute it: one instant fewer to send.
+        computed = {"earlier": sql.SQL("%(now)s - interval '1 microsecond'")}
+        unkeyed = {"unused": sql.SQL(""), "key": sql.SQL("NULL")}
+        # With a key: not when an entry holds it already (the full path replays that
+        # entry); a concurrent writer of the same key makes the INSERT fail instead.
+        keyed = {
+            "unused": sql.SQL(
+                " AND NOT EXISTS (SELECT FROM {token_transactions} WHERE idempotency_key = %(key)s)"
+            ).format(**names),
+            "key": sql.SQL("%(key)s"),
+        }
+        self.direct_deduction = sql.SQL(direct + " " + entry + returning).format(
+            **given, **unkeyed, **names
+        )
+        self.direct_keyed_deduction = sql.SQL(direct + " " + entry + returning).format(
+            **given, **keyed, **names
+        )
+        self.hinted_direct_deduction = sql.SQL(direct + hinted).format(
+            **computed, **unkeyed, **names
+        )
+        self.hinted_direct_keyed_deduction = sql.SQL(direct + hinted).format(
+            **computed, **keyed, **names
+        )
+        self.discrepancies = {
+            one_user: sql.SQL(DISCREPANCIES.strip()).format(
+                of_user=sql.SQL(" AND user_id = %(user_id)s" if one_user else ""),
+                of_user_a=sql.SQL(" AND a.user_id = %(user_id)s" if one_user else ""),
+                of_account=sql.SQL("WHERE a.user_id = %(user_id)s" if one_user else ""),
+                **names,
+            )
+            for one_user in (False, True)
+        }
+        self._names = names
+        self.one_account = sql.SQL(ONE_ACCOUNT.strip()).format(**names)
+        self.rendered = Rendered(self)
+
+    def _where(self, conditions: Sequence[sql.Composable]) -> sql.Composable:
+        return sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("true")
+
+    def select_accounts(self, conditions: Sequence[sql.Composable], *, lock: bool) -> sql.Composed:
+        """Accounts by ``user_id``, up to ``LIMIT %s``; locked with ``lock``.
+
+        LIMIT counts rows after they are locked: a row that another writer
+        changed meanwhile is checked again, and if it no longer matches the next
+        candidate takes its place, so only the last page comes back short.
+        Locking in user_id order keeps two bulk resets from deadlocking.
+        """
+        return sql.SQL(
+            "SELECT {accounts} FROM {user_tokens} WHERE {where} ORDER BY user_id LIMIT %s{lock}"
+        ).format(
+            where=self._where(conditions),
+            lock=sql.SQL(" FOR UPDATE" if lock else ""),
+            **self._names,
+        )
+
+    def history_query(self, conditions: Sequence[sql.Composable]) -> sql.Composed:
+        return sql.SQL(
+            "SELECT {entries} FROM {token_transactions} WHERE {where} ORDER BY id DESC LIMIT %s"
+        ).format(where=self._where(conditions), **self._names)
+
+    def count_query(self, conditions: Sequence[sql.Composable]) -> sql.Composed:
+        return sql.SQL("SELECT count(*) FROM {token_transactions} WHERE {where}").format(
+            where=self._where(conditions), **self._names
+        )
+
+    def accounts_with_balances(self, conditions: Sequence[sql.Composable]) -> sql.Composed:
+        """:data:`WITH_BALANCES` for the accounts ``conditions`` select, by ``user_id``,
+        up to ``LIMIT %s``."""
+        return sql.SQL(WITH_BALANCES.strip() + " ORDER BY t.user_id LIMIT %s").format(
+            where=self._where(conditions), **self._names
+        )
+
+    def calendar_run(self, conditions: Sequence[sql.Composable]) -> sql.Composed:
+        """:data:`CALENDAR_RUN` for the candidates ``conditions`` select."""
+        return sql.SQL(CALENDAR_RUN.strip()).format(where=self._where(conditions), **self._names)
+
+    def count_where(self, filters: Sequence[Sequence[sql.Composable]]) -> sql.Composed:
+        """The accounts matching each list of conditions, counted in one pass."""
+        counts = [
+            sql.SQL("count(*) FILTER (WHERE {})").format(self._where(conditions))
+            if conditions
+            else sql.SQL("count(*)")
+            for conditions in filters
+        ]
+        return sql.SQL("SELECT {} FROM {user_tokens}").format(
+            sql.SQL(", ").join(counts), **self._names
+        )
+
+
+# Accounts as a read without locks sees them: each row with its live grants and held
+# reservations, in the one snapshot of one statement, as arrays (one of each column,
+# oldest first), and only when the row says it has some, as the locking read loads them.
+# The locking read keeps its two steps: at READ COMMITTED, a lock that waited for
+# another writer sees that writer's row, but its statement's snapshot would not see
+# that writer's grants.
+WITH_BALANCES = """
+SELECT t.user_id, t.monthly_limit, t.monthly_tokens_used, t.last_monthly_reset, t.created_at,
+    t.updated_at, t.reset_anchor, t.overage_limit, t.grant_balance, t.reserved_tokens,
+    g.grant_ids, g.grant_amounts, g.grant_remaining, g.grant_created_at, g.grant_expires_at,
+    g.grant_reasons, h.hold_ids, h.hold_amounts, h.hold_created_at, h.hold_expires_at,
+    h.hold_statuses, h.hold_features
+FROM {user_tokens} AS t
+LEFT JOIN LATERAL (
+    SELECT array_agg(id ORDER BY created_at, id) AS grant_ids,
+        array_agg(amount ORDER BY created_at, id) AS grant_amounts,
+        array_agg(remaining ORDER BY created_at, id) AS grant_remaining,
+        array_agg(created_at ORDER BY created_at, id) AS grant_created_at,
+        array_agg(expires_at ORDER BY created_at, id) AS grant_expires_at,
+        array_agg(reason ORDER BY created_at, id) AS grant_reasons
+    FROM {token_grants} WHERE user_id = t.user_id AND remaining > 0 AND t.grant_balance > 0
+) AS g ON true
+LEFT JOIN LATERAL (
+    SELECT array_agg(id ORDER BY created_at, id) AS hold_ids,
+        array_agg(amount ORDER BY created_at, id) AS hold_amounts,
+        array_agg(created_at ORDER BY created_at, id) AS hold_created_at,
+        array_agg(expires_at ORDER BY created_at, id) AS hold_expires_at,
+        array_agg(status ORDER BY created_at, id) AS hold_statuses,
+        array_agg(feature ORDER BY created_at, id) AS hold_features
+    FROM {token_reservations}
+    WHERE user_id = t.user_id AND status = 'held' AND t.reserved_tokens > 0
+) AS h ON true
+WHERE {where}
+"""
+
+
+# One account with its live grants and held reservations, in one statement: the account
+# row, then the grants, then the holds, each oldest first, in one set of columns.
+ONE_ACCOUNT = """
+WITH a AS (SELECT {accounts} FROM {user_tokens} WHERE user_id = %(user_id)s)
+SELECT 0 AS kind, a.*, NULL::text, NULL::text FROM a
+UNION ALL SELECT 1, g.id, g.amount, g.remaining, g.created_at, g.expires_at, NULL, NULL, NULL,
+    NULL, NULL, g.reason, NULL
+    FROM a JOIN {token_grants} AS g ON g.user_id = a.user_id AND g.remaining > 0
+    WHERE a.grant_balance > 0
+UNION ALL SELECT 2, h.id, h.amount, NULL, h.created_at, h.expires_at, NULL, NULL, NULL, NULL,
+    NULL, h.status, h.feature
+    FROM a JOIN {token_reservations} AS h ON h.user_id = a.user_id AND h.status = 'held'
+    WHERE a.reserved_tokens > 0
+ORDER BY 1, 5, 2
+"""
+
+
+def read_one_account(rows: Sequence[Sequence[Any]]) -> TokenAccount | None:
+    """The rows of :data:`ONE_ACCOUNT` as the account carrying its grants and holds."""
+    if not rows:
+        return None
+    account = ROWS.account(rows[0][1:])
+    user_id = account.user_id
+    grants = tuple(
+        Grant(row[1], user_id, row[2], row[3], _utc(row[4]), _optional_utc(row[5]), row[11])
+        for row in rows
+        if row[0] == 1
+    )
+    holds = tuple(
+        Reservation(row[1], user_id, row[2], _utc(row[4]), _utc(row[5]), row[11], row[12])
+        for row in rows
+        if row[0] == 2
+    )
+    return attrs.evolve(account, grants=grants, holds=holds)
+
+
+def read_with_balances(row: Sequence[Any]) -> TokenAccount:
+    """A row of :data:`WITH_BALANCES` as an account carrying its grants and holds."""
+    account = ROWS.account(row)
+    if row[10] is None and row[16] is None:
+        return account
+    user_id = account.user_id
+    grants = (
+        ()
+        if row[10] is None
+        else tuple(
+            Grant(id_, user_id, amount, remaining, _utc(created), _optional_utc(expires), reason)
+            for id_, amount, remaining, created, expires, reason in zip(*row[10:16], strict=True)
+        )
+    )
+    holds = (
+        ()
+        if row[16] is None
+        else tuple(
+            Reservation(id_, user_id, amount, _utc(created), _utc(expires), status, feature)
+            for id_, amount, created, expires, status, feature in zip(*row[16:22], strict=True)
+        )
+    )
+    return attrs.evolve(account, grants=grants, holds=holds)
+
+
+# Where the stored balances differ from what the successful entries' effects add up
+# to: reconciliation.discrepancies, for every account at once, in its order (accounts
+# by user_id, then usage, reserved, holds, grant balance, and grants by id as Python
+# sorts them, which is by code point: COLLATE "C"). Like the accounts the library reads,
+# grants count only when the row has a grant balance, and held reservations only when it
+# has reserved tokens. Sums are numeric, which no log can overflow.
+DISCREPANCIES = """
+WITH sums AS MATERIALIZED (
+    SELECT user_id, sum((effects -> 'usage')::numeric) AS usage,
+        sum((effects -> 'reserved')::numeric) AS reserved,
+        bool_or(effects ? 'grants') AS granted
+    FROM {token_transactions} WHERE success{of_user} GROUP BY user_id
+),
+expected AS MATERIALIZED (
+    SELECT e.user_id, g.key AS grant_id, sum(g.value::numeric) AS amount
+    FROM sums AS s JOIN {token_transactions} AS e ON e.user_id = s.user_id,
+        jsonb_each(e.effects -> 'grants') AS g
+    WHERE s.granted AND e.success AND e.effects ? 'grants'
+    GROUP BY e.user_id, g.key HAVING sum(g.value::numeric) <> 0
+),
+stored AS MATERIALIZED (
+    SELECT g.user_id, g.id AS grant_id, g.remaining::numeric AS amount
+    FROM {token_grants} AS g JOIN {user_tokens} AS a ON a.user_id = g.user_id
+    WHERE g.remaining > 0 AND a.grant_balance > 0{of_user_a}
+),
+grants AS MATERIALIZED (
+    SELECT coalesce(s.user_id, x.user_id) AS user_id, coalesce(s.grant_id, x.grant_id) AS grant_id,
+        coalesce(s.amount, 0) AS stored, coalesce(x.amount, 0) AS expected
+    FROM stored AS s FULL JOIN expected AS x
+        ON x.user_id = s.user_id AND x.grant_id = s.grant_id
+),
+by_account AS MATERIALIZED (
+    SELECT user_id, sum(expected) AS expected, bool_or(stored <> expected) AS differ
+    FROM grants GROUP BY user_id
+),
+holds AS MATERIALIZED (
+    SELECT h.user_id, sum(h.amount)::numeric AS amount
+    FROM {token_reservations} AS h JOIN {user_tokens} AS a ON a.user_id = h.user_id
+    WHERE h.status = 'held' AND a.reserved_tokens > 0{of_user_a} GROUP BY h.user_id
+),
+differing AS MATERIALIZED (
+    SELECT * FROM (
+        SELECT a.user_id, a.monthly_tokens_used::numeric AS used,
+            coalesce(s.usage, 0) AS e_used, a.reserved_tokens::numeric AS reserved,
+            coalesce(s.reserved, 0) AS e_reserved, coalesce(h.amount, 0) AS held,
+            a.grant_balance::numeric AS balance, coalesce(b.expected, 0) AS e_balance,
+            coalesce(b.differ, false) AS grants_differ
+        FROM {user_tokens} AS a LEFT JOIN sums AS s ON s.user_id = a.user_id
+            LEFT JOIN holds AS h ON h.user_id = a.user_id
+            LEFT JOIN by_account AS b ON b.user_id = a.user_id
+        {of_account}
+    ) AS figures
+    WHERE used <> e_used OR reserved <> e_reserved OR held <> e_reserved
+        OR balance <> e_balance OR grants_differ
+)
+SELECT user_id, field, stored, expected FROM (
+    SELECT user_id, 0 AS place, '' AS grant_id, 'monthly_tokens_used' AS field,
+        used AS stored, e_used AS expected FROM differing WHERE used <> e_used
+    UNION ALL SELECT user_id, 1, '', 'reserved_tokens', reserved, e_reserved
+        FROM differing WHERE reserved <> e_reserved
+    UNION ALL SELECT user_id, 2, '', 'holds', held, e_reserved
+        FROM differing WHERE held <> e_reserved
+    UNION ALL SELECT user_id, 3, '', 'grant_balance', balance, e_balance
+        FROM differing WHERE balance <> e_balance
+    UNION ALL SELECT g.user_id, 4, g.grant_id, 'grant:' || g.grant_id, g.stored, g.expected
+        FROM grants AS g JOIN differing AS d ON d.user_id = g.user_id
+        WHERE g.stored <> g.expected
+) AS found ORDER BY user_id, place, grant_id COLLATE "C"
+"""
+
+# The bulk reset's next run of accounts that need no decision of the domain (see
+# CalendarResets), in one statement: the candidates are locked as lock_stale_candidates
+# locks them; those before the first with an anchor, a grant or a hold are reset, each
+# with the entry the domain writes. It answers how many candidates there were, how many
+# it reset, the last of those, and how many after them the domain must decide.
+CALENDAR_RUN = """
+WITH candidates AS MATERIALIZED (
+    SELECT user_id, monthly_limit, monthly_tokens_used, last_monthly_reset,
+        reset_anchor IS NULL AND grant_balance = 0 AND reserved_tokens = 0 AS simple
+    FROM {user_tokens} WHERE {where} ORDER BY user_id LIMIT %(limit)s FOR UPDATE
+),
+stop AS MATERIALIZED (SELECT min(user_id) AS user_id FROM candidates WHERE NOT simple),
+run AS MATERIALIZED (
+    SELECT c.* FROM candidates AS c, stop WHERE stop.user_id IS NULL OR c.user_id < stop.user_id
+),
+reset AS (
+    UPDATE {user_tokens} AS t SET monthly_tokens_used = 0,
+        last_monthly_reset = %(period_start)s,
+        updated_at = CASE WHEN t.updated_at = %(now)s THEN %(earlier)s ELSE %(now)s END
+    FROM run WHERE t.user_id = run.user_id
+),
+logged AS (
+    INSERT INTO {token_transactions} ({new_entries})
+    SELECT user_id, 'reset', monthly_tokens_used, %(now)s, monthly_limit, true, NULL,
+        jsonb_build_object('previous_used', monthly_tokens_used, 'previous_period_start',
+            to_char(last_monthly_reset AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+            'period_start', %(period_start_text)s::text),
+        NULL,
+        CASE WHEN monthly_tokens_used = 0 THEN '{{}}'::jsonb
+            ELSE jsonb_build_object('usage', -monthly_tokens_used) END,
+        NULL
+    FROM run ORDER BY user_id
+)
+SELECT (SELECT count(*) FROM candidates), (SELECT count(*) FROM run),
+    (SELECT max(user_id) FROM run),
+    (SELECT count(*) FROM candidates AS c WHERE c.user_id >= stop.user_id
+        AND NOT EXISTS (SELECT FROM candidates AS s
+            WHERE s.simple AND s.user_id > stop.user_id AND s.user_id < c.user_id))
+FROM stop
+"""
+
+
+class Rendered:
+    """The statements of a :class:`Statements` that run most often, rendered to bytes once:
+    psycopg would otherwise render a composed statement again on every execution."""
+
+    def __init__(self, statements: Statements) -> None:
+        self.direct_deduction = statements.direct_deduction.as_bytes()
+        self.direct_keyed_deduction = statements.direct_keyed_deduction.as_bytes()
+        self.hinted_direct_deduction = statements.hinted_direct_deduction.as_bytes()
+        self.hinted_direct_keyed_deduction = statements.hinted_direct_keyed_deduction.as_bytes()
+        self.discrepancies = {
+            one_user: query.as_bytes() for one_user, query in statements.discrepancies.items()
+        }
+        self.select_account = statements.select_account.as_bytes()
+        self.one_account = statements.one_account.as_bytes()
+        self.count_accounts = statements.count_accounts.as_bytes()
+        composed = [value for value in vars(statements).values() if isinstance(value, sql.Composed)]
+        composed += statements.balances.values()
+        self._by_id = {id(query): query.as_bytes() for query in composed}
+
+    def of(self, query: sql.Composed) -> bytes:
+        """``query`` as bytes: rendered once if it is one of the statements', else now."""
+        rendered = self._by_id.get(id(query))
+        return query.as_bytes() if rendered is None else rendered
+
+
+def direct_deduction(
+    statements: Statements, deduction: DirectDeduction, *, hinted: bool
+) -> tuple[bytes, dict[str, Any]]:
+    """The one-statement deduction's statement (keyed or not) and its parameters.
+
+    ``hinted``: the statement that, when its guard matches nothing, answers whether the
+    account has an anchor (the synchronous engine remembers those), and computes the
+    instant before ``now`` itself; otherwise that instant is sent.
+    """
+    params: dict[str, Any] = {
+        "amount": deduction.amount,
+        "now": deduction.now,
+        "user_id": deduction.user_id,
+        "period_start": deduction.period_start,
+        "feature": deduction.feature,
+        "context": Jsonb(deduction.context),
+    }
+    if not hinted:
+        params["earlier"] = deduction.earlier
+    rendered = statements.rendered
+    key = deduction.idempotency_key
+    if key is None:
+        return (rendered.hinted_direct_deduction if hinted else rendered.direct_deduction), params
+    params["key"] = key
+    if hinted:
+        return rendered.hinted_direct_keyed_deduction, params
+    return rendered.direct_keyed_deduction, params
