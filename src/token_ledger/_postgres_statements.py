@@ -8,7 +8,7 @@ are quoted by ``psycopg.sql``; values are always bound as parameters.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -183,61 +183,12 @@ class Statements:
             "SELECT {reservations} FROM {token_reservations} WHERE id = %s"
         )
         self.count_accounts = compose("SELECT count(*) FROM {user_tokens}")
-        # The common deduction (see DirectDeduction) in one statement: the usage grows
-        # only where the domain would let it grow this way, with the stamp the domain
-        # gives updated_at, and the entry is written from the row the UPDATE returns.
-        # Subtracting never overflows: 0 <= usage and 0 < limit.
-        direct = (
-            "WITH updated AS (UPDATE {user_tokens}"
-            " SET monthly_tokens_used = monthly_tokens_used + %(amount)s,"
-            " updated_at = CASE WHEN updated_at = %(now)s THEN {earlier} ELSE %(now)s END"
-            " WHERE user_id = %(user_id)s AND reset_anchor IS NULL"
-            " AND last_monthly_reset = %(period_start)s"
-            " AND grant_balance = 0 AND reserved_tokens = 0"
-            " AND %(amount)s <= monthly_limit - monthly_tokens_used{unused}"
-            " RETURNING user_id, monthly_limit - monthly_tokens_used AS balance_after,"
-            " overage_limit)"
-        )
-        entry = (
-            "INSERT INTO {token_transactions} ({new_entries})"
-            " SELECT user_id, 'deduct', %(amount)s, %(now)s, balance_after, true, %(feature)s,"
-            " %(context)s, {key}, jsonb_build_object('usage', %(amount)s), NULL FROM updated"
-        )
-        # The id, balance_after and overage_limit of the entry written, or no row.
-        returning = " RETURNING id, balance_after, (SELECT overage_limit FROM updated)"
-        # The same, and when the guard matched nothing a row of NULLs that says whether
-        # the account has an anchor, which no deduction of this kind covers (the adapter
-        # remembers it, and goes to the full path for that user at once).
-        hinted = (
-            ", inserted AS (" + entry + " RETURNING id, balance_after)"
-            " SELECT id, balance_after, (SELECT overage_limit FROM updated), false FROM inserted"
-            " UNION ALL SELECT NULL, NULL, NULL, reset_anchor IS NOT NULL FROM {user_tokens}"
-            " WHERE user_id = %(user_id)s AND NOT EXISTS (SELECT FROM updated)"
-        )
-        given = {"earlier": sql.SQL("%(earlier)s")}
-        # The hinted ones compute it: one instant fewer to send.
-        computed = {"earlier": sql.SQL("%(now)s - interval '1 microsecond'")}
-        unkeyed = {"unused": sql.SQL(""), "key": sql.SQL("NULL")}
-        # With a key: not when an entry holds it already (the full path replays that
-        # entry); a concurrent writer of the same key makes the INSERT fail instead.
-        keyed = {
-            "unused": sql.SQL(
-                " AND NOT EXISTS (SELECT FROM {token_transactions} WHERE idempotency_key = %(key)s)"
-            ).format(**names),
-            "key": sql.SQL("%(key)s"),
-        }
-        self.direct_deduction = sql.SQL(direct + " " + entry + returning).format(
-            **given, **unkeyed, **names
-        )
-        self.direct_keyed_deduction = sql.SQL(direct + " " + entry + returning).format(
-            **given, **keyed, **names
-        )
-        self.hinted_direct_deduction = sql.SQL(direct + hinted).format(
-            **computed, **unkeyed, **names
-        )
-        self.hinted_direct_keyed_deduction = sql.SQL(direct + hinted).format(
-            **computed, **keyed, **names
-        )
+        (
+            self.direct_deduction,
+            self.direct_keyed_deduction,
+            self.hinted_direct_deduction,
+            self.hinted_direct_keyed_deduction,
+        ) = _direct_deductions(names)
         self.discrepancies = {
             one_user: sql.SQL(DISCREPANCIES.strip()).format(
                 of_user=sql.SQL(" AND user_id = %(user_id)s" if one_user else ""),
@@ -302,6 +253,63 @@ class Statements:
         return sql.SQL("SELECT {} FROM {user_tokens}").format(
             sql.SQL(", ").join(counts), **self._names
         )
+
+
+def _direct_deductions(
+    names: Mapping[str, sql.Composable],
+) -> tuple[sql.Composed, sql.Composed, sql.Composed, sql.Composed]:
+    """The one-statement deduction, sent ``earlier`` and computing it (hinted), each without
+    and with an idempotency key: what :class:`Statements` calls ``direct_deduction``,
+    ``direct_keyed_deduction``, ``hinted_direct_deduction`` and
+    ``hinted_direct_keyed_deduction``."""
+    # The common deduction (see DirectDeduction) in one statement: the usage grows
+    # only where the domain would let it grow this way, with the stamp the domain
+    # gives updated_at, and the entry is written from the row the UPDATE returns.
+    # Subtracting never overflows: 0 <= usage and 0 < limit.
+    direct = (
+        "WITH updated AS (UPDATE {user_tokens}"
+        " SET monthly_tokens_used = monthly_tokens_used + %(amount)s,"
+        " updated_at = CASE WHEN updated_at = %(now)s THEN {earlier} ELSE %(now)s END"
+        " WHERE user_id = %(user_id)s AND reset_anchor IS NULL"
+        " AND last_monthly_reset = %(period_start)s"
+        " AND grant_balance = 0 AND reserved_tokens = 0"
+        " AND %(amount)s <= monthly_limit - monthly_tokens_used{unused}"
+        " RETURNING user_id, monthly_limit - monthly_tokens_used AS balance_after,"
+        " overage_limit)"
+    )
+    entry = (
+        "INSERT INTO {token_transactions} ({new_entries})"
+        " SELECT user_id, 'deduct', %(amount)s, %(now)s, balance_after, true, %(feature)s,"
+        " %(context)s, {key}, jsonb_build_object('usage', %(amount)s), NULL FROM updated"
+    )
+    # The id, balance_after and overage_limit of the entry written, or no row.
+    returning = " RETURNING id, balance_after, (SELECT overage_limit FROM updated)"
+    # The same, and when the guard matched nothing a row of NULLs that says whether
+    # the account has an anchor, which no deduction of this kind covers (the adapter
+    # remembers it, and goes to the full path for that user at once).
+    hinted = (
+        ", inserted AS (" + entry + " RETURNING id, balance_after)"
+        " SELECT id, balance_after, (SELECT overage_limit FROM updated), false FROM inserted"
+        " UNION ALL SELECT NULL, NULL, NULL, reset_anchor IS NOT NULL FROM {user_tokens}"
+        " WHERE user_id = %(user_id)s AND NOT EXISTS (SELECT FROM updated)"
+    )
+    given = {"earlier": sql.SQL("%(earlier)s")}
+    # The hinted ones compute it: one instant fewer to send.
+    computed = {"earlier": sql.SQL("%(now)s - interval '1 microsecond'")}
+    unkeyed = {"unused": sql.SQL(""), "key": sql.SQL("NULL")}
+    # With a key: not when an entry holds it already (the full path replays that
+    # entry); a concurrent writer of the same key makes the INSERT fail instead.
+    keyed = {
+        "unused": sql.SQL(
+            " AND NOT EXISTS (SELECT FROM {token_transactions} WHERE idempotency_key = %(key)s)"
+        ).format(**names),
+        "key": sql.SQL("%(key)s"),
+    }
+    plain = sql.SQL(direct + " " + entry + returning).format(**given, **unkeyed, **names)
+    plain_keyed = sql.SQL(direct + " " + entry + returning).format(**given, **keyed, **names)
+    hinted_plain = sql.SQL(direct + hinted).format(**computed, **unkeyed, **names)
+    hinted_keyed = sql.SQL(direct + hinted).format(**computed, **keyed, **names)
+    return plain, plain_keyed, hinted_plain, hinted_keyed
 
 
 # Accounts as a read without locks sees them: each row with its live grants and held
