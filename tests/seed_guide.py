@@ -138,7 +138,7 @@ WALKTHROUGH = [
     Step(
         "troubleshooting 1: check user status",
         USER_STATUS,
-        [("uuid", 50, 36, OLD_MONTH, None, ANY, ANY, 0, 0, 0)],
+        [("uuid", 50, 36, OLD_MONTH, None, ANY, ANY, 0, 0, 0, None, 0)],
     ),
     # ...which the view already shows reset.
     Step(

@@ -19,9 +19,11 @@ from hypothesis.stateful import (
 )
 
 from token_ledger import (
+    GrantVoided,
     InsufficientTokens,
     InvalidAmount,
     InvalidInput,
+    OperationType,
     ReservationClosed,
     TokenLedger,
 )
@@ -30,6 +32,8 @@ from token_ledger.testing import MovableClock
 
 UTC = timezone.utc
 USERS = ("alice", "bob")
+ZONES = (None, "Pacific/Auckland", "America/Los_Angeles", "Asia/Kathmandu")
+MAX_ROLLOVER_CAP = 40
 users = st.sampled_from(USERS)
 amounts = st.integers(1, 60)
 clock_moves = st.sampled_from(
@@ -48,12 +52,15 @@ def ledger_machine(make_repository: Callable[[], TokenRepository]) -> type[RuleB
     class LedgerMachine(RuleBasedStateMachine):
         holds = Bundle("holds")
         spends = Bundle("spends")
+        grants = Bundle("grants")
 
         def __init__(self) -> None:
             super().__init__()
             self.clock = MovableClock(datetime(2026, 1, 28, 12, tzinfo=UTC))
             self.ledger = TokenLedger(make_repository(), clock=self.clock)
             self.usage_when_limits_changed = dict.fromkeys(USERS, 0)
+            self.voided: dict[str, int] = {}
+            """Grant id -> the id of the entry that voided it."""
             for user_id in USERS:
                 self.ledger.open_account(user_id, monthly_limit=100)
 
@@ -69,10 +76,38 @@ def ledger_machine(make_repository: Callable[[], TokenRepository]) -> type[RuleB
             assert entry_id is not None
             return entry_id
 
-        @rule(user_id=users, amount=amounts, days=st.none() | st.integers(1, 45))
-        def grant(self, user_id: str, amount: int, days: int | None) -> None:
+        @rule(
+            target=grants,
+            user_id=users,
+            amount=amounts,
+            days=st.none() | st.integers(1, 45),
+            priority=st.integers(-2, 2),
+        )
+        def grant(self, user_id: str, amount: int, days: int | None, priority: int) -> str:
             expires_at = None if days is None else self.clock() + timedelta(days=days)
-            self.ledger.grant(user_id, amount, expires_at=expires_at)
+            entry = self.ledger.grant(user_id, amount, expires_at=expires_at, priority=priority)
+            assert entry.reference is not None
+            return entry.reference
+
+        @rule(grant=grants)
+        def void_grant(self, grant: str) -> None:
+            try:
+                entry = self.ledger.void_grant(grant)
+            except GrantVoided:
+                assert grant in self.voided
+                return
+            assert grant not in self.voided
+            assert entry.id is not None
+            self.voided[grant] = entry.id
+
+        @rule(user_id=users, cap=st.integers(0, MAX_ROLLOVER_CAP))
+        def set_rollover_cap(self, user_id: str, cap: int) -> None:
+            self.ledger.set_limit(user_id, rollover_cap=cap)
+
+        @rule(user_id=users, zone=st.sampled_from(ZONES))
+        def set_time_zone(self, user_id: str, zone: str | None) -> None:
+            used = self.ledger.status(user_id).monthly_used
+            assert self.ledger.set_time_zone(user_id, zone).monthly_tokens_used == used
 
         @rule(target=holds, user_id=users, amount=amounts, minutes=st.integers(1, 600))
         def reserve(self, user_id: str, amount: int, minutes: int) -> str:
@@ -131,6 +166,24 @@ def ledger_machine(make_repository: Callable[[], TokenRepository]) -> type[RuleB
                 assert status.grant_balance >= 0
                 assert status.total_remaining >= 0
             assert self.ledger.reconcile() == []
+
+        @invariant()
+        def a_voided_grant_is_never_spent_nor_refunded_into(self) -> None:
+            entries = self.ledger.history(limit=1000)
+            for entry in entries:
+                for grant_id, change in entry.effects.grants:
+                    voided_by = self.voided.get(grant_id)
+                    if voided_by is not None and entry.id is not None and entry.id > voided_by:
+                        raise AssertionError(
+                            f"entry #{entry.id} moved {change} of voided {grant_id}"
+                        )
+
+        @invariant()
+        def rollover_never_carries_more_than_the_cap_nor_the_allowance(self) -> None:
+            for entry in self.ledger.history(operation_type=OperationType.RESET, limit=1000):
+                carried = entry.operation_context.get("rollover", 0)
+                assert 0 <= carried <= MAX_ROLLOVER_CAP
+                assert sum(amount for _, amount in entry.effects.grants) == carried
 
     return LedgerMachine
 

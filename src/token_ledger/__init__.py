@@ -15,6 +15,8 @@ from token_ledger.clock import Clock, system_clock
 from token_ledger.errors import (
     AccountExists,
     AccountNotFound,
+    GrantNotFound,
+    GrantVoided,
     IdempotencyConflict,
     InsufficientTokens,
     InvalidAmount,
@@ -67,6 +69,8 @@ __all__ = [
     "DeductResult",
     "Discrepancy",
     "Grant",
+    "GrantNotFound",
+    "GrantVoided",
     "Health",
     "History",
     "IdempotencyConflict",

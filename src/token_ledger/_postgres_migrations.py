@@ -113,6 +113,17 @@ MIGRATIONS = (
                 ON {schema}.token_transactions (reference) WHERE reference IS NOT NULL""",
         ),
     ),
+    Migration(
+        3,
+        (
+            """ALTER TABLE {schema}.user_tokens
+                ADD COLUMN time_zone text NULL,
+                ADD COLUMN rollover_cap bigint NOT NULL DEFAULT 0 CHECK (rollover_cap >= 0)""",
+            """ALTER TABLE {schema}.token_grants
+                ADD COLUMN priority integer NOT NULL DEFAULT 0,
+                ADD COLUMN voided_at timestamptz NULL""",
+        ),
+    ),
 )
 
 Transaction = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]

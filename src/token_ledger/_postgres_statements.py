@@ -112,7 +112,7 @@ class Statements:
         }
         self.insert_account = compose(
             "INSERT INTO {user_tokens} ({accounts})"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (user_id) DO NOTHING"
         )
         # Usage may grow up to the limit plus the overage limit. Above that (a limit
@@ -126,14 +126,16 @@ class Statements:
             " monthly_tokens_used = v.monthly_tokens_used,"
             " last_monthly_reset = v.last_monthly_reset, reset_anchor = v.reset_anchor,"
             " updated_at = v.updated_at, overage_limit = v.overage_limit,"
-            " grant_balance = v.grant_balance, reserved_tokens = v.reserved_tokens"
+            " grant_balance = v.grant_balance, reserved_tokens = v.reserved_tokens,"
+            " time_zone = v.time_zone, rollover_cap = v.rollover_cap"
             " FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::timestamptz[],"
             " %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], %s::bigint[],"
-            " %s::bigint[], %s::bigint[]) AS v({accounts})"
+            " %s::bigint[], %s::bigint[], %s::text[], %s::bigint[]) AS v({accounts})"
             " WHERE t.user_id = v.user_id"
             " AND (v.monthly_tokens_used - v.monthly_limit <= v.overage_limit"
             " OR (v.monthly_tokens_used <= t.monthly_tokens_used"
-            " AND v.last_monthly_reset = t.last_monthly_reset))"
+            " AND (v.last_monthly_reset = t.last_monthly_reset"
+            " OR v.time_zone IS DISTINCT FROM t.time_zone)))"
         )
         # The same for the one account of an ordinary write: plain parameters are
         # far cheaper for the client to send than one-element arrays.
@@ -142,18 +144,22 @@ class Statements:
             " monthly_tokens_used = %(monthly_tokens_used)s,"
             " last_monthly_reset = %(last_monthly_reset)s, reset_anchor = %(reset_anchor)s,"
             " updated_at = %(updated_at)s, overage_limit = %(overage_limit)s,"
-            " grant_balance = %(grant_balance)s, reserved_tokens = %(reserved_tokens)s"
+            " grant_balance = %(grant_balance)s, reserved_tokens = %(reserved_tokens)s,"
+            " time_zone = %(time_zone)s, rollover_cap = %(rollover_cap)s"
             " WHERE user_id = %(user_id)s"
             " AND (%(monthly_tokens_used)s::bigint - %(monthly_limit)s::bigint"
             " <= %(overage_limit)s::bigint"
             " OR (%(monthly_tokens_used)s::bigint <= monthly_tokens_used"
-            " AND %(last_monthly_reset)s::timestamptz = last_monthly_reset))"
+            " AND (%(last_monthly_reset)s::timestamptz = last_monthly_reset"
+            " OR %(time_zone)s::text IS DISTINCT FROM time_zone)))"
         )
         self.save_grants = compose(
             "INSERT INTO {token_grants} ({grants})"
             " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[],"
-            " %s::timestamptz[], %s::timestamptz[], %s::text[])"
-            " ON CONFLICT (id) DO UPDATE SET remaining = excluded.remaining"
+            " %s::timestamptz[], %s::timestamptz[], %s::text[], %s::integer[],"
+            " %s::timestamptz[])"
+            " ON CONFLICT (id) DO UPDATE SET remaining = excluded.remaining,"
+            " voided_at = excluded.voided_at"
         )
         self.save_reservations = compose(
             "INSERT INTO {token_reservations} ({reservations})"
@@ -182,6 +188,7 @@ class Statements:
         self.find_reservation = compose(
             "SELECT {reservations} FROM {token_reservations} WHERE id = %s"
         )
+        self.find_grant = compose("SELECT {grants} FROM {token_grants} WHERE id = %s")
         self.count_accounts = compose("SELECT count(*) FROM {user_tokens}")
         (
             self.direct_deduction,
@@ -270,7 +277,7 @@ def _direct_deductions(
         "WITH updated AS (UPDATE {user_tokens}"
         " SET monthly_tokens_used = monthly_tokens_used + %(amount)s,"
         " updated_at = CASE WHEN updated_at = %(now)s THEN {earlier} ELSE %(now)s END"
-        " WHERE user_id = %(user_id)s AND reset_anchor IS NULL"
+        " WHERE user_id = %(user_id)s AND reset_anchor IS NULL AND time_zone IS NULL"
         " AND last_monthly_reset = %(period_start)s"
         " AND grant_balance = 0 AND reserved_tokens = 0"
         " AND %(amount)s <= monthly_limit - monthly_tokens_used{unused}"
@@ -290,7 +297,8 @@ def _direct_deductions(
     hinted = (
         ", inserted AS (" + entry + " RETURNING id, balance_after)"
         " SELECT id, balance_after, (SELECT overage_limit FROM updated), false FROM inserted"
-        " UNION ALL SELECT NULL, NULL, NULL, reset_anchor IS NOT NULL FROM {user_tokens}"
+        " UNION ALL SELECT NULL, NULL, NULL, reset_anchor IS NOT NULL OR time_zone IS NOT NULL"
+        " FROM {user_tokens}"
         " WHERE user_id = %(user_id)s AND NOT EXISTS (SELECT FROM updated)"
     )
     given = {"earlier": sql.SQL("%(earlier)s")}
@@ -321,9 +329,10 @@ def _direct_deductions(
 WITH_BALANCES = """
 SELECT t.user_id, t.monthly_limit, t.monthly_tokens_used, t.last_monthly_reset, t.created_at,
     t.updated_at, t.reset_anchor, t.overage_limit, t.grant_balance, t.reserved_tokens,
+    t.time_zone, t.rollover_cap,
     g.grant_ids, g.grant_amounts, g.grant_remaining, g.grant_created_at, g.grant_expires_at,
-    g.grant_reasons, h.hold_ids, h.hold_amounts, h.hold_created_at, h.hold_expires_at,
-    h.hold_statuses, h.hold_features
+    g.grant_reasons, g.grant_priorities, h.hold_ids, h.hold_amounts, h.hold_created_at,
+    h.hold_expires_at, h.hold_statuses, h.hold_features
 FROM {user_tokens} AS t
 LEFT JOIN LATERAL (
     SELECT array_agg(id ORDER BY created_at, id) AS grant_ids,
@@ -331,7 +340,8 @@ LEFT JOIN LATERAL (
         array_agg(remaining ORDER BY created_at, id) AS grant_remaining,
         array_agg(created_at ORDER BY created_at, id) AS grant_created_at,
         array_agg(expires_at ORDER BY created_at, id) AS grant_expires_at,
-        array_agg(reason ORDER BY created_at, id) AS grant_reasons
+        array_agg(reason ORDER BY created_at, id) AS grant_reasons,
+        array_agg(priority ORDER BY created_at, id) AS grant_priorities
     FROM {token_grants} WHERE user_id = t.user_id AND remaining > 0 AND t.grant_balance > 0
 ) AS g ON true
 LEFT JOIN LATERAL (
@@ -353,12 +363,12 @@ WHERE {where}
 ONE_ACCOUNT = """
 WITH a AS (SELECT {accounts} FROM {user_tokens} WHERE user_id = %(user_id)s)
 SELECT 0 AS kind, a.*, NULL::text, NULL::text FROM a
-UNION ALL SELECT 1, g.id, g.amount, g.remaining, g.created_at, g.expires_at, NULL, NULL, NULL,
-    NULL, NULL, g.reason, NULL
+UNION ALL SELECT 1, g.id, g.amount, g.remaining, g.created_at, g.expires_at, NULL, NULL,
+    g.priority, NULL, NULL, NULL, NULL, g.reason, NULL
     FROM a JOIN {token_grants} AS g ON g.user_id = a.user_id AND g.remaining > 0
     WHERE a.grant_balance > 0
 UNION ALL SELECT 2, h.id, h.amount, NULL, h.created_at, h.expires_at, NULL, NULL, NULL, NULL,
-    NULL, h.status, h.feature
+    NULL, NULL, NULL, h.status, h.feature
     FROM a JOIN {token_reservations} AS h ON h.user_id = a.user_id AND h.status = 'held'
     WHERE a.reserved_tokens > 0
 ORDER BY 1, 5, 2
@@ -372,12 +382,21 @@ def read_one_account(rows: Sequence[Sequence[Any]]) -> TokenAccount | None:
     account = ROWS.account(rows[0][1:])
     user_id = account.user_id
     grants = tuple(
-        Grant(row[1], user_id, row[2], row[3], _utc(row[4]), _optional_utc(row[5]), row[11])
+        Grant(
+            row[1],
+            user_id,
+            row[2],
+            row[3],
+            _utc(row[4]),
+            _optional_utc(row[5]),
+            row[13],
+            int(row[8]),
+        )
         for row in rows
         if row[0] == 1
     )
     holds = tuple(
-        Reservation(row[1], user_id, row[2], _utc(row[4]), _utc(row[5]), row[11], row[12])
+        Reservation(row[1], user_id, row[2], _utc(row[4]), _utc(row[5]), row[13], row[14])
         for row in rows
         if row[0] == 2
     )
@@ -387,23 +406,34 @@ def read_one_account(rows: Sequence[Sequence[Any]]) -> TokenAccount | None:
 def read_with_balances(row: Sequence[Any]) -> TokenAccount:
     """A row of :data:`WITH_BALANCES` as an account carrying its grants and holds."""
     account = ROWS.account(row)
-    if row[10] is None and row[16] is None:
+    if row[12] is None and row[19] is None:
         return account
     user_id = account.user_id
     grants = (
         ()
-        if row[10] is None
+        if row[12] is None
         else tuple(
-            Grant(id_, user_id, amount, remaining, _utc(created), _optional_utc(expires), reason)
-            for id_, amount, remaining, created, expires, reason in zip(*row[10:16], strict=True)
+            Grant(
+                id_,
+                user_id,
+                amount,
+                remaining,
+                _utc(created),
+                _optional_utc(expires),
+                reason,
+                priority,
+            )
+            for id_, amount, remaining, created, expires, reason, priority in zip(
+                *row[12:19], strict=True
+            )
         )
     )
     holds = (
         ()
-        if row[16] is None
+        if row[19] is None
         else tuple(
             Reservation(id_, user_id, amount, _utc(created), _utc(expires), status, feature)
-            for id_, amount, created, expires, status, feature in zip(*row[16:22], strict=True)
+            for id_, amount, created, expires, status, feature in zip(*row[19:25], strict=True)
         )
     )
     return attrs.evolve(account, grants=grants, holds=holds)
@@ -487,7 +517,8 @@ SELECT user_id, field, stored, expected FROM (
 CALENDAR_RUN = """
 WITH candidates AS MATERIALIZED (
     SELECT user_id, monthly_limit, monthly_tokens_used, last_monthly_reset,
-        reset_anchor IS NULL AND grant_balance = 0 AND reserved_tokens = 0 AS simple
+        reset_anchor IS NULL AND time_zone IS NULL AND rollover_cap = 0
+            AND grant_balance = 0 AND reserved_tokens = 0 AS simple
     FROM {user_tokens} WHERE {where} ORDER BY user_id LIMIT %(limit)s FOR UPDATE
 ),
 stop AS MATERIALIZED (SELECT min(user_id) AS user_id FROM candidates WHERE NOT simple),

@@ -34,6 +34,8 @@ ACCOUNT_FIELDS = (
     "overage_limit",
     "grant_balance",
     "reserved_tokens",
+    "time_zone",
+    "rollover_cap",
 )
 ACCOUNT_COLUMNS = ", ".join(ACCOUNT_FIELDS)
 TRANSACTION_COLUMNS = (
@@ -42,7 +44,9 @@ TRANSACTION_COLUMNS = (
 )
 # An entry is written without its id, which the database assigns.
 NEW_TRANSACTION_COLUMNS = TRANSACTION_COLUMNS.removeprefix("id, ")
-GRANT_COLUMNS = "id, user_id, amount, remaining, created_at, expires_at, reason"
+GRANT_COLUMNS = (
+    "id, user_id, amount, remaining, created_at, expires_at, reason, priority, voided_at"
+)
 RESERVATION_COLUMNS = "id, user_id, amount, created_at, expires_at, status, feature"
 
 # The live grants and the held reservations of a list of users, oldest first.
@@ -82,6 +86,8 @@ class RowReader:
             overage_limit=row[7],
             grant_balance=row[8],
             reserved_tokens=row[9],
+            time_zone=row[10],
+            rollover_cap=row[11],
         )
 
     def transaction(self, row: Sequence[Any]) -> Transaction:
@@ -109,6 +115,8 @@ class RowReader:
             created_at=self.instant(row[4]),
             expires_at=self._optional_instant(row[5]),
             reason=row[6],
+            priority=row[7],
+            voided_at=self._optional_instant(row[8]),
         )
 
     def reservation(self, row: Sequence[Any]) -> Reservation:
@@ -181,6 +189,8 @@ class RowWriter:
             account.overage_limit,
             account.grant_balance,
             account.reserved_tokens,
+            account.time_zone,
+            account.rollover_cap,
         )
 
     def entry_row(self, entry: Transaction) -> tuple[Any, ...]:
@@ -207,6 +217,8 @@ class RowWriter:
             self.instant(grant.created_at),
             self._optional_instant(grant.expires_at),
             grant.reason,
+            grant.priority,
+            self._optional_instant(grant.voided_at),
         )
 
     def reservation_row(self, reservation: Reservation) -> tuple[Any, ...]:
@@ -236,12 +248,13 @@ class RowWriter:
 
 
 class KnownAnchors:
-    """User ids seen with a ``reset_anchor``: a one-statement deduction never covers them.
+    """User ids seen off the ledger's calendar (a ``reset_anchor`` or a ``time_zone``): a
+    one-statement deduction never covers them.
 
-    An anchor is set when an account opens and never changed by the library, so an
-    adapter that saw one need not try the statement for that user again. It is a
-    hint only: the statement's guard decides, and a user wrongly taken for anchored
-    (an outside writer cleared its anchor) gets the full path, with the same rows.
+    An anchor is set when an account opens and never changed by the library, and a zone
+    is rarely changed, so an adapter that saw one need not try the statement for that
+    user again. It is a hint only: the statement's guard decides, and a user wrongly
+    taken for anchored (its zone cleared since) gets the full path, with the same rows.
     At most :attr:`LIMIT` ids are kept; then it starts afresh.
     """
 
@@ -258,6 +271,10 @@ class KnownAnchors:
             self._ids = set()
         self._ids.add(user_id)
 
+
+LEDGER_CALENDAR = "(reset_anchor IS NULL AND time_zone IS NULL)"
+"""The rows of :attr:`~token_ledger.account.TokenAccount.follows_the_ledger_calendar`: their
+periods are the policy's calendar months, which a store can compare with by itself."""
 
 PARAM = "{?}"
 """Where a condition's value goes in its SQL; each adapter puts its driver's mark there."""
@@ -301,7 +318,7 @@ def _maybe_stale(cutoffs: StaleCutoffs, anchored: bool | None = None) -> Conditi
     """
 
     def test(account: TokenAccount) -> bool:
-        if account.reset_anchor is None:
+        if account.follows_the_ledger_calendar:
             return account.last_monthly_reset < cutoffs.calendar
         return account.last_monthly_reset <= cutoffs.anchored
 
@@ -310,8 +327,8 @@ def _maybe_stale(cutoffs: StaleCutoffs, anchored: bool | None = None) -> Conditi
     if anchored:
         return Condition(f"last_monthly_reset <= {PARAM}", (cutoffs.anchored,), test)
     return Condition(
-        f"((reset_anchor IS NULL AND last_monthly_reset < {PARAM})"
-        f" OR (reset_anchor IS NOT NULL AND last_monthly_reset <= {PARAM}))",
+        f"(({LEDGER_CALENDAR} AND last_monthly_reset < {PARAM})"
+        f" OR (NOT {LEDGER_CALENDAR} AND last_monthly_reset <= {PARAM}))",
         (cutoffs.calendar, cutoffs.anchored),
         test,
     )
@@ -321,7 +338,7 @@ def _current(cutoffs: StaleCutoffs, anchored: bool | None = None) -> Condition:
     """The accounts :func:`_maybe_stale` leaves out: none of them has a reset pending."""
 
     def test(account: TokenAccount) -> bool:
-        if account.reset_anchor is None:
+        if account.follows_the_ledger_calendar:
             return account.last_monthly_reset >= cutoffs.calendar
         return account.last_monthly_reset > cutoffs.anchored
 
@@ -330,8 +347,8 @@ def _current(cutoffs: StaleCutoffs, anchored: bool | None = None) -> Condition:
     if anchored:
         return Condition(f"last_monthly_reset > {PARAM}", (cutoffs.anchored,), test)
     return Condition(
-        f"((reset_anchor IS NULL AND last_monthly_reset >= {PARAM})"
-        f" OR (reset_anchor IS NOT NULL AND last_monthly_reset > {PARAM}))",
+        f"(({LEDGER_CALENDAR} AND last_monthly_reset >= {PARAM})"
+        f" OR (NOT {LEDGER_CALENDAR} AND last_monthly_reset > {PARAM}))",
         (cutoffs.calendar, cutoffs.anchored),
         test,
     )
@@ -339,9 +356,9 @@ def _current(cutoffs: StaleCutoffs, anchored: bool | None = None) -> Condition:
 
 def _anchored(anchored: bool) -> Condition:
     return Condition(
-        f"reset_anchor IS {'NOT ' if anchored else ''}NULL",
+        f"NOT {LEDGER_CALENDAR}" if anchored else LEDGER_CALENDAR,
         (),
-        lambda account: (account.reset_anchor is not None) == anchored,
+        lambda account: account.follows_the_ledger_calendar != anchored,
     )
 
 

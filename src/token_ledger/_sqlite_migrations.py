@@ -104,6 +104,18 @@ def _add_balances(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+@_migration("0003_priorities_voids_rollover_zones")
+def _add_entitlements(db: sqlite_utils.Database) -> None:
+    for statement in (
+        "ALTER TABLE user_tokens ADD COLUMN time_zone TEXT",
+        "ALTER TABLE user_tokens ADD COLUMN rollover_cap INTEGER NOT NULL DEFAULT 0"
+        " CHECK (rollover_cap >= 0)",
+        "ALTER TABLE token_grants ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE token_grants ADD COLUMN voided_at TEXT",
+    ):
+        db.execute(statement)
+
+
 def refuse_newer_schema(db: sqlite_utils.Database) -> None:
     """Refuse a database that a newer token-ledger migrated: its tables are not ours to use."""
     unknown = {m.name for m in migrations.applied(db)} - KNOWN_MIGRATIONS

@@ -24,7 +24,8 @@ def numbered(where: str, first: int) -> str:
 # write lock nobody else can store it meanwhile, and SQLite reuses the rowid.
 _DIRECT_GUARD = (
     "UPDATE user_tokens SET monthly_tokens_used = monthly_tokens_used + ?1, updated_at = ?2"
-    " WHERE user_id = ?3 AND reset_anchor IS NULL AND last_monthly_reset = ?4"
+    " WHERE user_id = ?3 AND reset_anchor IS NULL AND time_zone IS NULL"
+    " AND last_monthly_reset = ?4"
     " AND grant_balance = 0 AND reserved_tokens = 0 AND updated_at <> ?2"
     " AND ?1 <= monthly_limit - monthly_tokens_used"
 )
@@ -36,11 +37,13 @@ DIRECT_ENTRY = (
 )
 
 
-# An account the bulk reset can reset in SQL: no anchor, grant or hold, and instants in
-# the library's own form (the entry quotes last_monthly_reset; updated_at is compared).
+# An account the bulk reset can reset in SQL: no anchor, zone of its own, rollover, grant
+# or hold, and instants in the library's own form (the entry quotes last_monthly_reset;
+# updated_at is compared).
 _CANONICAL = "'____-__-__ __:__:__.______+00:00'"
 RESET_IN_SQL = (
-    "(reset_anchor IS NULL AND grant_balance = 0 AND reserved_tokens = 0"
+    "(reset_anchor IS NULL AND time_zone IS NULL AND rollover_cap = 0"
+    " AND grant_balance = 0 AND reserved_tokens = 0"
     f" AND last_monthly_reset LIKE {_CANONICAL} AND updated_at LIKE {_CANONICAL})"
 )
 # A run of such accounts' reset entries, in user_id order, and their new rows. ?1 is now,

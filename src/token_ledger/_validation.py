@@ -59,6 +59,21 @@ def non_negative_int(value: object, name: str) -> int:
     return value
 
 
+PRIORITY_BOUND = 2**31
+"""Grant priorities are 32-bit signed integers: an ``integer`` column on every engine."""
+
+
+def priority(value: object) -> int:
+    """A grant's priority: a whole number in ``-2**31 .. 2**31 - 1``, lower spent first."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidAmount(f"priority must be a whole number (int), got {value!r}")
+    if not -PRIORITY_BOUND <= value < PRIORITY_BOUND:
+        raise InvalidAmount(
+            f"priority must be between {-PRIORITY_BOUND} and {PRIORITY_BOUND - 1}, got {value}"
+        )
+    return value
+
+
 def optional_positive_int(value: object, name: str) -> int | None:
     return None if value is None else positive_int(value, name)
 

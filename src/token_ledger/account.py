@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timezone
-from typing import Any, overload
+from datetime import datetime
+from typing import Any
 
 import attrs
 
+from token_ledger import settling
 from token_ledger._validation import positive_int
-from token_ledger.change import Change, entry_of, stamped
-from token_ledger.errors import InvalidAmount, ReservationClosed
+from token_ledger.change import Change, context_instant, entry_of, stamped
+from token_ledger.errors import GrantVoided, InvalidAmount, ReservationClosed
 from token_ledger.grants import Grant, Reservation, ReservationStatus
 from token_ledger.policy import MonthlyResetPolicy, Period
 from token_ledger.refunds import earlier_refunds, plan_refund, refundable
@@ -50,6 +51,11 @@ class TokenAccount:
     reserved_tokens: int = 0
     grants: tuple[Grant, ...] = ()
     holds: tuple[Reservation, ...] = ()
+    time_zone: str | None = None
+    """The account's own IANA zone for its calendar; ``None`` is the policy's."""
+    rollover_cap: int = 0
+    """How much of a period's unspent allowance carries into the next (see
+    :func:`~token_ledger.settling.reset`)."""
 
     @classmethod
     def open(
@@ -59,16 +65,21 @@ class TokenAccount:
         policy: MonthlyResetPolicy,
         now: datetime,
         reset_anchor: datetime | None = None,
+        *,
+        time_zone: str | None = None,
+        rollover_cap: int = 0,
     ) -> TokenAccount:
         """A new account whose first period is the one containing ``now``."""
         return cls(
             user_id=user_id,
             monthly_limit=monthly_limit,
             monthly_tokens_used=0,
-            last_monthly_reset=policy.period(now, reset_anchor).start,
+            last_monthly_reset=policy.period(now, reset_anchor, time_zone).start,
             created_at=now,
             updated_at=now,
             reset_anchor=reset_anchor,
+            time_zone=time_zone,
+            rollover_cap=rollover_cap,
         )
 
     @property
@@ -97,14 +108,24 @@ class TokenAccount:
         A clock that goes backwards keeps the stored period rather than moving
         it back, so it can never cause a second reset of the same crossing.
         """
-        period = policy.period(now, self.reset_anchor)
+        period = self.period_at(policy, now)
         if period.start < self.last_monthly_reset:
-            return policy.period(self.last_monthly_reset, self.reset_anchor)
+            return self.period_at(policy, self.last_monthly_reset)
         return period
+
+    def period_at(self, policy: MonthlyResetPolicy, at: datetime) -> Period:
+        """The period of this account (its anchor, its zone) that contains ``at``."""
+        return policy.period(at, self.reset_anchor, self.time_zone)
+
+    @property
+    def follows_the_ledger_calendar(self) -> bool:
+        """Whether its periods are the policy's calendar months: no anchor, no zone of its
+        own. Only such accounts can be reset or deducted from by the SQL shortcuts."""
+        return self.reset_anchor is None and self.time_zone is None
 
     def is_stale(self, policy: MonthlyResetPolicy, now: datetime) -> bool:
         """Whether a reset is pending: the stored usage belongs to an ended period."""
-        return policy.period(now, self.reset_anchor).start > self.last_monthly_reset
+        return self.period_at(policy, now).start > self.last_monthly_reset
 
     # the passage of time
 
@@ -113,78 +134,8 @@ class TokenAccount:
         """The account as it is at ``now``: reset if a period boundary was crossed
         (exactly one ``reset`` entry however many periods were skipped), expired
         grants written off and expired holds released."""
-        reset = self._reset(policy, now)
-        return reset.then(reset.account._expire(now))
-
-    def _reset(self, policy: MonthlyResetPolicy, now: datetime) -> Change:
-        period_start = policy.period(now, self.reset_anchor).start
-        if period_start <= self.last_monthly_reset:
-            return Change(self)
-        reset = attrs.evolve(
-            self, monthly_tokens_used=0, last_monthly_reset=period_start, updated_at=now
-        )
-        entry = entry_of(
-            self,
-            reset,
-            OperationType.RESET,
-            self.monthly_tokens_used,
-            now,
-            effects=Effects(usage=-self.monthly_tokens_used),
-            operation_context={
-                "previous_used": self.monthly_tokens_used,
-                "previous_period_start": _iso(self.last_monthly_reset),
-                "period_start": _iso(period_start),
-            },
-        )
-        return Change(reset, (entry,))
-
-    def _expire(self, now: datetime) -> Change:
-        expired_grants = [g for g in self.grants if not g.is_live(now)]
-        expired_holds = [h for h in self.holds if not h.is_held(now)]
-        if not expired_grants and not expired_holds:
-            return Change(self)
-        written_off = sum(grant.remaining for grant in expired_grants)
-        released = sum(hold.amount for hold in expired_holds)
-        account = attrs.evolve(
-            self,
-            grants=tuple(g for g in self.grants if g.is_live(now)),
-            holds=tuple(h for h in self.holds if h.is_held(now)),
-            grant_balance=self.grant_balance - written_off,
-            reserved_tokens=self.reserved_tokens - released,
-            updated_at=now,
-        )
-        entries = [
-            entry_of(
-                self,
-                account,
-                OperationType.EXPIRE,
-                grant.remaining,
-                now,
-                reference=grant.id,
-                effects=Effects(grants={grant.id: -grant.remaining}),
-                operation_context={"expires_at": _iso(grant.expires_at)},
-            )
-            for grant in expired_grants
-        ] + [
-            entry_of(
-                self,
-                account,
-                OperationType.RELEASE,
-                hold.amount,
-                now,
-                feature=hold.feature,
-                reference=hold.id,
-                effects=Effects(reserved=-hold.amount),
-                operation_context={"reason": "expired", "expires_at": _iso(hold.expires_at)},
-            )
-            for hold in expired_holds
-        ]
-        return Change(
-            account,
-            tuple(entries),
-            tuple(attrs.evolve(grant, remaining=0) for grant in expired_grants),
-            tuple(attrs.evolve(hold, status=ReservationStatus.EXPIRED) for hold in expired_holds),
-        )
+        reset = settling.reset(self, policy, now)
+        return reset.then(settling.expire(reset.account, now))
 
     # spending
 
@@ -245,7 +196,7 @@ class TokenAccount:
             reference=grant.id,
             idempotency_key=idempotency_key,
             effects=Effects(grants={grant.id: grant.amount}),
-            operation_context={"reason": grant.reason, "expires_at": _iso(grant.expires_at)},
+            operation_context=_grant_context(grant),
         )
         return current.then(Change(account, (entry,), (grant,)))
 
@@ -265,7 +216,7 @@ class TokenAccount:
             "feature": hold.feature,
             "reference": hold.id,
             "idempotency_key": idempotency_key,
-            "operation_context": {"expires_at": _iso(hold.expires_at)},
+            "operation_context": {"expires_at": context_instant(hold.expires_at)},
         }
         if hold.amount > before.spendable:
             refused = entry_of(
@@ -360,6 +311,7 @@ class TokenAccount:
         credit_grant_id: str,
         reason: str | None,
         idempotency_key: str | None,
+        voided_grant_ids: Iterable[str] = (),
     ) -> Change:
         """Give back ``amount`` (default: all that is left) of the successful deduction
         ``spent``; ``referencing`` are the entries that reference it, earlier refunds among
@@ -376,6 +328,7 @@ class TokenAccount:
             amount,
             period_start=account.last_monthly_reset,
             live_grant_ids=live.keys(),
+            voided_grant_ids=frozenset(voided_grant_ids),
         )
         returned = {
             g: attrs.evolve(live[g], remaining=live[g].remaining + n) for g, n in plan.grants
@@ -415,7 +368,11 @@ class TokenAccount:
                 usage=-plan.usage,
                 grants=(*plan.grants, *((g.id, g.amount) for g in credited)),
             ),
-            operation_context={"reason": reason},
+            operation_context=(
+                {"reason": reason, "forfeited": plan.forfeited}
+                if plan.forfeited
+                else {"reason": reason}
+            ),
         )
         return current.then(Change(account, (entry,), (*returned.values(), *credited)))
 
@@ -426,29 +383,105 @@ class TokenAccount:
         now: datetime,
         monthly_limit: int,
         overage_limit: int,
+        rollover_cap: int | None = None,
     ) -> Change:
         """Settle, then change the limits; usage is kept, as on a plan change."""
         current = self.as_of(policy, now)
         before = current.account
+        rollover = before.rollover_cap if rollover_cap is None else rollover_cap
         account = attrs.evolve(
-            before, monthly_limit=monthly_limit, overage_limit=overage_limit, updated_at=now
+            before,
+            monthly_limit=monthly_limit,
+            overage_limit=overage_limit,
+            rollover_cap=rollover,
+            updated_at=now,
         )
         context: dict[str, Any] = {"previous_limit": before.monthly_limit}
         if overage_limit != before.overage_limit:
             context["previous_overage_limit"] = before.overage_limit
             context["overage_limit"] = overage_limit
+        if rollover != before.rollover_cap:
+            context["previous_rollover_cap"] = before.rollover_cap
+            context["rollover_cap"] = rollover
         entry = entry_of(
             self, account, OperationType.LIMIT_CHANGE, monthly_limit, now, operation_context=context
         )
         return current.then(Change(account, (entry,)))
 
+    @stamped
+    def in_time_zone(
+        self, policy: MonthlyResetPolicy, now: datetime, time_zone: str | None
+    ) -> Change:
+        """Settle, then count the calendar in ``time_zone`` (``None``: the policy's).
 
-@overload
-def _iso(instant: datetime) -> str: ...
-@overload
-def _iso(instant: None) -> None: ...
-def _iso(instant: datetime | None) -> str | None:
-    """Fixed-width UTC text, which SQL can produce too (``to_char``, ``strftime``)."""
-    if instant is None:
-        return None
-    return instant.astimezone(timezone.utc).isoformat(timespec="microseconds")
+        The period in progress keeps its usage and ends at the new zone's next
+        boundary: its start moves to where the new zone's current period starts, so
+        a change of zone never resets an allowance, nor gives a second one.
+        """
+        current = self.as_of(policy, now)
+        before = current.account
+        moved = attrs.evolve(before, time_zone=time_zone, updated_at=now)
+        account = attrs.evolve(moved, last_monthly_reset=moved.period_at(policy, now).start)
+        entry = entry_of(
+            self,
+            account,
+            OperationType.LIMIT_CHANGE,
+            account.monthly_limit,
+            now,
+            operation_context={
+                "previous_limit": before.monthly_limit,
+                "previous_time_zone": before.time_zone,
+                "time_zone": time_zone,
+            },
+        )
+        return current.then(Change(account, (entry,)))
+
+    @stamped
+    def void_grant(
+        self,
+        policy: MonthlyResetPolicy,
+        now: datetime,
+        grant: Grant,
+        *,
+        reason: str | None,
+        idempotency_key: str | None,
+    ) -> Change:
+        """Settle, then void ``grant`` (its stored row): what is left of it leaves every
+        balance, and it is never spent or refunded into again (:class:`GrantVoided`
+        when it was voided already). A grant that expired or was spent up is voided
+        with nothing left to remove."""
+        if grant.voided_at is not None:
+            raise GrantVoided(grant.id)
+        current = self.as_of(policy, now)
+        before = current.account
+        live = next((g for g in before.grants if g.id == grant.id), None)
+        left = 0 if live is None else live.remaining
+        account = attrs.evolve(
+            before,
+            grants=tuple(g for g in before.grants if g.id != grant.id),
+            grant_balance=before.grant_balance - left,
+            updated_at=now,
+        )
+        entry = entry_of(
+            self,
+            account,
+            OperationType.VOID,
+            left,
+            now,
+            reference=grant.id,
+            idempotency_key=idempotency_key,
+            effects=Effects(grants={grant.id: -left}),
+            operation_context={"reason": reason},
+        )
+        voided = attrs.evolve(live or grant, remaining=0, voided_at=now)
+        return current.then(Change(account, (entry,), (voided,)))
+
+
+def _grant_context(grant: Grant) -> dict[str, Any]:
+    context: dict[str, Any] = {
+        "reason": grant.reason,
+        "expires_at": context_instant(grant.expires_at),
+    }
+    if grant.priority:
+        context["priority"] = grant.priority
+    return context

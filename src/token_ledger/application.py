@@ -148,22 +148,55 @@ class TokenLedger:
     # accounts
 
     def open_account(
-        self, user_id: str, monthly_limit: int, *, reset_anchor: datetime | None = None
+        self,
+        user_id: str,
+        monthly_limit: int,
+        *,
+        reset_anchor: datetime | None = None,
+        time_zone: str | None = None,
+        rollover_cap: int | None = None,
     ) -> TokenAccount:
-        """Create the user's account; :class:`AccountExists` if there is one already."""
+        """Create the user's account; :class:`AccountExists` if there is one already.
+
+        ``time_zone`` (an IANA name) gives the account a calendar of its own; ``None``
+        follows the policy's. ``rollover_cap`` is how much unspent allowance carries
+        into the next period (default: the policy's ``rollover_cap``).
+        """
         return self._perform(
-            commands.open_account(self.policy, self.now(), user_id, monthly_limit, reset_anchor)
+            commands.open_account(
+                self.policy,
+                self.now(),
+                user_id,
+                monthly_limit,
+                reset_anchor,
+                time_zone,
+                rollover_cap,
+            )
         )
 
     def ensure_account(
-        self, user_id: str, monthly_limit: int, *, reset_anchor: datetime | None = None
+        self,
+        user_id: str,
+        monthly_limit: int,
+        *,
+        reset_anchor: datetime | None = None,
+        time_zone: str | None = None,
+        rollover_cap: int | None = None,
     ) -> TokenAccount:
         """Return the user's account, creating it with these settings if it is missing.
 
         An existing account is returned as stored: its limit is not changed.
         """
         return self._perform(
-            commands.ensure_account(self.policy, self.now(), user_id, monthly_limit, reset_anchor)
+            commands.ensure_account(
+                self.policy,
+                self.now(),
+                user_id,
+                monthly_limit,
+                reset_anchor,
+                time_zone,
+                rollover_cap,
+            )
         )
 
     def get_account(self, user_id: str) -> TokenAccount:
@@ -209,15 +242,27 @@ class TokenLedger:
         monthly_limit: int | None = None,
         *,
         overage_limit: int | None = None,
+        rollover_cap: int | None = None,
     ) -> TokenAccount:
-        """Change the monthly limit and/or the overage limit now; usage is kept.
+        """Change the monthly limit, the overage limit and/or the rollover cap now; usage
+        is kept.
 
         A downgrade below what was already used leaves nothing remaining, never
         a negative balance. Recorded as a ``limit_change`` entry.
         """
         return self._perform(
-            commands.set_limit(self.policy, self.now(), user_id, monthly_limit, overage_limit)
+            commands.set_limit(
+                self.policy, self.now(), user_id, monthly_limit, overage_limit, rollover_cap
+            )
         )
+
+    def set_time_zone(self, user_id: str, time_zone: str | None) -> TokenAccount:
+        """Count the account's calendar in ``time_zone`` from now on (``None``: the policy's).
+
+        The period in progress keeps its usage and ends at the new zone's next
+        boundary; recorded as a ``limit_change`` entry.
+        """
+        return self._perform(commands.set_time_zone(self.policy, self.now(), user_id, time_zone))
 
     def grant(
         self,
@@ -227,12 +272,13 @@ class TokenLedger:
         expires_at: datetime | None = None,
         reason: str | None = None,
         idempotency_key: str | None = None,
+        priority: int = 0,
     ) -> Transaction:
         """Add tokens that do not reset monthly (a purchase, a promotion).
 
-        They are spent after the monthly allowance, soonest expiry first, and
-        stop counting at ``expires_at``. Returns the ``grant`` entry; its
-        ``reference`` is the grant's id.
+        They are spent after the monthly allowance: lowest ``priority`` first, then
+        soonest expiry, then oldest; and stop counting at ``expires_at``. Returns the
+        ``grant`` entry; its ``reference`` is the grant's id.
         """
         return self._perform(
             commands.grant(
@@ -241,6 +287,29 @@ class TokenLedger:
                 user_id,
                 amount,
                 expires_at=expires_at,
+                reason=reason,
+                idempotency_key=idempotency_key,
+                priority=priority,
+            )
+        )
+
+    def void_grant(
+        self,
+        grant_id: str,
+        *,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Transaction:
+        """Take back what is left of a grant (a charge-back, a mistake), for good.
+
+        Returns the ``void`` entry; a refund never brings back what it paid for.
+        :class:`GrantNotFound` for an unknown id, :class:`GrantVoided` the second time.
+        """
+        return self._perform(
+            commands.void_grant(
+                self.policy,
+                self.now(),
+                grant_id,
                 reason=reason,
                 idempotency_key=idempotency_key,
             )

@@ -194,19 +194,47 @@ class AsyncTokenLedger:
     # accounts
 
     async def open_account(
-        self, user_id: str, monthly_limit: int, *, reset_anchor: datetime | None = None
+        self,
+        user_id: str,
+        monthly_limit: int,
+        *,
+        reset_anchor: datetime | None = None,
+        time_zone: str | None = None,
+        rollover_cap: int | None = None,
     ) -> TokenAccount:
         """Create the user's account; :class:`AccountExists` if there is one already."""
         return await self._perform(
-            commands.open_account(self.policy, self.now(), user_id, monthly_limit, reset_anchor)
+            commands.open_account(
+                self.policy,
+                self.now(),
+                user_id,
+                monthly_limit,
+                reset_anchor,
+                time_zone,
+                rollover_cap,
+            )
         )
 
     async def ensure_account(
-        self, user_id: str, monthly_limit: int, *, reset_anchor: datetime | None = None
+        self,
+        user_id: str,
+        monthly_limit: int,
+        *,
+        reset_anchor: datetime | None = None,
+        time_zone: str | None = None,
+        rollover_cap: int | None = None,
     ) -> TokenAccount:
         """Return the user's account, creating it with these settings if it is missing."""
         return await self._perform(
-            commands.ensure_account(self.policy, self.now(), user_id, monthly_limit, reset_anchor)
+            commands.ensure_account(
+                self.policy,
+                self.now(),
+                user_id,
+                monthly_limit,
+                reset_anchor,
+                time_zone,
+                rollover_cap,
+            )
         )
 
     async def get_account(self, user_id: str) -> TokenAccount:
@@ -247,10 +275,19 @@ class AsyncTokenLedger:
         monthly_limit: int | None = None,
         *,
         overage_limit: int | None = None,
+        rollover_cap: int | None = None,
     ) -> TokenAccount:
-        """Change either limit or both, now; see :meth:`TokenLedger.set_limit`."""
+        """Change any of the limits, now; see :meth:`TokenLedger.set_limit`."""
         return await self._perform(
-            commands.set_limit(self.policy, self.now(), user_id, monthly_limit, overage_limit)
+            commands.set_limit(
+                self.policy, self.now(), user_id, monthly_limit, overage_limit, rollover_cap
+            )
+        )
+
+    async def set_time_zone(self, user_id: str, time_zone: str | None) -> TokenAccount:
+        """Count the account's calendar in ``time_zone``; see :meth:`TokenLedger.set_time_zone`."""
+        return await self._perform(
+            commands.set_time_zone(self.policy, self.now(), user_id, time_zone)
         )
 
     async def grant(
@@ -261,6 +298,7 @@ class AsyncTokenLedger:
         expires_at: datetime | None = None,
         reason: str | None = None,
         idempotency_key: str | None = None,
+        priority: int = 0,
     ) -> Transaction:
         """Add tokens that do not reset monthly; see :meth:`TokenLedger.grant`."""
         return await self._perform(
@@ -270,6 +308,25 @@ class AsyncTokenLedger:
                 user_id,
                 amount,
                 expires_at=expires_at,
+                reason=reason,
+                idempotency_key=idempotency_key,
+                priority=priority,
+            )
+        )
+
+    async def void_grant(
+        self,
+        grant_id: str,
+        *,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Transaction:
+        """Take back what is left of a grant, for good; see :meth:`TokenLedger.void_grant`."""
+        return await self._perform(
+            commands.void_grant(
+                self.policy,
+                self.now(),
+                grant_id,
                 reason=reason,
                 idempotency_key=idempotency_key,
             )

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, overload
 
 import attrs
 
@@ -115,8 +115,9 @@ def _refuse_impossible(before: TokenAccount, change: Change) -> None:
 
     Usage may grow up to the limit plus the overage limit; above that (a limit
     lowered below what was used) it may stay or fall, only within the stored
-    period. The spending rules never break this; a change that did would be a
-    bug, refused here rather than stored (PostgreSQL's UPDATE guards it too).
+    period, which only a change of the account's zone moves without a reset. The
+    spending rules never break this; a change that did would be a bug, refused here
+    rather than stored (PostgreSQL's UPDATE guards it too).
     """
     account = change.account
     figures = [
@@ -132,9 +133,9 @@ def _refuse_impossible(before: TokenAccount, change: Change) -> None:
                 " figure a ledger stores; nothing was written"
             )
     over = account.monthly_tokens_used - account.monthly_limit > account.overage_limit
-    kept = (
-        account.monthly_tokens_used <= before.monthly_tokens_used
-        and account.last_monthly_reset == before.last_monthly_reset
+    kept = account.monthly_tokens_used <= before.monthly_tokens_used and (
+        account.last_monthly_reset == before.last_monthly_reset
+        or account.time_zone != before.time_zone
     )
     if over and not kept:
         raise LedgerInvariantError(
@@ -160,3 +161,15 @@ def entry_of(
         balance_after=after.monthly_remaining,
         **fields,
     )
+
+
+@overload
+def context_instant(instant: datetime) -> str: ...
+@overload
+def context_instant(instant: None) -> None: ...
+def context_instant(instant: datetime | None) -> str | None:
+    """An instant as entries' contexts hold it: fixed-width UTC text, which SQL can
+    produce too (``to_char``, ``strftime``)."""
+    if instant is None:
+        return None
+    return instant.astimezone(timezone.utc).isoformat(timespec="microseconds")

@@ -23,7 +23,7 @@ from token_ledger.errors import InsufficientTokens, InvalidAmount, InvalidInput
 from token_ledger.grants import Grant, Reservation
 from token_ledger.monitoring import AlertReport, AlertThresholds, Health
 from token_ledger.operations import Operation, ResetStep, Spent
-from token_ledger.policy import MonthlyResetPolicy
+from token_ledger.policy import MonthlyResetPolicy, load_zone
 from token_ledger.reconciliation import Discrepancy
 from token_ledger.repository import HistoryQuery
 from token_ledger.results import DeductResult, History, TokenStatus
@@ -107,8 +107,12 @@ def open_account(
     user_id: object,
     monthly_limit: object,
     reset_anchor: object,
+    time_zone: object = None,
+    rollover_cap: object = None,
 ) -> Command[TokenAccount, TokenAccount]:
-    account = _new_account(policy, now, user_id, monthly_limit, reset_anchor)
+    account = _new_account(
+        policy, now, user_id, monthly_limit, reset_anchor, time_zone, rollover_cap
+    )
     return _write(lambda: operations.open_account(account))
 
 
@@ -118,8 +122,12 @@ def ensure_account(
     user_id: object,
     monthly_limit: object,
     reset_anchor: object,
+    time_zone: object = None,
+    rollover_cap: object = None,
 ) -> Command[TokenAccount, TokenAccount]:
-    account = _new_account(policy, now, user_id, monthly_limit, reset_anchor)
+    account = _new_account(
+        policy, now, user_id, monthly_limit, reset_anchor, time_zone, rollover_cap
+    )
     return _write(lambda: operations.ensure_account(account))
 
 
@@ -177,17 +185,29 @@ def set_limit(
     user_id: object,
     monthly_limit: object,
     overage_limit: object,
+    rollover_cap: object = None,
 ) -> Command[TokenAccount, TokenAccount]:
     user = _validation.identifier(user_id, "user_id")
-    if monthly_limit is None and overage_limit is None:
-        raise InvalidAmount("set_limit needs a monthly_limit, an overage_limit, or both")
+    if monthly_limit is None and overage_limit is None and rollover_cap is None:
+        raise InvalidAmount("set_limit needs a monthly_limit, an overage_limit or a rollover_cap")
     limit = None if monthly_limit is None else check_monthly_limit(monthly_limit)
     overage = (
         None
         if overage_limit is None
         else _validation.non_negative_int(overage_limit, "overage_limit")
     )
-    return _write(lambda: operations.set_limits(policy, now, user, limit, overage))
+    rollover = (
+        None if rollover_cap is None else _validation.non_negative_int(rollover_cap, "rollover_cap")
+    )
+    return _write(lambda: operations.set_limits(policy, now, user, limit, overage, rollover))
+
+
+def set_time_zone(
+    policy: MonthlyResetPolicy, now: datetime, user_id: object, time_zone: object
+) -> Command[TokenAccount, TokenAccount]:
+    user = _validation.identifier(user_id, "user_id")
+    zone = _optional_time_zone(time_zone)
+    return _write(lambda: operations.set_time_zone(policy, now, user, zone))
 
 
 def grant(
@@ -199,14 +219,34 @@ def grant(
     expires_at: object,
     reason: object,
     idempotency_key: object,
+    priority: object = 0,
 ) -> Command[Transaction, Transaction]:
     user = _validation.identifier(user_id, "user_id")
     tokens = _validation.positive_int(amount)
     checked_reason = _validation.optional_text(reason, "reason")
     key = _validation.optional_identifier(idempotency_key, "idempotency_key")
     expiry = _validation.optional_instant(expires_at, "expires_at")
-    offered = Grant.offered(operations.new_id(), user, tokens, now, expiry, checked_reason)
+    rank = _validation.priority(priority)
+    offered = Grant.offered(operations.new_id(), user, tokens, now, expiry, checked_reason, rank)
     return _write(lambda: operations.grant(policy, now, offered, key))
+
+
+def void_grant(
+    policy: MonthlyResetPolicy,
+    now: datetime,
+    grant_id: object,
+    *,
+    reason: object,
+    idempotency_key: object,
+) -> Command[Transaction, Transaction]:
+    checked = _validation.identifier(grant_id, "grant_id")
+    checked_reason = _validation.optional_text(reason, "reason")
+    key = _validation.optional_identifier(idempotency_key, "idempotency_key")
+    return _write(
+        lambda: operations.void_grant(
+            policy, now, checked, reason=checked_reason, idempotency_key=key
+        )
+    )
 
 
 def reserve(
@@ -384,11 +424,29 @@ def _new_account(
     user_id: object,
     monthly_limit: object,
     reset_anchor: object,
+    time_zone: object,
+    rollover_cap: object,
 ) -> TokenAccount:
     user = _validation.identifier(user_id, "user_id")
     limit = check_monthly_limit(monthly_limit)
     anchor = _validation.optional_instant(reset_anchor, "reset_anchor")
-    return TokenAccount.open(user, limit, policy, now, anchor)
+    zone = _optional_time_zone(time_zone)
+    rollover = (
+        policy.rollover_cap
+        if rollover_cap is None
+        else _validation.non_negative_int(rollover_cap, "rollover_cap")
+    )
+    return TokenAccount.open(
+        user, limit, policy, now, anchor, time_zone=zone, rollover_cap=rollover
+    )
+
+
+def _optional_time_zone(value: object) -> str | None:
+    """An IANA zone name that this machine knows, or ``None`` for the policy's zone."""
+    if value is None:
+        return None
+    load_zone(value)
+    return value  # type: ignore[return-value]  # load_zone accepts only str
 
 
 def _settle(

@@ -62,6 +62,22 @@ class ReservationClosed(TokenLedgerError):
         self.status = status
 
 
+class GrantNotFound(TokenLedgerError, LookupError):
+    """No grant has the given id."""
+
+    def __init__(self, grant_id: str) -> None:
+        super().__init__(f"no grant {grant_id!r}")
+        self.grant_id = grant_id
+
+
+class GrantVoided(TokenLedgerError):
+    """The grant was voided already: voiding is once, and for good."""
+
+    def __init__(self, grant_id: str) -> None:
+        super().__init__(f"grant {grant_id!r} is voided already")
+        self.grant_id = grant_id
+
+
 class AccountExists(TokenLedgerError):
     """An account was opened for a user who already has one."""
 

@@ -15,7 +15,9 @@ class Grant:
     """Tokens added on top of the allowance (a purchase, a promotion); never reset.
 
     A grant stops counting at ``expires_at``; its ``remaining`` is written off
-    with an ``expire`` entry the next time the account is written.
+    with an ``expire`` entry the next time the account is written. Grants are
+    spent by ``priority`` (lower first), then soonest expiry, then oldest:
+    OpenMeter's order. A voided grant (``voided_at``) has nothing left, for good.
     """
 
     id: str
@@ -25,6 +27,8 @@ class Grant:
     created_at: datetime
     expires_at: datetime | None = None
     reason: str | None = None
+    priority: int = 0
+    voided_at: datetime | None = None
 
     @classmethod
     def offered(
@@ -35,18 +39,21 @@ class Grant:
         now: datetime,
         expires_at: datetime | None = None,
         reason: str | None = None,
+        priority: int = 0,
     ) -> Grant:
         """A new grant of ``amount`` at ``now``; one that expires must do so in the future."""
         if expires_at is not None and expires_at <= now:
             raise InvalidInput(f"expires_at must be in the future, got {expires_at.isoformat()}")
-        return cls(grant_id, user_id, amount, amount, now, expires_at, reason)
+        return cls(grant_id, user_id, amount, amount, now, expires_at, reason, priority)
 
     def is_live(self, now: datetime) -> bool:
         return self.remaining > 0 and (self.expires_at is None or now < self.expires_at)
 
-    def spending_order(self) -> tuple[bool, datetime, datetime, str]:
-        """Soonest expiry first, grants that never expire last, then oldest first."""
+    def spending_order(self) -> tuple[int, bool, datetime, datetime, str]:
+        """Lowest priority number first; then soonest expiry, grants that never expire
+        last; then oldest first."""
         return (
+            self.priority,
             self.expires_at is None,
             self.expires_at or self.created_at,
             self.created_at,

@@ -31,6 +31,7 @@ class MemoryUnitOfWork:
         self.entries: list[Transaction] = []
         self.keys: dict[str, Transaction] = {}
         self.reservations: dict[str, Reservation] = {}
+        self.grants: dict[str, Grant] = {}
 
     def load_account(self, user_id: str) -> TokenAccount | None:
         staged = self.accounts.get(user_id)
@@ -47,7 +48,13 @@ class MemoryUnitOfWork:
             self.accounts[account.user_id] = account
 
     def save_grants(self, grants: Sequence[Grant]) -> None:
-        """Grants live inside the stored account value; nothing else to keep."""
+        """Live grants live inside the stored account value too; these rows are kept for
+        :meth:`find_grant`, which also finds the spent, expired and voided ones."""
+        self.grants.update((g.id, g) for g in grants)
+
+    def find_grant(self, grant_id: str) -> Grant | None:
+        staged = self.grants.get(grant_id)
+        return staged or self._repository._grants.get(grant_id)
 
     def save_reservations(self, reservations: Sequence[Reservation]) -> None:
         self.reservations.update((r.id, r) for r in reservations)
@@ -100,6 +107,7 @@ class MemoryRepository:
         self._entries: list[Transaction] = []
         self._keys: dict[str, Transaction] = {}
         self._reservations: dict[str, Reservation] = {}
+        self._grants: dict[str, Grant] = {}
         self._next_id = 1
 
     @contextmanager
@@ -111,6 +119,7 @@ class MemoryRepository:
             self._entries.extend(work.entries)
             self._keys.update(work.keys)
             self._reservations.update(work.reservations)
+            self._grants.update(work.grants)
             self._next_id += len(work.entries)
 
     def get_account(self, user_id: str) -> TokenAccount | None:

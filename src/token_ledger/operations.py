@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Generator, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import attrs
 
 from token_ledger.account import Change, TokenAccount
+from token_ledger.change import context_instant
 from token_ledger.errors import (
     AccountExists,
     AccountNotFound,
+    GrantNotFound,
+    IdempotencyConflict,
     ReservationNotFound,
     TransactionNotFound,
 )
@@ -192,6 +195,19 @@ def _store(before: TokenAccount, change: Change) -> Operation[list[Transaction]]
     return stored
 
 
+def _voided_sources(spent: Transaction, account: TokenAccount) -> Operation[list[str]]:
+    """The grants ``spent`` drew on that were voided since: only those not live are read."""
+    live = {grant.id for grant in account.grants}
+    voided = []
+    for grant_id, _ in spent.effects.grants:
+        if grant_id in live:
+            continue
+        grant: Grant | None = yield Call("find_grant", (grant_id,))
+        if grant is not None and grant.voided_at is not None:
+            voided.append(grant_id)
+    return voided
+
+
 # the operations
 
 
@@ -241,17 +257,53 @@ def set_limits(
     user_id: str,
     monthly_limit: int | None,
     overage_limit: int | None,
+    rollover_cap: int | None = None,
 ) -> Operation[TokenAccount]:
-    """Change either limit or both; the one not given keeps its stored value."""
+    """Change any of the limits; those not given keep their stored values."""
     account = yield from _load(user_id)
     change = account.with_limits(
         policy,
         now,
         account.monthly_limit if monthly_limit is None else monthly_limit,
         account.overage_limit if overage_limit is None else overage_limit,
+        rollover_cap,
     )
     yield from _store(account, change)
     return change.account
+
+
+def set_time_zone(
+    policy: MonthlyResetPolicy, now: datetime, user_id: str, time_zone: str | None
+) -> Operation[TokenAccount]:
+    account = yield from _load(user_id)
+    if account.time_zone == time_zone:
+        return account.as_of(policy, now).account
+    change = account.in_time_zone(policy, now, time_zone)
+    yield from _store(account, change)
+    return change.account
+
+
+def void_grant(
+    policy: MonthlyResetPolicy,
+    now: datetime,
+    grant_id: str,
+    *,
+    reason: str | None,
+    idempotency_key: str | None,
+) -> Operation[Transaction]:
+    found: Grant | None = yield Call("find_grant", (grant_id,))
+    if found is None:
+        raise GrantNotFound(grant_id)
+    account = yield from _load(found.user_id)
+    prior = yield from _prior(idempotency_key, OperationType.VOID, found.user_id, None)
+    if prior is not None:
+        if prior.reference != grant_id:
+            raise IdempotencyConflict(
+                prior.idempotency_key or "", f"void of grant {prior.reference!r}"
+            )
+        return prior
+    change = account.void_grant(policy, now, found, reason=reason, idempotency_key=idempotency_key)
+    return (yield from _store(account, change))[-1]
 
 
 def grant(
@@ -323,6 +375,7 @@ def refund(
     if prior is not None:
         return prior
     referencing = yield Call("entries_referencing", (str(transaction_id),))
+    voided = yield from _voided_sources(spent, account)
     change = account.refund(
         policy,
         now,
@@ -332,6 +385,7 @@ def refund(
         credit_grant_id=new_id(),
         reason=reason,
         idempotency_key=idempotency_key,
+        voided_grant_ids=voided,
     )
     return (yield from _store(account, change))[-1]
 
@@ -435,20 +489,15 @@ class CalendarResets:
     @property
     def period_start_text(self) -> str:
         """The new period's start as ``operation_context`` writes it."""
-        return _iso(self.period_start)
+        return context_instant(self.period_start)
 
     def context(self, previous_used: int, previous_period_start: datetime) -> dict[str, Any]:
         """The reset entry's ``operation_context``, key for key in the domain's order."""
         return {
             "previous_used": previous_used,
-            "previous_period_start": _iso(previous_period_start),
+            "previous_period_start": context_instant(previous_period_start),
             "period_start": self.period_start_text,
         }
-
-
-def _iso(instant: datetime) -> str:
-    """An instant as the domain writes it into a context (``TokenAccount``'s ``_iso``)."""
-    return instant.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
 def reset_calendar_run(

@@ -46,6 +46,10 @@ def _check_months(_instance: object, _attribute: object, value: object) -> None:
         raise InvalidInput(f"months must be between 1 and {MAX_PERIOD_MONTHS}, got {value}")
 
 
+def _check_rollover_cap(_instance: object, _attribute: object, value: object) -> None:
+    _validation.non_negative_int(value, "rollover_cap")
+
+
 @attrs.frozen
 class MonthlyResetPolicy:
     """Computes the allowance period that contains an instant.
@@ -61,6 +65,9 @@ class MonthlyResetPolicy:
 
     timezone: str = attrs.field(default="UTC", validator=_check_timezone)
     months: int = attrs.field(default=1, validator=_check_months)
+    rollover_cap: int = attrs.field(default=0, validator=_check_rollover_cap)
+    """The ``rollover_cap`` of accounts opened without one: how much of a period's unspent
+    allowance carries into the next (:func:`token_ledger.settling.reset`)."""
     _zone: ZoneInfo = attrs.field(
         init=False,
         repr=False,
@@ -72,18 +79,37 @@ class MonthlyResetPolicy:
     _last_calendar_period: list[Period] = attrs.field(
         init=False, repr=False, eq=False, factory=lambda: [Period(_EPOCH, _EPOCH)]
     )
+    # The same policy in the other zones accounts asked for, each with its own cache.
+    _in_zones: dict[str, MonthlyResetPolicy] = attrs.field(
+        init=False, repr=False, eq=False, factory=dict
+    )
 
     @property
     def shortest_period(self) -> timedelta:
         """A duration no period is shorter than (months of 28 days, less a DST hour)."""
         return timedelta(days=28 * self.months) - timedelta(hours=2)
 
-    def period(self, at: datetime, anchor: datetime | None = None) -> Period:
-        """Return the period containing ``at``, for an account with ``anchor`` (or none)."""
+    def period(
+        self, at: datetime, anchor: datetime | None = None, time_zone: str | None = None
+    ) -> Period:
+        """Return the period containing ``at``, for an account with ``anchor`` (or none),
+        counted in the account's own ``time_zone`` when it has one (see :meth:`in_zone`)."""
+        if time_zone is not None and time_zone != self.timezone:
+            return self.in_zone(time_zone).period(at, anchor)
         at = _validation.instant(at, "at")
         if anchor is None:
             return self._calendar_period(at)
         return self._anniversary_period(at, _validation.instant(anchor, "anchor"))
+
+    def in_zone(self, time_zone: str) -> MonthlyResetPolicy:
+        """This policy for an account in its own IANA ``time_zone``: the same period
+        length, with months starting at local midnight there (and anniversaries kept
+        in its wall time), whatever zone the rest of the ledger counts in."""
+        policy = self._in_zones.get(time_zone)
+        if policy is None:
+            policy = attrs.evolve(self, timezone=time_zone)
+            self._in_zones[time_zone] = policy
+        return policy
 
     def _calendar_period(self, at: datetime) -> Period:
         last = self._last_calendar_period[0]

@@ -234,6 +234,10 @@ class PostgresUnitOfWork:
         row = self._execute(self._sql.find_reservation, (reservation_id,)).fetchone()
         return None if row is None else ROWS.reservation(row)
 
+    def find_grant(self, grant_id: str) -> Grant | None:
+        row = self._execute(self._sql.find_grant, (grant_id,)).fetchone()
+        return None if row is None else ROWS.grant(row)
+
     def append_transactions(self, entries: Sequence[Transaction]) -> list[Transaction]:
         if not entries:
             return []

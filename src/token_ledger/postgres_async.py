@@ -182,6 +182,11 @@ class AsyncPostgresUnitOfWork:
         row = await cursor.fetchone()
         return None if row is None else ROWS.reservation(row)
 
+    async def find_grant(self, grant_id: str) -> Grant | None:
+        cursor = await self._execute(self._sql.find_grant, (grant_id,))
+        row = await cursor.fetchone()
+        return None if row is None else ROWS.grant(row)
+
     async def append_transactions(self, entries: Sequence[Transaction]) -> list[Transaction]:
         if not entries:
             return []

@@ -163,14 +163,15 @@ def _counts(*filters: AccountFilter) -> Generator[Call, Any, list[int]]:
 def _count_anchored(
     where: AccountFilter, policy: MonthlyResetPolicy, at: datetime, *, stale: bool = True
 ) -> Operation[int]:
-    """How many anchored accounts matching ``where`` had a reset pending at ``at``
+    """How many accounts off the ledger's calendar (an anchor or a zone of their own)
+    matching ``where`` had a reset pending at ``at``
     (or, with ``stale=False``, had none)."""
     count = 0
     after: str | None = None
     while True:
         page = yield from _scan_page(where, after)
         count += sum(
-            1 for a in page if a.reset_anchor is not None and a.is_stale(policy, at) == stale
+            1 for a in page if not a.follows_the_ledger_calendar and a.is_stale(policy, at) == stale
         )
         if len(page) < SCAN_PAGE_SIZE:
             return count

@@ -27,6 +27,8 @@ class RefundPlan:
     """Back to live grants the deduction drew on, by grant id."""
     credit: int
     """Credited as a new grant that never expires: the rest had no live home."""
+    forfeited: int = 0
+    """Drawn from a voided grant: given back to nobody, since voiding is for good."""
 
 
 def earlier_refunds(referencing: Iterable[Transaction]) -> list[Transaction]:
@@ -61,6 +63,7 @@ def plan_refund(
     *,
     period_start: datetime,
     live_grant_ids: Collection[str],
+    voided_grant_ids: Collection[str] = (),
 ) -> RefundPlan:
     """Walk the deduction's sources in a fixed order (its usage, then each grant it drew
     on), skipping what earlier refunds already returned.
@@ -68,11 +71,12 @@ def plan_refund(
     Tokens go back where they came from when that still exists: usage of the
     period starting at ``period_start``, a grant that is still live. Anything
     else (usage of an ended period, an expired or spent grant) is credited,
-    because the ended period's allowance can no longer be spent.
+    because the ended period's allowance can no longer be spent; except what a grant
+    since voided paid for, which is forfeited rather than brought back as a credit.
     """
     sources = [("usage", spent.effects.usage), *((g, -a) for g, a in spent.effects.grants)]
     in_this_period = spent.created_at >= period_start
-    usage = credit = 0
+    usage = credit = forfeited = 0
     grants: dict[str, int] = {}
     to_skip, to_return = already_refunded, amount
     for source, size in sources:
@@ -86,6 +90,8 @@ def plan_refund(
             usage += part
         elif source in live_grant_ids:
             grants[source] = part
+        elif source in voided_grant_ids:
+            forfeited += part
         else:
             credit += part
-    return RefundPlan(usage, tuple(grants.items()), credit)
+    return RefundPlan(usage, tuple(grants.items()), credit, forfeited)

@@ -29,9 +29,9 @@ if TYPE_CHECKING:
 class StaleCutoffs:
     """Bounds that every stale account falls under, so a store can pre-select them.
 
-    An account without an anchor is stale when ``last_monthly_reset < calendar``.
-    An anchored one can only be stale when ``last_monthly_reset <= anchored``;
-    the domain makes the final decision for those.
+    An account on the ledger's calendar (no anchor, no zone of its own) is stale when
+    ``last_monthly_reset < calendar``. Any other, "anchored" here, can only be stale when
+    ``last_monthly_reset <= anchored``; the domain makes the final decision for those.
     """
 
     calendar: datetime
@@ -52,10 +52,11 @@ class AccountFilter:
     current: StaleCutoffs | None = None
     """The accounts ``stale`` would not pre-select: those no reset can be pending for."""
     anchored: bool | None = None
-    """Only accounts with a ``reset_anchor`` (``True``) or only those without (``False``).
+    """Only accounts off the ledger's calendar (``True``: a ``reset_anchor`` or a
+    ``time_zone`` of their own) or only those on it (``False``).
 
-    Without an anchor, ``stale`` and ``current`` are exact, so a store can count
-    those accounts by itself; anchored ones need the domain's decision.
+    On the ledger's calendar, ``stale`` and ``current`` are exact, so a store can count
+    those accounts by itself; the others need the domain's decision.
     """
 
 
@@ -158,6 +159,10 @@ class UnitOfWork(Protocol):
         ...
 
     def find_reservation(self, reservation_id: str) -> Reservation | None: ...
+
+    def find_grant(self, grant_id: str) -> Grant | None:
+        """The grant's row, whatever is left of it: spent, expired and voided ones too."""
+        ...
 
     def append_transactions(self, entries: Sequence[Transaction]) -> list[Transaction]:
         """Store entries in order and return them with their ``id`` assigned."""

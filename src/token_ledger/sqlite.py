@@ -151,7 +151,7 @@ def _select_accounts(
 SAVE_ACCOUNT = (
     "UPDATE user_tokens SET monthly_limit = ?2, monthly_tokens_used = ?3,"
     " last_monthly_reset = ?4, updated_at = ?6, overage_limit = ?8, grant_balance = ?9,"
-    " reserved_tokens = ?10 WHERE user_id = ?1"
+    " reserved_tokens = ?10, time_zone = ?11, rollover_cap = ?12 WHERE user_id = ?1"
 )
 
 
@@ -169,7 +169,8 @@ class SQLiteUnitOfWork:
 
     def insert_account(self, account: TokenAccount) -> bool:
         cursor = self._conn.execute(
-            f"INSERT INTO user_tokens ({ACCOUNT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            f"INSERT INTO user_tokens ({ACCOUNT_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (user_id) DO NOTHING",
             WRITE.account_row(account),
         )
@@ -194,8 +195,9 @@ class SQLiteUnitOfWork:
 
     def save_grants(self, grants: Sequence[Grant]) -> None:
         self._conn.executemany(
-            f"INSERT INTO token_grants ({GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (id) DO UPDATE SET remaining = excluded.remaining",
+            f"INSERT INTO token_grants ({GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET remaining = excluded.remaining,"
+            " voided_at = excluded.voided_at",
             [WRITE.grant_row(grant) for grant in grants],
         )
 
@@ -226,6 +228,12 @@ class SQLiteUnitOfWork:
             (reservation_id,),
         ).fetchone()
         return None if row is None else ROWS.reservation(row)
+
+    def find_grant(self, grant_id: str) -> Grant | None:
+        row = self._conn.execute(
+            f"SELECT {GRANT_COLUMNS} FROM token_grants WHERE id = ?", (grant_id,)
+        ).fetchone()
+        return None if row is None else ROWS.grant(row)
 
     def find_by_idempotency_key(self, key: str) -> Transaction | None:
         row = self._conn.execute(
@@ -349,7 +357,8 @@ class SQLiteRepository:
                     row = cursor.execute(DIRECT_DEDUCTION, guard).fetchone()
                     if row is None:
                         anchored = cursor.execute(
-                            "SELECT reset_anchor IS NOT NULL FROM user_tokens WHERE user_id = ?",
+                            "SELECT reset_anchor IS NOT NULL OR time_zone IS NOT NULL"
+                            " FROM user_tokens WHERE user_id = ?",
                             (deduction.user_id,),
                         ).fetchone()
                         cursor.execute("ROLLBACK")

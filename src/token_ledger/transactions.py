@@ -25,6 +25,7 @@ class OperationType(str, enum.Enum):
     RESERVE = "reserve"
     COMMIT = "commit"
     RELEASE = "release"
+    VOID = "void"
 
     def __str__(self) -> str:
         return self.value

@@ -148,22 +148,48 @@ class LedgerInTransaction:
     # accounts
 
     def open_account(
-        self, user_id: str, monthly_limit: int, *, reset_anchor: datetime | None = None
+        self,
+        user_id: str,
+        monthly_limit: int,
+        *,
+        reset_anchor: datetime | None = None,
+        time_zone: str | None = None,
+        rollover_cap: int | None = None,
     ) -> TokenAccount:
         """Create the user's account; :class:`~token_ledger.AccountExists` if there is one."""
         ledger = self._ledger
         return self._perform(
-            commands.open_account(ledger.policy, ledger.now(), user_id, monthly_limit, reset_anchor)
+            commands.open_account(
+                ledger.policy,
+                ledger.now(),
+                user_id,
+                monthly_limit,
+                reset_anchor,
+                time_zone,
+                rollover_cap,
+            )
         )
 
     def ensure_account(
-        self, user_id: str, monthly_limit: int, *, reset_anchor: datetime | None = None
+        self,
+        user_id: str,
+        monthly_limit: int,
+        *,
+        reset_anchor: datetime | None = None,
+        time_zone: str | None = None,
+        rollover_cap: int | None = None,
     ) -> TokenAccount:
         """The user's account, created with these settings if it is missing."""
         ledger = self._ledger
         return self._perform(
             commands.ensure_account(
-                ledger.policy, ledger.now(), user_id, monthly_limit, reset_anchor
+                ledger.policy,
+                ledger.now(),
+                user_id,
+                monthly_limit,
+                reset_anchor,
+                time_zone,
+                rollover_cap,
             )
         )
 
@@ -212,11 +238,21 @@ class LedgerInTransaction:
         monthly_limit: int | None = None,
         *,
         overage_limit: int | None = None,
+        rollover_cap: int | None = None,
     ) -> TokenAccount:
-        """Change the monthly limit and/or the overage limit; usage is kept."""
+        """Change the monthly limit, the overage limit and/or the rollover cap; usage is kept."""
         ledger = self._ledger
         return self._perform(
-            commands.set_limit(ledger.policy, ledger.now(), user_id, monthly_limit, overage_limit)
+            commands.set_limit(
+                ledger.policy, ledger.now(), user_id, monthly_limit, overage_limit, rollover_cap
+            )
+        )
+
+    def set_time_zone(self, user_id: str, time_zone: str | None) -> TokenAccount:
+        """Count the account's calendar in ``time_zone`` (``None``: the policy's)."""
+        ledger = self._ledger
+        return self._perform(
+            commands.set_time_zone(ledger.policy, ledger.now(), user_id, time_zone)
         )
 
     def grant(
@@ -227,6 +263,7 @@ class LedgerInTransaction:
         expires_at: datetime | None = None,
         reason: str | None = None,
         idempotency_key: str | None = None,
+        priority: int = 0,
     ) -> Transaction:
         """Add tokens that do not reset monthly; returns the ``grant`` entry."""
         ledger = self._ledger
@@ -237,6 +274,26 @@ class LedgerInTransaction:
                 user_id,
                 amount,
                 expires_at=expires_at,
+                reason=reason,
+                idempotency_key=idempotency_key,
+                priority=priority,
+            )
+        )
+
+    def void_grant(
+        self,
+        grant_id: str,
+        *,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Transaction:
+        """Take back what is left of a grant, for good; returns the ``void`` entry."""
+        ledger = self._ledger
+        return self._perform(
+            commands.void_grant(
+                ledger.policy,
+                ledger.now(),
+                grant_id,
                 reason=reason,
                 idempotency_key=idempotency_key,
             )

@@ -76,6 +76,8 @@ def test_account_create_json_is_the_user_tokens_row(run: Run, ledger: TokenLedge
         "overage_limit": 0,
         "grant_balance": 0,
         "reserved_tokens": 0,
+        "time_zone": None,
+        "rollover_cap": 0,
         "reset_pending": False,
     }
 

@@ -34,7 +34,14 @@ def command_with_fmt(group: click.Group, prefix: str = "") -> list[str]:
 
 
 def test_every_command_that_prints_a_table_has_fmt() -> None:
-    tables = ["account create", "account show", "account set-limit", "status", "health"]
+    tables = [
+        "account create",
+        "account show",
+        "account set-limit",
+        "account set-time-zone",
+        "status",
+        "health",
+    ]
     assert sorted(command_with_fmt(cli)) == sorted([*tables, "alerts", "reconcile", "history"])
 
 

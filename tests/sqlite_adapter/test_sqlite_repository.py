@@ -32,6 +32,8 @@ def test_a_file_is_created_in_wal_mode_with_the_seed_tables(tmp_path: Path) -> N
         "overage_limit",
         "grant_balance",
         "reserved_tokens",
+        "time_zone",
+        "rollover_cap",
     ]
     assert {c.name for c in db.table("token_transactions").columns} == {
         "id",

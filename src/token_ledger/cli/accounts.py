@@ -60,6 +60,8 @@ def _account_fields(ledger: TokenLedger, account: TokenAccount) -> dict[str, obj
         "overage_limit": account.overage_limit,
         "grant_balance": account.grant_balance,
         "reserved_tokens": account.reserved_tokens,
+        "time_zone": account.time_zone,
+        "rollover_cap": account.rollover_cap,
         "reset_pending": account.is_stale(ledger.policy, ledger.now()),
     }
 
@@ -82,6 +84,16 @@ def account() -> None:
     help="Reset on this instant's day of the month (an anniversary) instead of the 1st.",
 )
 @click.option(
+    "--time-zone",
+    metavar="ZONE",
+    help="The account's own IANA zone for its months (default: the ledger's --timezone).",
+)
+@click.option(
+    "--rollover-cap",
+    type=int,
+    help="Unspent allowance, up to this many tokens, carries into the next period.",
+)
+@click.option(
     "--exist-ok", is_flag=True, help="Show an existing account, as stored, instead of refusing."
 )
 @json_option
@@ -90,6 +102,8 @@ def account_create(
     user: str,
     monthly_limit: int,
     reset_anchor: datetime | None,
+    time_zone: str | None,
+    rollover_cap: int | None,
     exist_ok: bool,
     as_json: bool,
     fmt: str,
@@ -97,7 +111,13 @@ def account_create(
     """Open USER's account with a limit of tokens per period."""
     ledger = open_ledger()
     open_account = ledger.ensure_account if exist_ok else ledger.open_account
-    opened = open_account(user, monthly_limit, reset_anchor=reset_anchor)
+    opened = open_account(
+        user,
+        monthly_limit,
+        reset_anchor=reset_anchor,
+        time_zone=time_zone,
+        rollover_cap=rollover_cap,
+    )
     echo_record(_account_fields(ledger, opened), as_json, fmt)
 
 
@@ -115,14 +135,35 @@ def account_show(user: str, as_json: bool, fmt: str) -> None:
 @click.argument("user")
 @click.argument("limit", type=int, required=False)
 @click.option("--overage", type=int, help="Tokens a deduction may go past the limit.")
+@click.option("--rollover-cap", type=int, help="Unspent tokens that carry into the next period.")
 @json_option
 @fmt_option(RECORD_FORMAT)
 def account_set_limit(
-    user: str, limit: int | None, overage: int | None, as_json: bool, fmt: str
+    user: str,
+    limit: int | None,
+    overage: int | None,
+    rollover_cap: int | None,
+    as_json: bool,
+    fmt: str,
 ) -> None:
-    """Change USER's limit (and/or overage limit) now, keeping this period's usage."""
+    """Change USER's limit (and/or overage limit, rollover cap) now, keeping this period's
+    usage."""
     ledger = open_ledger()
-    updated = ledger.set_limit(user, limit, overage_limit=overage)
+    updated = ledger.set_limit(user, limit, overage_limit=overage, rollover_cap=rollover_cap)
+    echo_record(_account_fields(ledger, updated), as_json, fmt)
+
+
+@account.command("set-time-zone")
+@click.argument("user")
+@click.argument("zone", required=False)
+@json_option
+@fmt_option(RECORD_FORMAT)
+def account_set_time_zone(user: str, zone: str | None, as_json: bool, fmt: str) -> None:
+    """Count USER's months in ZONE (an IANA name) from now on; without ZONE, the ledger's.
+
+    This period keeps its usage and ends at ZONE's next month boundary."""
+    ledger = open_ledger()
+    updated = ledger.set_time_zone(user, zone)
     echo_record(_account_fields(ledger, updated), as_json, fmt)
 
 
@@ -153,6 +194,7 @@ def status(user: str, as_json: bool, fmt: str) -> None:
 )
 @click.option("--reason", help="Why the tokens were granted (a purchase, a promotion).")
 @click.option("--idempotency-key", help="A retry with the same key changes nothing.")
+@click.option("--priority", type=int, default=0, show_default=True, help="Lower is spent first.")
 @json_option
 def grant(
     user: str,
@@ -160,16 +202,41 @@ def grant(
     expires_at: datetime | None,
     reason: str | None,
     idempotency_key: str | None,
+    priority: int,
     as_json: bool,
 ) -> None:
     """Give USER AMOUNT tokens that do not reset monthly."""
     entry = open_ledger().grant(
-        user, amount, expires_at=expires_at, reason=reason, idempotency_key=idempotency_key
+        user,
+        amount,
+        expires_at=expires_at,
+        reason=reason,
+        idempotency_key=idempotency_key,
+        priority=priority,
     )
     if as_json:
         echo_json(entry.to_dict())
     else:
         click.echo(f"Granted {plural(amount, 'token')} to {user!r} (grant {entry.reference}).")
+
+
+@cli.command("void-grant")
+@click.argument("grant_id")
+@click.option("--reason", help="Why the grant is taken back (a charge-back, a mistake).")
+@click.option("--idempotency-key", help="A retry with the same key changes nothing.")
+@json_option
+def void_grant(
+    grant_id: str, reason: str | None, idempotency_key: str | None, as_json: bool
+) -> None:
+    """Take back what is left of GRANT_ID, for good."""
+    entry = open_ledger().void_grant(grant_id, reason=reason, idempotency_key=idempotency_key)
+    if as_json:
+        echo_json(entry.to_dict())
+    else:
+        click.echo(
+            f"Voided grant {grant_id} of {entry.user_id!r}:"
+            f" {plural(entry.amount, 'token')} taken back."
+        )
 
 
 @cli.command()

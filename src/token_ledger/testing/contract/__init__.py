@@ -37,6 +37,7 @@ pytest.register_assert_rewrite(
             "base",
             "credits",
             "deduct",
+            "entitlements",
             "history",
             "hostile_input",
             "monitoring",
@@ -59,6 +60,7 @@ from token_ledger.testing.contract.base import (  # noqa: E402
 )
 from token_ledger.testing.contract.credits import CreditsContract  # noqa: E402
 from token_ledger.testing.contract.deduct import DeductContract  # noqa: E402
+from token_ledger.testing.contract.entitlements import EntitlementsContract  # noqa: E402
 from token_ledger.testing.contract.history import HistoryContract  # noqa: E402
 from token_ledger.testing.contract.hostile_input import HostileInputContract  # noqa: E402
 from token_ledger.testing.contract.monitoring import MonitoringContract  # noqa: E402
@@ -74,6 +76,7 @@ __all__ = [
     "ContractBase",
     "CreditsContract",
     "DeductContract",
+    "EntitlementsContract",
     "HistoryContract",
     "HostileInputContract",
     "LedgerFactory",
@@ -93,6 +96,7 @@ class RepositoryContract(
     AccountsContract,
     DeductContract,
     CreditsContract,
+    EntitlementsContract,
     ResetsContract,
     HistoryContract,
     MonitoringContract,

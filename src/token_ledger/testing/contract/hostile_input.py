@@ -25,6 +25,7 @@ from token_ledger import (
     MonthlyResetPolicy,
     NaiveDatetime,
     TokenLedger,
+    UnknownTimeZone,
 )
 from token_ledger.testing import MovableClock
 from token_ledger.testing.contract.base import START, ContractBase
@@ -47,6 +48,7 @@ class Prepared:
     ledger: TokenLedger
     spent: int
     hold: str
+    grant: str = "g"
 
     def snapshot(self) -> tuple[object, ...]:
         ledger = self.ledger
@@ -61,8 +63,20 @@ class Prepared:
 
 # valid arguments of every public call; each case replaces one of them
 VALID: dict[str, Callable[[Prepared], dict[str, Any]]] = {
-    "open_account": lambda p: {"user_id": "u2", "monthly_limit": 5, "reset_anchor": None},
-    "ensure_account": lambda p: {"user_id": "u2", "monthly_limit": 5, "reset_anchor": None},
+    "open_account": lambda p: {
+        "user_id": "u2",
+        "monthly_limit": 5,
+        "reset_anchor": None,
+        "time_zone": None,
+        "rollover_cap": None,
+    },
+    "ensure_account": lambda p: {
+        "user_id": "u2",
+        "monthly_limit": 5,
+        "reset_anchor": None,
+        "time_zone": None,
+        "rollover_cap": None,
+    },
     "get_account": lambda p: {"user_id": "u1"},
     "status": lambda p: {"user_id": "u1"},
     "deduct": lambda p: {
@@ -72,14 +86,22 @@ VALID: dict[str, Callable[[Prepared], dict[str, Any]]] = {
         "context": None,
         "idempotency_key": None,
     },
-    "set_limit": lambda p: {"user_id": "u1", "monthly_limit": 60, "overage_limit": None},
+    "set_limit": lambda p: {
+        "user_id": "u1",
+        "monthly_limit": 60,
+        "overage_limit": None,
+        "rollover_cap": None,
+    },
+    "set_time_zone": lambda p: {"user_id": "u1", "time_zone": "Europe/Berlin"},
     "grant": lambda p: {
         "user_id": "u1",
         "amount": 1,
         "expires_at": None,
         "reason": None,
         "idempotency_key": None,
+        "priority": 0,
     },
+    "void_grant": lambda p: {"grant_id": p.grant, "reason": None, "idempotency_key": None},
     "reserve": lambda p: {
         "user_id": "u1",
         "amount": 1,
@@ -156,7 +178,10 @@ BAD_RATIOS = [math.nan, -0.1, 1.5, True, "0.9", None]
 BAD_FLAGS = ["yes", 1, 0, "false", [True]]
 BAD_OPERATION_TYPES = ["steal", "", 5, ["deduct"]]
 
-ID_ARGUMENTS = ("user_id", "reservation_id")
+BAD_ZONES = ["", "Mars/Olympus", "utc", "../etc/passwd", "/etc/localtime", "a\x00b", "\ud800", 5]
+BAD_PRIORITIES = [True, 1.0, "1", None, 2**31, -(2**31) - 1]
+
+ID_ARGUMENTS = ("user_id", "reservation_id", "grant_id")
 OPTIONAL_ID_ARGUMENTS = ("feature", "idempotency_key", "reference")
 
 
@@ -195,6 +220,12 @@ def _cases() -> Iterator[tuple[str, str, object, type[Exception]]]:
                 bad = list(BAD_INSTANTS)
                 if argument == "expires_at":
                     bad.append((START - timedelta(days=1), InvalidInput))
+            elif argument == "time_zone":
+                bad = [(v, UnknownTimeZone) for v in BAD_ZONES]
+            elif argument == "priority":
+                bad = [(v, InvalidAmount) for v in BAD_PRIORITIES]
+            elif argument == "rollover_cap":
+                bad = [(v, InvalidAmount) for v in BAD_COUNTS]
             elif argument == "context":
                 bad = [(v, InvalidInput) for v in BAD_CONTEXTS]
             elif argument == "ttl":
@@ -245,8 +276,10 @@ class HostileInputContract(ContractBase):
         spent = ledger.deduct("u1", 5, feature="chat", context={"a": 1}).transaction.id
         assert spent is not None
         ledger.grant("u1", 10, reason="promo")
+        granted = ledger.grant("u1", 4, reason="to void").reference
+        assert granted is not None
         hold = ledger.reserve("u1", 3).id
-        yield Prepared(ledger, spent, hold)
+        yield Prepared(ledger, spent, hold, granted)
         repository.close()
 
     # Ids on each ``pytest.param``, not ``ids=``: pytest keeps the ids it made from ``ids=`` on
