@@ -144,7 +144,7 @@ WALKTHROUGH = [
     Step(
         "troubleshooting 2: what the view returns",
         VIEW_STATUS,
-        [("uuid", 50, 0, CURRENT_MONTH, None, ANY, ANY, 0, 0, 0)],
+        [("uuid", 50, 0, CURRENT_MONTH, None, ANY, ANY, 0, 0, 0, None, 0)],
     ),
     # "If view shows 0 but table shows > 0, and last_monthly_reset < current_month"
     Step(

@@ -8,7 +8,7 @@ read shows the account as that write will leave it
 
 from __future__ import annotations
 
-import uuid
+import hashlib
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -23,16 +23,20 @@ if TYPE_CHECKING:
     from token_ledger.policy import MonthlyResetPolicy
 
 ROLLOVER_REASON = "rollover"
-_ROLLOVER_IDS = uuid.UUID("5b0e8f59-3a55-4c1e-9a57-0c1d7d0f7e21")
 
 
 def rollover_grant_id(user_id: str, period_start: datetime) -> str:
     """The id of the grant a period starting at ``period_start`` rolls over into.
 
     Derived, not random: however often a reset of the same boundary is computed
-    (a read shows it, a write stores it), it names the same grant.
+    (a read shows it, a write stores it), it names the same grant. It is the first 32
+    hex digits of the SHA-256 of ``rollover <period_start> <user_id>`` in UTF-8, the
+    instant as entries' contexts write it (fixed width, so the text names one pair):
+    the optional PostgreSQL SQL computes the same id with built-ins
+    (``token_ledger_rollover_grant_id``).
     """
-    return uuid.uuid5(_ROLLOVER_IDS, f"{user_id}\x00{context_instant(period_start)}").hex
+    text = f"rollover {context_instant(period_start)} {user_id}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 def reset(account: TokenAccount, policy: MonthlyResetPolicy, now: datetime) -> Change:

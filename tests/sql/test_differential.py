@@ -2,9 +2,14 @@
 
 Random sequences of accounts, deductions, limit changes, resets and clock
 moves across month ends are applied once through ``TokenLedger`` and once
-through SQL alone (:mod:`sql.worlds`). After every operation both databases
-hold identical ``user_tokens`` rows and identical ``token_transactions``
-sequences, and both views show every account as ``TokenLedger.status`` does.
+through SQL alone (:mod:`sql.worlds`). Accounts have random time zones of
+their own, anchors and rollover caps; grants have random priorities, and some
+are voided. After every operation both databases hold identical
+``user_tokens`` rows and identical ``token_transactions`` sequences (rollover
+grants included), and both views show every account as
+``TokenLedger.status`` does; on SQLite, which leaves accounts with a zone or a
+rollover cap to the library, the views show those as stored, and plain
+rewrites of them change nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
@@ -26,6 +32,7 @@ from postgres_server import Database
 from sql.support import connect_to, installed_schema
 from sql.worlds import LibraryWorld, PostgresSQLWorld, SQLiteSQLWorld, World
 from token_ledger import (
+    GrantVoided,
     InsufficientTokens,
     InvalidAmount,
     InvalidInput,
@@ -42,8 +49,12 @@ UTC = timezone.utc
 START = datetime(2026, 1, 28, 12, tzinfo=UTC)
 USERS = ("u1", "u2", "u3")
 TABLES = ("user_tokens", "token_transactions", "token_grants", "token_reservations")
+# Accounts' own zones: a day ahead of UTC, behind it, and 45 minutes off the hour.
+ZONES = ("Pacific/Auckland", "America/Los_Angeles", "Asia/Kathmandu")
 
 users = st.sampled_from(USERS)
+zones = st.none() | st.sampled_from(ZONES)
+caps = st.just(0) | st.integers(1, 60)
 moves = st.sampled_from(
     [
         timedelta(minutes=-30),
@@ -55,16 +66,33 @@ moves = st.sampled_from(
         "last microsecond of the month",
         "first microsecond of the next month",
         "first microsecond of the next month",
+        *(("last", zone) for zone in ZONES),
+        *(("first", zone) for zone in ZONES),
     ]
 )
 
 
-def operations(*, anchors: bool, keys: bool) -> st.SearchStrategy[list[tuple[Any, ...]]]:
-    """Two accounts opened at the start, then a mix weighted towards spending and time."""
+def operations(
+    *, anchors: bool, keys: bool, zones_and_caps: bool = False, touches: bool = False
+) -> st.SearchStrategy[list[tuple[Any, ...]]]:
+    """Two accounts opened at the start, then a mix weighted towards spending and time.
+
+    With ``zones_and_caps``, accounts open with a random zone of their own and
+    rollover cap, and caps change; ``touches`` rewrites the rows the SQL leaves
+    to the library.
+    """
     anchor_offsets = st.none()
     if anchors:
         anchor_offsets = anchor_offsets | st.timedeltas(timedelta(days=-45), timedelta(days=45))
-    opening = st.tuples(st.just("open"), users, st.integers(1, 100), anchor_offsets)
+    account_zones = zones if zones_and_caps else st.none()
+    account_caps = caps if zones_and_caps else st.just(0)
+
+    def opening_of(user: st.SearchStrategy[str]) -> st.SearchStrategy[tuple[Any, ...]]:
+        return st.tuples(
+            st.just("open"), user, st.integers(1, 100), anchor_offsets, account_zones, account_caps
+        )
+
+    opening = opening_of(users)
     deduction = st.tuples(
         st.just("deduct"),
         users,
@@ -81,13 +109,13 @@ def operations(*, anchors: bool, keys: bool) -> st.SearchStrategy[list[tuple[Any
         "move": st.tuples(st.just("move"), moves),
         "reset_one": st.tuples(st.just("reset_one"), users),
         "reset_all": st.tuples(st.just("reset_all")),
+        "set_cap": st.tuples(st.just("set_cap"), users, caps),
+        "touch": st.tuples(st.just("touch")),
     }
     weighted = ["deduct"] * 4 + ["move"] * 3 + ["set_limit", "open", "reset_one", "reset_all"]
+    weighted += ["set_cap"] * zones_and_caps + ["touch"] * touches
     operation = st.sampled_from(weighted).flatmap(by_kind.__getitem__)
-    first = st.tuples(
-        st.tuples(st.just("open"), st.just("u1"), st.integers(1, 100), anchor_offsets),
-        st.tuples(st.just("open"), st.just("u2"), st.integers(1, 100), anchor_offsets),
-    )
+    first = st.tuples(opening_of(st.just("u1")), opening_of(st.just("u2")))
     return st.builds(
         lambda start, rest: [*start, *rest],
         first,
@@ -95,12 +123,16 @@ def operations(*, anchors: bool, keys: bool) -> st.SearchStrategy[list[tuple[Any
     )
 
 
-def moved(now: datetime, move: timedelta | str) -> datetime:
+def moved(now: datetime, move: timedelta | str | tuple[str, str]) -> datetime:
+    """``now`` moved by a duration, or to the edge of the next month: in UTC (a text) or,
+    as ``("first" | "last", zone)``, in a zone."""
     if isinstance(move, timedelta):
         return now + move
-    year, month = divmod(now.year * 12 + now.month, 12)
-    next_month = datetime(year, month + 1, 1, tzinfo=UTC)
-    return next_month - timedelta(microseconds=1) if move.startswith("last") else next_month
+    edge, zone = (move, "UTC") if isinstance(move, str) else move
+    local = now.astimezone(ZoneInfo(zone))
+    year, month = divmod(local.year * 12 + local.month, 12)
+    next_month = datetime(year, month + 1, 1, tzinfo=ZoneInfo(zone)).astimezone(UTC)
+    return next_month - timedelta(microseconds=1) if edge.startswith("last") else next_month
 
 
 @dataclass
@@ -112,6 +144,8 @@ class Engine:
     rows: Callable[[str], tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]
     view: Callable[[datetime], tuple[dict[str, tuple[Any, ...]], dict[str, tuple[Any, ...]]]]
     sql_ledger: TokenLedger  # the library, opened on the SQL world's database
+    left_to_the_library: Callable[[str], bool] = lambda user_id: False
+    """Accounts the SQL's view shows as stored rather than as ``status`` does."""
 
 
 def apply(engine: Engine, ops: list[tuple[Any, ...]]) -> None:
@@ -123,19 +157,21 @@ def apply(engine: Engine, ops: list[tuple[Any, ...]]) -> None:
             now = moved(now, args[0])
             continue
         if kind == "open":
-            user_id, limit, anchor_offset = args
+            user_id, limit, anchor_offset, zone, cap = (*args, None, 0)[:5]
             if user_id in opened:
                 continue
             opened.add(user_id)
             args = [user_id, limit, None if anchor_offset is None else now + anchor_offset]
-        elif kind != "reset_all" and args[0] not in opened:
+            args += [zone, cap]
+        elif kind not in ("reset_all", "touch") and args[0] not in opened:
             continue
         for world in (engine.library, engine.sql):
             getattr(world, kind)(*args, now)
         event(kind)
         assert_same(engine, now, op)
-    resets = engine.rows("token_transactions")[0]
-    event(f"{sum(1 for row in resets if row[2] == 'reset')} reset entries")
+    resets = [row for row in engine.rows("token_transactions")[0] if row[2] == "reset"]
+    event(f"{len(resets)} reset entries")
+    event(f"{sum(1 for row in resets if 'rollover' in row[5])} rolling over")
 
 
 def assert_same(engine: Engine, now: datetime, op: tuple[Any, ...]) -> None:
@@ -146,6 +182,9 @@ def assert_same(engine: Engine, now: datetime, op: tuple[Any, ...]) -> None:
     library_view, sql_view = engine.view(now)
     statuses = {}
     for user_id in library_view:
+        if engine.left_to_the_library(user_id):
+            statuses[user_id] = as_stored(engine.library.ledger, user_id, now)
+            continue
         status = engine.library.ledger.status(user_id)
         statuses[user_id] = (
             status.monthly_used,
@@ -157,6 +196,20 @@ def assert_same(engine: Engine, now: datetime, op: tuple[Any, ...]) -> None:
         )
     assert library_view == statuses, op
     assert sql_view == statuses, op
+
+
+def as_stored(ledger: TokenLedger, user_id: str, now: datetime) -> tuple[Any, ...]:
+    """What a view that leaves the account to the library shows: its stored usage and
+    period, with grants and holds past their expiry no longer counted."""
+    account = ledger.get_account(user_id)
+    return (
+        account.monthly_tokens_used,
+        account.monthly_limit,
+        account.last_monthly_reset,
+        account.overage_limit,
+        sum(grant.remaining for grant in account.grants if grant.is_live(now)),
+        sum(hold.amount for hold in account.holds if hold.is_held(now)),
+    )
 
 
 @pytest.fixture
@@ -216,6 +269,7 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Callable[[], Engine]]:
         for conn in (library_conn, sql_conn):
             install_sqlite_sql(conn)
         library_sql = SQLiteSQLWorld(library_conn)  # to point the library's view at an instant
+        library_world = LibraryWorld(ledger, clock)
 
         def rows(table: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
             query = f"SELECT * FROM {table} ORDER BY 1"
@@ -240,12 +294,14 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Callable[[], Engine]]:
                 )
             return found[0], found[1]
 
-        sql_world = SQLiteSQLWorld(sql_conn)
+        sql_world = SQLiteSQLWorld(sql_conn, LibraryWorld(sql_ledger, clock))
 
         def fresh() -> Engine:
             for conn in (library_conn, sql_conn):
                 conn.executescript("".join(f"DELETE FROM {table};" for table in TABLES))
-            return Engine(LibraryWorld(ledger, clock), sql_world, rows, view, sql_ledger)
+            return Engine(
+                library_world, sql_world, rows, view, sql_ledger, sql_world.left_to_the_library
+            )
 
         yield fresh
 
@@ -278,10 +334,45 @@ ACROSS_MONTH_ENDS = [
 FIXTURES_PER_TEST = [HealthCheck.function_scoped_fixture]
 
 
+# Zones of their own and rollover, through SQL alone: deduct_tokens resets Auckland's
+# account at its own month end, a change of cap is written over a pending reset (the
+# trigger rolls over by the stored cap), skipped months roll over a whole allowance.
+ZONES_AND_ROLLOVER = [
+    ("open", "u1", 50, None, "Pacific/Auckland", 20),
+    ("open", "u2", 30, None, None, 100),
+    ("open", "u3", 40, timedelta(days=3), "Asia/Kathmandu", 15),
+    ("deduct", "u1", 45, None, None),
+    ("deduct", "u2", 10, None, None),
+    ("move", ("first", "Pacific/Auckland")),
+    ("deduct", "u1", 60, None, None),  # the reset rolls 5 over, spent after the allowance
+    ("move", ("last", "America/Los_Angeles")),
+    ("set_cap", "u2", 5),  # 20 of January roll over, by the stored cap
+    ("deduct", "u2", 35, "chat", None),
+    ("move", timedelta(days=40)),
+    ("move", ("first", "Asia/Kathmandu")),
+    ("reset_all",),  # whole allowances up to each cap, in one statement
+    ("deduct", "u3", 50, None, None),
+    ("move", timedelta(days=11)),
+    ("reset_one", "u1"),
+    ("set_limit", "u1", 80, 10),
+]
+
+# The same on SQLite, without the anchor its SQL world has no use for, and with the
+# rows it leaves to the library rewritten as they are after every move.
+SQLITE_ZONES_AND_ROLLOVER = [
+    ("open", "u3", 40, None, "Asia/Kathmandu", 15) if op[:2] == ("open", "u3") else op
+    for op in ZONES_AND_ROLLOVER
+]
+for index in reversed(range(len(SQLITE_ZONES_AND_ROLLOVER))):
+    if SQLITE_ZONES_AND_ROLLOVER[index][0] == "move":
+        SQLITE_ZONES_AND_ROLLOVER.insert(index + 1, ("touch",))
+
+
 @pytest.mark.postgres
 @settings(max_examples=40, suppress_health_check=FIXTURES_PER_TEST)
-@given(ops=operations(anchors=True, keys=True))
+@given(ops=operations(anchors=True, keys=True, zones_and_caps=True))
 @example(ops=ACROSS_MONTH_ENDS)
+@example(ops=ZONES_AND_ROLLOVER)
 @example(
     ops=[
         ("open", "u1", 50, timedelta(days=3, hours=2)),  # an anniversary on the 31st
@@ -305,8 +396,9 @@ def test_postgres_functions_and_triggers_write_what_the_library_writes(
 
 
 @settings(max_examples=60, suppress_health_check=FIXTURES_PER_TEST)
-@given(ops=operations(anchors=False, keys=False))
+@given(ops=operations(anchors=False, keys=False, zones_and_caps=True, touches=True))
 @example(ops=ACROSS_MONTH_ENDS)
+@example(ops=SQLITE_ZONES_AND_ROLLOVER)
 def test_sqlite_view_and_triggers_write_what_the_library_writes(
     sqlite_engine: Callable[[], Engine], ops: list[tuple[Any, ...]]
 ) -> None:
@@ -320,7 +412,8 @@ def credit_operations() -> st.SearchStrategy[list[tuple[Any, ...]]]:
 
     The SQL has no functions for grants, holds and refunds: both worlds make
     them through the library, with the same ids, and deduct and reset through
-    their own means.
+    their own means. So are grants' priorities, voids, and changes of an
+    account's zone or rollover cap; the accounts open with a random zone and cap.
     """
     two_users = st.sampled_from(("u1", "u2"))
     by_kind = {
@@ -332,8 +425,15 @@ def credit_operations() -> st.SearchStrategy[list[tuple[Any, ...]]]:
             st.none(),
         ),
         "grant": st.tuples(
-            st.just("grant"), two_users, st.integers(1, 60), st.none() | st.integers(1, 45)
+            st.just("grant"),
+            two_users,
+            st.integers(1, 60),
+            st.none() | st.integers(1, 45),
+            st.integers(-2, 2),
         ),
+        "void": st.tuples(st.just("void"), st.integers(0, 5)),
+        "zone": st.tuples(st.just("zone"), two_users, zones),
+        "cap": st.tuples(st.just("cap"), two_users, caps),
         "reserve": st.tuples(
             st.just("reserve"), two_users, st.integers(1, 60), st.integers(1, 900)
         ),
@@ -356,15 +456,24 @@ def credit_operations() -> st.SearchStrategy[list[tuple[Any, ...]]]:
             "overage",
             "reset_one",
             "reset_all",
+            "void",
+            "zone",
+            "cap",
         ]
     )
-    opening = [("open", "u1", 50, None), ("open", "u2", 20, None)]
-    return st.lists(
-        st.sampled_from(weighted).flatmap(by_kind.__getitem__), min_size=10, max_size=30
-    ).map(lambda ops: [*opening, *ops])
+    opening = st.tuples(
+        st.tuples(st.just("open"), st.just("u1"), st.just(50), st.none(), zones, caps),
+        st.tuples(st.just("open"), st.just("u2"), st.just(20), st.none(), zones, caps),
+    )
+    return st.builds(
+        lambda start, ops: [*start, *ops],
+        opening,
+        st.lists(st.sampled_from(weighted).flatmap(by_kind.__getitem__), min_size=10, max_size=30),
+    )
 
 
 REFUSALS = (
+    GrantVoided,
     InsufficientTokens,
     InvalidAmount,
     InvalidInput,
@@ -374,14 +483,26 @@ REFUSALS = (
 
 
 def credit_call(
-    ledger: TokenLedger, kind: str, args: list[Any], now: datetime, holds: list[str]
+    ledger: TokenLedger,
+    kind: str,
+    args: list[Any],
+    now: datetime,
+    holds: list[str],
+    grants: list[str],
 ) -> object:
     """One library call; its result, or the kind of refusal."""
     try:
         if kind == "grant":
-            user_id, amount, days = args
+            user_id, amount, days, priority = (*args, 0)[:4]
             expires_at = None if days is None else now + timedelta(days=days)
-            return ledger.grant(user_id, amount, expires_at=expires_at).reference
+            return ledger.grant(user_id, amount, expires_at=expires_at, priority=priority).reference
+        if kind == "void":
+            return ledger.void_grant(grants[args[0] % len(grants)]).id
+        if kind == "zone":
+            return ledger.set_time_zone(*args).last_monthly_reset
+        if kind == "cap":
+            user_id, cap = args
+            return ledger.set_limit(user_id, rollover_cap=cap).rollover_cap
         if kind == "reserve":
             user_id, amount, minutes = args
             return ledger.reserve(user_id, amount, ttl=timedelta(minutes=minutes)).id
@@ -429,34 +550,61 @@ def numbered_ids(prefix: str) -> Callable[[], str]:
         ("deduct", "u1", 60, None, None),
     ]
 )
+@example(
+    ops=[
+        ("open", "u1", 50, None, "America/Los_Angeles", 30),
+        ("open", "u2", 20, None, "Pacific/Auckland", 0),
+        ("grant", "u1", 10, 20, 2),  # expires before the rollover, spent after it
+        ("grant", "u1", 10, 30, 1),
+        ("grant", "u1", 10, 5, -1),
+        ("deduct", "u1", 20, None, None),
+        ("void", 1),  # the priority 1 grant
+        ("zone", "u2", "Asia/Kathmandu"),
+        ("cap", "u2", 15),
+        ("deduct", "u2", 5, None, None),
+        ("move", ("first", "America/Los_Angeles")),
+        ("deduct", "u1", 70, "chat", None),  # 30 roll over; the allowance, -1, the rollover
+        ("move", ("first", "Asia/Kathmandu")),
+        ("reset_all",),  # u2 in its zone, 15 rolling over; u1's Los Angeles month goes on
+        ("move", timedelta(days=40)),
+        ("reset_one", "u1"),  # a skipped month: 30 of its allowance; the last rollover expires
+        ("deduct", "u1", 1, None, None),
+    ]
+)
 def test_postgres_deductions_spend_grants_overage_and_holds_as_the_library_does(
     postgres_engine: Callable[[], Engine], ops: list[tuple[Any, ...]]
 ) -> None:
     engine = postgres_engine()
     now = START
     holds: list[str] = []
+    grants: list[str] = []
     for step, op in enumerate(ops):
         kind, *args = op
         if kind == "move":
             now = moved(now, args[0])
             continue
+        if kind == "open":
+            args = [*args, None, 0][:5]
         if kind in ("open", "deduct", "reset_one", "reset_all"):
             for world in (engine.library, engine.sql):
                 getattr(world, kind)(*args, now)
-        elif kind in ("commit", "release") and not holds:
+        elif (kind in ("commit", "release") and not holds) or (kind == "void" and not grants):
             continue
         else:
             results = []
             for ledger in (engine.library.ledger, engine.sql_ledger):
                 engine.library.clock.set(now)
                 with patch.object(ledger_operations, "new_id", numbered_ids(f"{step:02d}")):
-                    results.append(credit_call(ledger, kind, args, now, holds))
+                    results.append(credit_call(ledger, kind, args, now, holds, grants))
             assert results[0] == results[1], op
-            if kind == "reserve" and isinstance(results[0], str) and results[0][0].isdigit():
+            made = isinstance(results[0], str) and results[0][0].isdigit()
+            if kind == "reserve" and made:
                 holds.append(results[0])
+            if kind == "grant" and made:
+                grants.append(results[0])
         event(kind)
         assert_same(engine, now, op)
     assert engine.sql_ledger.reconcile() == []
     for entry in engine.sql_ledger.history(limit=1000):
-        if entry.operation_type in ("expire", "release") or entry.effects.grants:
+        if entry.operation_type in ("expire", "release", "void") or entry.effects.grants:
             event(f"{entry.operation_type}{' of grants' if entry.effects.grants else ''}")

@@ -125,3 +125,34 @@ def test_anniversaries_match_the_policy_in_any_zone(
     expected = MonthlyResetPolicy(timezone=zone).period(at, anchor).start
 
     assert sql_period_start(pg, at, anchor, zone) == expected
+
+
+def sql_period_end(
+    pg: psycopg.Connection[Any], at: datetime, anchor: datetime | None, zone: str
+) -> datetime:
+    row = pg.execute("SELECT token_ledger_period_end(%s, %s, %s)", (at, anchor, zone)).fetchone()
+    assert row is not None
+    return row[0].astimezone(UTC)  # type: ignore[no-any-return]
+
+
+@settings(max_examples=150)
+@given(
+    at=instants,
+    anchor_offset=st.none() | anchor_offsets,
+    zone=st.sampled_from(ZONES),
+)
+@example(at=datetime(2024, 8, 15, tzinfo=UTC), anchor_offset=None, zone="America/Santiago")
+@example(
+    at=datetime(2026, 2, 10, tzinfo=UTC),
+    anchor_offset=datetime(2026, 1, 31, 10, tzinfo=UTC) - datetime(2026, 2, 10, tzinfo=UTC),
+    zone="UTC",
+)
+def test_period_ends_match_the_policy_in_any_zone(
+    pg: psycopg.Connection[Any], at: datetime, anchor_offset: timedelta | None, zone: str
+) -> None:
+    """The end of a period: when a rollover grant expires, and whether a reset follows
+    right after the stored period (its allowance rolls over) or periods were skipped."""
+    anchor = None if anchor_offset is None else at + anchor_offset
+    expected = MonthlyResetPolicy(timezone=zone).period(at, anchor).end
+
+    assert sql_period_end(pg, at, anchor, zone) == expected

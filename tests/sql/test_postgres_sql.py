@@ -22,6 +22,7 @@ from token_ledger import (
 )
 from token_ledger.clock import system_clock
 from token_ledger.postgres import PostgresRepository
+from token_ledger.settling import rollover_grant_id
 from token_ledger.sql import MIGRATION_LOCK_KEY, postgres_script
 from token_ledger.testing import MovableClock
 
@@ -96,6 +97,50 @@ def test_the_view_has_every_column_of_user_tokens_in_order(
     table = pg.execute(COLUMNS, (sql_schema, "user_tokens")).fetchall()
 
     assert pg.execute(COLUMNS, (sql_schema, "user_tokens_with_auto_reset")).fetchall() == table
+
+
+def test_installing_over_the_sql_of_an_older_release_adds_the_new_columns(
+    postgres_database: Database, sql_schema: str, pg: psycopg.Connection[Any]
+) -> None:
+    """A function's columns cannot change in place: the older view and function are
+    replaced, and an install of the same release replaces nothing."""
+    pg.execute("DROP VIEW user_tokens_with_auto_reset")
+    pg.execute("DROP FUNCTION user_tokens_with_auto_reset_at(timestamptz)")
+    pg.execute(
+        "CREATE FUNCTION user_tokens_with_auto_reset_at(p_now timestamptz) RETURNS TABLE ("
+        " user_id text, monthly_limit bigint, monthly_tokens_used bigint,"
+        " last_monthly_reset timestamptz, reset_anchor timestamptz, created_at timestamptz,"
+        " updated_at timestamptz, overage_limit bigint, grant_balance bigint,"
+        " reserved_tokens bigint) LANGUAGE sql STABLE AS $$ SELECT user_id, monthly_limit,"
+        " monthly_tokens_used, last_monthly_reset, reset_anchor, created_at, updated_at,"
+        " overage_limit, grant_balance, reserved_tokens FROM user_tokens $$"
+    )
+    pg.execute(
+        "CREATE VIEW user_tokens_with_auto_reset AS"
+        " SELECT * FROM user_tokens_with_auto_reset_at(now())"
+    )
+
+    install_postgres_sql(pg, schema=sql_schema)
+    view_oid = pg.execute("SELECT 'user_tokens_with_auto_reset'::regclass::oid").fetchone()
+    install_postgres_sql(pg, schema=sql_schema)
+
+    table = pg.execute(COLUMNS, (sql_schema, "user_tokens")).fetchall()
+    assert pg.execute(COLUMNS, (sql_schema, "user_tokens_with_auto_reset")).fetchall() == table
+    assert pg.execute("SELECT 'user_tokens_with_auto_reset'::regclass::oid").fetchone() == view_oid
+
+
+def test_rollover_grants_have_the_ids_the_library_derives(pg: psycopg.Connection[Any]) -> None:
+    cases = [
+        ("u1", datetime(2026, 2, 1, tzinfo=UTC)),
+        ("名前 with spaces", datetime(2026, 1, 31, 11, tzinfo=UTC)),
+        ("x" * 255, datetime(2026, 3, 1, 8, 0, 0, 123456, tzinfo=UTC)),
+    ]
+
+    for user_id, start in cases:
+        found = pg.execute(
+            "SELECT token_ledger_rollover_grant_id(%s, %s)", (user_id, start)
+        ).fetchone()
+        assert found == (rollover_grant_id(user_id, start),)
 
 
 def test_installing_needs_the_ledgers_tables(
@@ -179,6 +224,30 @@ def test_a_write_with_updated_at_is_judged_at_that_instant(
 
     assert stored(pg, "u1")[:2] == (2, datetime(2026, 2, 1, tzinfo=UTC))
     assert resets(pg, "u1") == [(31, "31", {"usage": -31})]
+
+
+def test_a_write_is_judged_by_the_accounts_own_zone_and_rolls_over(
+    sql_schema: str, postgres_database: Database, pg: psycopg.Connection[Any]
+) -> None:
+    """Auckland's February starts eleven hours before UTC's; what January left of the
+    allowance, up to the cap, becomes a grant that expires with Auckland's February."""
+    with ledger(
+        postgres_database, sql_schema, MovableClock(datetime(2026, 1, 20, tzinfo=UTC))
+    ) as a:
+        a.open_account("u1", monthly_limit=50, time_zone="Pacific/Auckland", rollover_cap=15)
+        a.deduct("u1", 40)
+
+    pg.execute("UPDATE user_tokens SET updated_at = '2026-01-31T10:00Z'")
+    assert resets(pg, "u1") == []
+    pg.execute("UPDATE user_tokens SET updated_at = '2026-01-31T12:00Z'")
+
+    assert stored(pg, "u1")[:2] == (0, datetime(2026, 1, 31, 11, tzinfo=UTC))
+    grant_id = rollover_grant_id("u1", datetime(2026, 1, 31, 11, tzinfo=UTC))
+    assert resets(pg, "u1") == [(40, "40", {"usage": -40, "grants": {grant_id: 10}})]
+    assert pg.execute(
+        "SELECT g.remaining, g.expires_at, g.reason, t.grant_balance FROM token_grants AS g"
+        " JOIN user_tokens AS t USING (user_id)"
+    ).fetchall() == [(10, datetime(2026, 2, 28, 11, tzinfo=UTC), "rollover", 10)]
 
 
 def test_an_update_that_sets_the_period_itself_is_left_alone(

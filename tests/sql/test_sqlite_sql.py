@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import sqlite3
 import subprocess
 from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 
 from token_ledger import InvalidInput, StorageError, TokenLedger, install_sqlite_sql
+from token_ledger import operations as ledger_operations
 from token_ledger.clock import system_clock
 from token_ledger.sql import sqlite_script
 from token_ledger.sqlite import format_instant
@@ -190,3 +193,78 @@ def test_the_view_shows_what_status_shows_for_calendar_accounts(path: Path) -> N
         (s.monthly_used, format_instant(s.period_start), s.grant_balance, s.reserved)
         for s in statuses
     ]
+
+
+def test_rows_with_a_zone_or_a_rollover_cap_are_left_to_the_library(tmp_path: Path) -> None:
+    """Their periods need the library's calendar, their resets write a grant: the triggers
+    write nothing for them, and the view shows them as stored."""
+    path = tmp_path / "tokens.db"
+    with TokenLedger.sqlite(path, clock=LONG_AGO) as old:
+        old.open_account("zoned", monthly_limit=50, time_zone="Pacific/Auckland")
+        old.deduct("zoned", 30)
+        old.open_account("capped", monthly_limit=50, rollover_cap=20)
+        old.deduct("capped", 30)
+    conn = connect(path)
+    install_sqlite_sql(conn)
+    before = conn.execute("SELECT * FROM user_tokens ORDER BY user_id").fetchall()
+
+    conn.execute("UPDATE user_tokens SET monthly_tokens_used = monthly_tokens_used")
+    conn.execute(
+        "INSERT INTO user_tokens (user_id, monthly_limit, monthly_tokens_used,"
+        " last_monthly_reset, updated_at, time_zone) VALUES ('imported', 10, 4,"
+        " '2025-03-01 00:00:00.000000+00:00', strftime('%Y-%m-%d %H:%M:%f000+00:00', 'now'),"
+        " 'Asia/Kathmandu')"
+    )
+
+    rows = conn.execute("SELECT * FROM user_tokens WHERE user_id <> 'imported' ORDER BY 1")
+    assert rows.fetchall() == before
+    assert conn.execute(
+        "SELECT count(*) FROM token_transactions WHERE operation_type = 'reset'"
+    ).fetchone() == (0,)
+    view = conn.execute(
+        "SELECT user_id, monthly_tokens_used, last_monthly_reset, time_zone, rollover_cap"
+        " FROM user_tokens_with_auto_reset ORDER BY user_id"
+    ).fetchall()
+    assert view == [
+        ("capped", 30, before[0][3], None, 20),
+        ("imported", 4, "2025-03-01 00:00:00.000000+00:00", "Asia/Kathmandu", 0),
+        ("zoned", 30, before[1][3], "Pacific/Auckland", 0),
+    ]
+
+
+def test_a_reset_by_the_trigger_writes_off_what_expired_as_the_library_does(
+    tmp_path: Path,
+) -> None:
+    """The same account in two files: one touched by plain SQL, one reset by the library."""
+    clock = MovableClock(datetime(2026, 1, 20, tzinfo=UTC))
+    for name in ("sql.db", "library.db"):
+        ids = map("id-{}".format, itertools.count())
+        with (
+            TokenLedger.sqlite(tmp_path / name, clock=clock) as app,
+            patch.object(ledger_operations, "new_id", ids.__next__),
+        ):
+            clock.set(datetime(2026, 1, 20, tzinfo=UTC))
+            app.open_account("u1", monthly_limit=50)
+            app.deduct("u1", 30)
+            app.grant("u1", 20, expires_at=datetime(2026, 1, 25, tzinfo=UTC))
+            app.grant("u1", 5)
+            app.reserve("u1", 7, ttl=timedelta(days=2))
+            app.reserve("u1", 3, ttl=timedelta(days=30))
+            if name == "library.db":
+                clock.set(datetime(2026, 2, 3, tzinfo=UTC))
+                assert app.reset_if_needed("u1")
+    sql = connect(tmp_path / "sql.db")
+    install_sqlite_sql(sql)
+
+    sql.execute(
+        "UPDATE user_tokens SET updated_at = ?", (format_instant(datetime(2026, 2, 3, tzinfo=UTC)),)
+    )
+
+    library = connect(tmp_path / "library.db")
+    for table in ("user_tokens", "token_transactions", "token_grants", "token_reservations"):
+        query = f"SELECT * FROM {table} ORDER BY 1"
+        assert sql.execute(query).fetchall() == library.execute(query).fetchall(), table
+    kinds = (
+        "SELECT operation_type FROM token_transactions WHERE created_at >= '2026-02' ORDER BY id"
+    )
+    assert sql.execute(kinds).fetchall() == [("reset",), ("expire",), ("release",)]

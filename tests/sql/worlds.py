@@ -4,9 +4,12 @@ A *world* is one database that a sequence of operations is applied to. The
 library world calls :class:`~token_ledger.TokenLedger`. The SQL worlds write
 the way a program without the library would: PostgreSQL's through the
 installed functions (``deduct_tokens``, ``reset_user_tokens_if_needed``,
-``auto_reset_monthly_tokens``) and plain statements that leave resets to the
-triggers; SQLite's through plain statements, the view and the triggers only.
-Every operation takes the instant it happens at, as the library's clock does.
+``auto_reset_monthly_tokens``) and plain statements that leave resets (and
+their rollover) to the triggers; SQLite's through plain statements, the view
+and the triggers only, for the accounts its SQL covers, and through the
+library for the others (an anchor, a zone of their own, a rollover cap), as a
+program on SQLite must. Every operation takes the instant it happens at, as
+the library's clock does.
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ from token_ledger.sqlite import format_instant
 
 
 class World(Protocol):
-    def open(self, user_id: str, limit: int, anchor: datetime | None, now: datetime) -> None: ...
+    def open(
+        self,
+        user_id: str,
+        limit: int,
+        anchor: datetime | None,
+        zone: str | None,
+        cap: int,
+        now: datetime,
+    ) -> None: ...
 
     def deduct(
         self, user_id: str, amount: int, feature: str | None, key: str | None, now: datetime
@@ -32,9 +43,14 @@ class World(Protocol):
 
     def set_limit(self, user_id: str, limit: int, overage: int, now: datetime) -> None: ...
 
+    def set_cap(self, user_id: str, cap: int, now: datetime) -> None: ...
+
     def reset_one(self, user_id: str, now: datetime) -> None: ...
 
     def reset_all(self, now: datetime) -> None: ...
+
+    def touch(self, now: datetime) -> None:
+        """Rewrite the rows the SQL leaves to the library as they are: nothing happens."""
 
 
 class LibraryWorld:
@@ -44,9 +60,19 @@ class LibraryWorld:
         self.ledger = ledger
         self.clock = clock
 
-    def open(self, user_id: str, limit: int, anchor: datetime | None, now: datetime) -> None:
+    def open(
+        self,
+        user_id: str,
+        limit: int,
+        anchor: datetime | None,
+        zone: str | None,
+        cap: int,
+        now: datetime,
+    ) -> None:
         self.clock.set(now)
-        self.ledger.open_account(user_id, limit, reset_anchor=anchor)
+        self.ledger.open_account(
+            user_id, limit, reset_anchor=anchor, time_zone=zone, rollover_cap=cap
+        )
 
     def deduct(
         self, user_id: str, amount: int, feature: str | None, key: str | None, now: datetime
@@ -59,6 +85,10 @@ class LibraryWorld:
         self.clock.set(now)
         self.ledger.set_limit(user_id, limit, overage_limit=overage)
 
+    def set_cap(self, user_id: str, cap: int, now: datetime) -> None:
+        self.clock.set(now)
+        self.ledger.set_limit(user_id, rollover_cap=cap)
+
     def reset_one(self, user_id: str, now: datetime) -> None:
         self.clock.set(now)
         self.ledger.reset_if_needed(user_id)
@@ -67,6 +97,9 @@ class LibraryWorld:
         self.clock.set(now)
         self.ledger.reset_all_stale(batch_size=2)
 
+    def touch(self, now: datetime) -> None:
+        """The library writes nothing that is not a change."""
+
 
 class PostgresSQLWorld:
     """The installed functions, and plain statements whose resets the triggers write."""
@@ -74,12 +107,20 @@ class PostgresSQLWorld:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn  # autocommit, search_path set to the world's schema
 
-    def open(self, user_id: str, limit: int, anchor: datetime | None, now: datetime) -> None:
-        # No last_monthly_reset: the insert trigger starts the current period.
+    def open(
+        self,
+        user_id: str,
+        limit: int,
+        anchor: datetime | None,
+        zone: str | None,
+        cap: int,
+        now: datetime,
+    ) -> None:
+        # No last_monthly_reset: the insert trigger starts the current period, in its zone.
         self.conn.execute(
-            "INSERT INTO user_tokens (user_id, monthly_limit, reset_anchor, created_at, updated_at)"
-            " VALUES (%s, %s, %s, %s, %s)",
-            (user_id, limit, anchor, now, now),
+            "INSERT INTO user_tokens (user_id, monthly_limit, reset_anchor, time_zone,"
+            " rollover_cap, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (user_id, limit, anchor, zone, cap, now, now),
         )
 
     def deduct(
@@ -108,8 +149,7 @@ class PostgresSQLWorld:
                 " THEN %(now)s - interval '1 microsecond' ELSE %(now)s END"
                 " WHERE user_id = %(user)s AND (monthly_limit <> %(limit)s"
                 " OR overage_limit <> %(overage)s OR updated_at <> %(now)s"
-                " OR last_monthly_reset < token_ledger_period_start("
-                "%(now)s, reset_anchor, token_ledger_timezone()))",
+                f" OR {PENDING_RESET})",
                 {"user": user_id, "limit": limit, "overage": overage, "now": now},
             )
             self.conn.execute(
@@ -130,14 +170,52 @@ class PostgresSQLWorld:
                 },
             )
 
+    def set_cap(self, user_id: str, cap: int, now: datetime) -> None:
+        """A change of the rollover cap, written like a plan change: a reset that is due
+        is the trigger's, with the stored cap's rollover, as the library settles first."""
+        with self.conn.transaction():
+            before = self.conn.execute(
+                "SELECT rollover_cap FROM user_tokens WHERE user_id = %s FOR UPDATE", (user_id,)
+            ).fetchone()
+            assert before is not None
+            self.conn.execute(
+                "UPDATE user_tokens SET rollover_cap = %(cap)s,"
+                " updated_at = CASE WHEN updated_at = %(now)s"
+                " THEN %(now)s - interval '1 microsecond' ELSE %(now)s END"
+                " WHERE user_id = %(user)s AND (rollover_cap <> %(cap)s"
+                f" OR updated_at <> %(now)s OR {PENDING_RESET})",
+                {"user": user_id, "cap": cap, "now": now},
+            )
+            self.conn.execute(
+                "INSERT INTO token_transactions (user_id, operation_type, amount, created_at,"
+                " balance_after, operation_context)"
+                " SELECT user_id, 'limit_change', monthly_limit, %(now)s,"
+                " greatest(monthly_limit - monthly_tokens_used, 0),"
+                " jsonb_build_object('previous_limit', monthly_limit)"
+                " || CASE WHEN %(previous_cap)s::bigint = rollover_cap THEN '{}'::jsonb"
+                " ELSE jsonb_build_object('previous_rollover_cap', %(previous_cap)s::bigint,"
+                " 'rollover_cap', rollover_cap) END"
+                " FROM user_tokens WHERE user_id = %(user)s",
+                {"user": user_id, "now": now, "previous_cap": before[0]},
+            )
+
     def reset_one(self, user_id: str, now: datetime) -> None:
         self.conn.execute("SELECT reset_user_tokens_if_needed(%s, %s)", (user_id, now))
 
     def reset_all(self, now: datetime) -> None:
         self.conn.execute("SELECT auto_reset_monthly_tokens(%s)", (now,))
 
+    def touch(self, now: datetime) -> None:
+        """Not here: a write that leaves updated_at is judged at the server's clock."""
 
+
+# Whether a reset is pending at %(now)s, by the row's own calendar.
+PENDING_RESET = (
+    "last_monthly_reset < token_ledger_period_start(%(now)s, reset_anchor,"
+    " coalesce(time_zone, token_ledger_timezone()))"
+)
 MONTH_START = "substr(:now, 1, 7) || '-01 00:00:00.000000+00:00'"
+LEFT_TO_THE_LIBRARY = "(reset_anchor IS NOT NULL OR time_zone IS NOT NULL OR rollover_cap > 0)"
 # updated_at as the library stamps it: the instant, or a microsecond before it if stored already.
 STAMP = (
     "CASE WHEN :now <> updated_at THEN :now"
@@ -151,12 +229,24 @@ STAMP = (
 class SQLiteSQLWorld:
     """Plain SQL on a SQLite file: the view to decide, the triggers to reset.
 
-    Calendar months in UTC, the monthly allowance and overage: what the
-    SQLite SQL covers.
+    Calendar months in UTC without rollover, the monthly allowance and overage:
+    what the SQLite SQL covers. The other accounts (a zone of their own, a
+    rollover cap) are left to ``library``, a ledger on the same file.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, library: LibraryWorld | None = None) -> None:
         self.conn = conn  # autocommit (isolation_level=None)
+        self.library = library
+
+    def left_to_the_library(self, user_id: str) -> bool:
+        row = self.conn.execute(
+            f"SELECT {LEFT_TO_THE_LIBRARY} FROM user_tokens WHERE user_id = ?", (user_id,)
+        ).fetchone()
+        return bool(row[0])
+
+    def _library(self) -> LibraryWorld:
+        assert self.library is not None
+        return self.library
 
     def at(self, now: datetime) -> dict[str, object]:
         """Point the view and the triggers' clock at ``now``, as the database clock would be."""
@@ -166,8 +256,19 @@ class SQLiteSQLWorld:
         )
         return {"now": format_instant(now)}
 
-    def open(self, user_id: str, limit: int, anchor: datetime | None, now: datetime) -> None:
+    def open(
+        self,
+        user_id: str,
+        limit: int,
+        anchor: datetime | None,
+        zone: str | None,
+        cap: int,
+        now: datetime,
+    ) -> None:
         assert anchor is None
+        if zone is not None or cap:
+            self._library().open(user_id, limit, anchor, zone, cap, now)
+            return
         self.conn.execute(
             "INSERT INTO user_tokens (user_id, monthly_limit, last_monthly_reset, created_at,"
             f" updated_at) VALUES (:user, :limit, {MONTH_START}, :now, :now)",
@@ -178,6 +279,9 @@ class SQLiteSQLWorld:
         self, user_id: str, amount: int, feature: str | None, key: str | None, now: datetime
     ) -> None:
         assert key is None
+        if self.left_to_the_library(user_id):
+            self._library().deduct(user_id, amount, feature, key, now)
+            return
         params = {"user": user_id, "amount": amount, "feature": feature, **self.at(now)}
         self.conn.execute("BEGIN IMMEDIATE")
         row = self.conn.execute(
@@ -204,6 +308,9 @@ class SQLiteSQLWorld:
         self.conn.execute("COMMIT")
 
     def set_limit(self, user_id: str, limit: int, overage: int, now: datetime) -> None:
+        if self.left_to_the_library(user_id):
+            self._library().set_limit(user_id, limit, overage, now)
+            return
         params = {"user": user_id, "limit": limit, "overage": overage, **self.at(now)}
         self.conn.execute("BEGIN IMMEDIATE")
         params["previous_limit"], params["previous_overage"] = self.conn.execute(
@@ -230,8 +337,15 @@ class SQLiteSQLWorld:
         )
         self.conn.execute("COMMIT")
 
+    def set_cap(self, user_id: str, cap: int, now: datetime) -> None:
+        """A rollover cap is the library's to apply: its resets write a grant."""
+        self._library().set_cap(user_id, cap, now)
+
     def reset_one(self, user_id: str, now: datetime) -> None:
         """Touching a row whose month has ended is enough: the trigger resets it."""
+        if self.left_to_the_library(user_id):
+            self._library().reset_one(user_id, now)
+            return
         self.conn.execute(
             f"UPDATE user_tokens SET updated_at = {STAMP}"
             f" WHERE user_id = :user AND last_monthly_reset < {MONTH_START}",
@@ -239,11 +353,21 @@ class SQLiteSQLWorld:
         )
 
     def reset_all(self, now: datetime) -> None:
+        """The stale calendar rows touched, the others reset by the library, in user order."""
         params = self.at(now)
         stale = self.conn.execute(
             f"SELECT user_id FROM user_tokens WHERE last_monthly_reset < {MONTH_START}"
-            " ORDER BY user_id",
+            f" OR {LEFT_TO_THE_LIBRARY} ORDER BY user_id",
             params,
         ).fetchall()
         for (user_id,) in stale:
             self.reset_one(user_id, now)
+
+    def touch(self, now: datetime) -> None:
+        """Every row left to the library rewritten as it is, judged at ``now``: the triggers
+        must leave them alone, stale or not."""
+        self.conn.execute(
+            "UPDATE user_tokens SET monthly_tokens_used = monthly_tokens_used"
+            f" WHERE {LEFT_TO_THE_LIBRARY}",
+            self.at(now),
+        )

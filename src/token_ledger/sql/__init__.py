@@ -10,8 +10,10 @@ PostgreSQL gets the seed's view ``user_tokens_with_auto_reset``, the trigger
 function ``check_and_reset_monthly_tokens()`` behind the triggers
 ``auto_monthly_reset_trigger_insert`` and ``auto_monthly_reset_trigger_update``,
 the functions ``auto_reset_monthly_tokens()`` and
-``reset_user_tokens_if_needed(user_id)``, and ``deduct_tokens(...)``. SQLite
-gets the view and the two triggers, for calendar months in UTC.
+``reset_user_tokens_if_needed(user_id)``, and ``deduct_tokens(...)``, for every
+account: its own zone, anchor and rollover. SQLite gets the view and the two
+triggers, for calendar months in UTC without rollover; it leaves the other
+accounts to the library.
 
 ``import token_ledger`` imports this module, but not psycopg, sqlite3 or
 ``importlib.resources``: the functions import what they use when called.
@@ -37,9 +39,16 @@ if TYPE_CHECKING:
 # ``token_ledger.postgres`` and the PostgreSQL script take it.
 MIGRATION_LOCK_KEY = 0x746F6B656E5F6C67
 _PLACEHOLDER = re.compile(r"\$\$|@(schema|timezone|timezone_name|migration_lock_key)@")
-# Columns the SQLite SQL reads that only the ledger's second migration adds.
+# Columns the SQLite SQL reads that only the ledger's later migrations add.
 SQLITE_REQUIRED = {
-    "user_tokens": {"reset_anchor", "overage_limit", "grant_balance", "reserved_tokens"},
+    "user_tokens": {
+        "reset_anchor",
+        "overage_limit",
+        "grant_balance",
+        "reserved_tokens",
+        "time_zone",
+        "rollover_cap",
+    },
     "token_transactions": {"effects", "reference"},
     "token_grants": {"remaining", "expires_at"},
     "token_reservations": {"status", "expires_at"},

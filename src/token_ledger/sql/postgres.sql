@@ -4,8 +4,10 @@
 -- teams that also write to user_tokens from outside Python: the database
 -- itself then applies the reset rules. The Python library works with or
 -- without it. Generated for months that start at local midnight of the 1st
--- in @timezone_name@ (accounts with a reset_anchor reset on their own day of
--- the month): the zone of the ledger's MonthlyResetPolicy. Written for
+-- in @timezone_name@, the zone of the ledger's MonthlyResetPolicy, for the
+-- accounts without a time_zone of their own (the others count in theirs;
+-- accounts with a reset_anchor reset on their own day of the month), with
+-- the rollover of a rollover_cap at each reset. Written for
 -- PostgreSQL 12 or later, tested on 18. Safe to run again. Run it in one
 -- transaction (psql --single-transaction) on tables token-ledger has created.
 --
@@ -26,7 +28,7 @@ BEGIN
     EXCEPTION WHEN undefined_table OR invalid_schema_name THEN
         v_version := NULL;
     END;
-    IF v_version IS NULL OR v_version < 2 THEN
+    IF v_version IS NULL OR v_version < 3 THEN
         RAISE EXCEPTION 'token-ledger''s tables are missing, or older than this SQL'
             USING HINT = 'Open the ledger once with this token-ledger (TokenLedger.postgres or'
                 ' token-ledger init) in the same schema, then install the SQL.';
@@ -67,14 +69,14 @@ BEGIN
 END
 $$;
 
--- MonthlyResetPolicy(timezone=p_timezone).period(p_at, p_anchor).start.
--- Without an anchor, local midnight of the 1st of p_at's month. With one,
--- period n starts at the anchor's local wall time plus n months; like
--- relativedelta, interval arithmetic on a timestamp keeps the day of the
--- month where the month has it and takes the month's last day otherwise
--- (January 31 + 1 month = February 28), always counted from the anchor.
-CREATE OR REPLACE FUNCTION @schema@.token_ledger_period_start(
-    p_at timestamptz, p_anchor timestamptz, p_timezone text
+-- The start of anniversary period n + p_next, where period n (counted from
+-- p_anchor, in p_timezone) is the one that contains p_at. Period n starts at
+-- the anchor's local wall time plus n months; like relativedelta, interval
+-- arithmetic on a timestamp keeps the day of the month where the month has
+-- it and takes the month's last day otherwise (January 31 + 1 month =
+-- February 28), always counted from the anchor.
+CREATE OR REPLACE FUNCTION @schema@.token_ledger_anniversary(
+    p_at timestamptz, p_anchor timestamptz, p_timezone text, p_next integer
 ) RETURNS timestamptz
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -82,10 +84,6 @@ DECLARE
     v_local_anchor timestamp := p_anchor AT TIME ZONE p_timezone;
     v_months integer;
 BEGIN
-    IF p_anchor IS NULL THEN
-        RETURN @schema@.token_ledger_local_instant(
-            date_trunc('month', v_local_at), p_timezone);
-    END IF;
     v_months := (extract(year FROM v_local_at) - extract(year FROM v_local_anchor)) * 12
         + extract(month FROM v_local_at) - extract(month FROM v_local_anchor);
     WHILE @schema@.token_ledger_local_instant(
@@ -99,38 +97,150 @@ BEGIN
         v_months := v_months + 1;
     END LOOP;
     RETURN @schema@.token_ledger_local_instant(
-        v_local_anchor + make_interval(months => v_months), p_timezone);
+        v_local_anchor + make_interval(months => v_months + p_next), p_timezone);
 END
 $$;
 
--- The reset entry TokenLedger writes when it clears p_previous_used.
-CREATE OR REPLACE FUNCTION @schema@.token_ledger_log_reset(
-    p_user_id text,
-    p_previous_used bigint,
-    p_previous_period_start timestamptz,
-    p_period_start timestamptz,
-    p_monthly_limit bigint,
-    p_now timestamptz
-) RETURNS void
-LANGUAGE sql AS $$
+-- MonthlyResetPolicy(timezone=p_timezone).period(p_at, p_anchor).start.
+-- Without an anchor, local midnight of the 1st of p_at's month; with one, the
+-- start of its anniversary period. Callers pass an account's own zone:
+-- coalesce(time_zone, token_ledger_timezone()).
+CREATE OR REPLACE FUNCTION @schema@.token_ledger_period_start(
+    p_at timestamptz, p_anchor timestamptz, p_timezone text
+) RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF p_anchor IS NULL THEN
+        RETURN @schema@.token_ledger_local_instant(
+            date_trunc('month', p_at AT TIME ZONE p_timezone), p_timezone);
+    END IF;
+    RETURN @schema@.token_ledger_anniversary(p_at, p_anchor, p_timezone, 0);
+END
+$$;
+
+-- MonthlyResetPolicy(timezone=p_timezone).period(p_at, p_anchor).end: the
+-- next period's start.
+CREATE OR REPLACE FUNCTION @schema@.token_ledger_period_end(
+    p_at timestamptz, p_anchor timestamptz, p_timezone text
+) RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF p_anchor IS NULL THEN
+        RETURN @schema@.token_ledger_local_instant(
+            date_trunc('month', p_at AT TIME ZONE p_timezone) + interval '1 month', p_timezone);
+    END IF;
+    RETURN @schema@.token_ledger_anniversary(p_at, p_anchor, p_timezone, 1);
+END
+$$;
+
+DROP FUNCTION IF EXISTS @schema@.token_ledger_log_reset(
+    text, bigint, timestamptz, timestamptz, bigint, timestamptz);  -- before rollover
+
+-- settling.rollover_grant_id: the id of the grant that a reset to the period
+-- starting at p_period_start rolls over into, the first 32 hex digits of the
+-- SHA-256 of 'rollover <period start as operation_context writes it> <user_id>'.
+CREATE OR REPLACE FUNCTION @schema@.token_ledger_rollover_grant_id(
+    p_user_id text, p_period_start timestamptz
+) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT left(encode(sha256(convert_to(
+        'rollover ' || @schema@.token_ledger_iso(p_period_start) || ' ' || p_user_id, 'UTF8')),
+        'hex'), 32)
+$$;
+
+-- settling.reset's rollover: how much a reset of an account (its limit, usage,
+-- rollover_cap, last_monthly_reset, anchor and zone) to the period starting at
+-- p_start carries over; 0 for none. What was left of the last ended period's
+-- allowance, up to the cap: the stored period's when it ended at p_start, and
+-- the whole allowance when whole periods were skipped after it.
+CREATE OR REPLACE FUNCTION @schema@.token_ledger_rollover(
+    p_limit bigint,
+    p_used bigint,
+    p_cap bigint,
+    p_last_reset timestamptz,
+    p_start timestamptz,
+    p_anchor timestamptz,
+    p_timezone text
+) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN p_cap <= 0 OR p_start <= p_last_reset THEN 0
+        WHEN @schema@.token_ledger_period_end(p_last_reset, p_anchor, p_timezone) >= p_start
+            THEN least(greatest(p_limit - p_used, 0), p_cap)
+        ELSE least(p_limit, p_cap) END
+$$;
+
+-- settling.reset of p_account at p_now to the period starting at p_start (a
+-- later one than its last_monthly_reset): the reset entry TokenLedger
+-- writes, with the rollover grant when something rolls over (written here,
+-- expiring when the new period ends). The account comes back reset, for the
+-- caller to write.
+CREATE OR REPLACE FUNCTION @schema@.token_ledger_reset(
+    p_account @schema@.user_tokens, p_start timestamptz, p_now timestamptz
+) RETURNS @schema@.user_tokens
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_account @schema@.user_tokens := p_account;
+    v_zone text := coalesce(p_account.time_zone, @schema@.token_ledger_timezone());
+    v_used bigint := p_account.monthly_tokens_used;
+    v_rollover bigint := @schema@.token_ledger_rollover(p_account.monthly_limit, v_used,
+        p_account.rollover_cap, p_account.last_monthly_reset, p_start, p_account.reset_anchor,
+        v_zone);
+    v_grant_id text;
+    v_context jsonb := jsonb_build_object(
+        'previous_used', v_used,
+        'previous_period_start', @schema@.token_ledger_iso(p_account.last_monthly_reset),
+        'period_start', @schema@.token_ledger_iso(p_start));
+    v_effects jsonb := CASE WHEN v_used = 0 THEN '{}'::jsonb
+        ELSE jsonb_build_object('usage', -v_used) END;
+BEGIN
+    IF v_rollover > 0 THEN
+        v_grant_id := @schema@.token_ledger_rollover_grant_id(p_account.user_id, p_start);
+        INSERT INTO @schema@.token_grants AS g (id, user_id, amount, remaining, created_at,
+            expires_at, reason, priority, voided_at)
+        VALUES (v_grant_id, p_account.user_id, v_rollover, v_rollover, p_start,
+            @schema@.token_ledger_period_end(p_now, p_account.reset_anchor, v_zone), 'rollover',
+            0, NULL)
+        ON CONFLICT (id) DO UPDATE SET remaining = excluded.remaining,
+            voided_at = excluded.voided_at;
+        v_context := v_context || jsonb_build_object('rollover', v_rollover);
+        v_effects := v_effects
+            || jsonb_build_object('grants', jsonb_build_object(v_grant_id, v_rollover));
+        v_account.grant_balance := v_account.grant_balance + v_rollover;
+    END IF;
     INSERT INTO @schema@.token_transactions (user_id, operation_type, amount, created_at,
         balance_after, success, operation_context, effects)
-    VALUES (
-        p_user_id, 'reset', p_previous_used, p_now, greatest(p_monthly_limit, 0), true,
-        jsonb_build_object(
-            'previous_used', p_previous_used,
-            'previous_period_start', @schema@.token_ledger_iso(p_previous_period_start),
-            'period_start', @schema@.token_ledger_iso(p_period_start)),
-        CASE WHEN p_previous_used = 0 THEN '{}'::jsonb
-            ELSE jsonb_build_object('usage', -p_previous_used) END
-    )
+    VALUES (p_account.user_id, 'reset', v_used, p_now, greatest(p_account.monthly_limit, 0),
+        true, v_context, v_effects);
+    v_account.monthly_tokens_used := 0;
+    v_account.last_monthly_reset := p_start;
+    RETURN v_account;
+END
 $$;
 
 -- Every column of user_tokens as TokenLedger.status sees it at p_now: a
--- period that has ended shows nothing used and the current period's start,
--- grants past their expiry are no longer counted, nor holds past theirs.
--- A plain SQL function, so PostgreSQL inlines it into the query that calls
--- it and a filter on user_id still uses the primary key.
+-- period that has ended shows nothing used and the current period's start
+-- (each account's own period: its anchor, its zone), with what would roll
+-- over counted in grant_balance; grants past their expiry are no longer
+-- counted, nor holds past theirs. A plain SQL function, so PostgreSQL
+-- inlines it into the query that calls it and a filter on user_id still
+-- uses the primary key. Its columns were fewer before time_zone and
+-- rollover_cap, and a function's columns cannot be changed in place: an
+-- install over such an older one drops it and the view first.
+DO $$
+DECLARE
+    v_namespace oid := (SELECT typnamespace FROM pg_catalog.pg_type
+        WHERE oid = pg_typeof(NULL::@schema@.user_tokens));
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_proc AS p
+        WHERE p.pronamespace = v_namespace AND p.proname = 'user_tokens_with_auto_reset_at'
+            AND NOT 'rollover_cap' = ANY (p.proargnames))
+    THEN
+        DROP VIEW IF EXISTS @schema@.user_tokens_with_auto_reset;
+        DROP FUNCTION @schema@.user_tokens_with_auto_reset_at(timestamptz);
+    END IF;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION @schema@.user_tokens_with_auto_reset_at(p_now timestamptz)
 RETURNS TABLE (
     user_id text,
@@ -142,7 +252,9 @@ RETURNS TABLE (
     updated_at timestamptz,
     overage_limit bigint,
     grant_balance bigint,
-    reserved_tokens bigint
+    reserved_tokens bigint,
+    time_zone text,
+    rollover_cap bigint
 )
 LANGUAGE sql STABLE AS $$
     SELECT
@@ -156,42 +268,54 @@ LANGUAGE sql STABLE AS $$
         t.overage_limit,
         t.grant_balance - CASE WHEN t.grant_balance = 0 THEN 0 ELSE (
             SELECT coalesce(sum(g.remaining), 0)::bigint FROM @schema@.token_grants AS g
-            WHERE g.user_id = t.user_id AND g.remaining > 0 AND g.expires_at <= p_now) END,
+            WHERE g.user_id = t.user_id AND g.remaining > 0 AND g.expires_at <= p_now) END
+            + CASE WHEN t.rollover_cap > 0 AND p.start > t.last_monthly_reset
+                THEN @schema@.token_ledger_rollover(t.monthly_limit, t.monthly_tokens_used,
+                    t.rollover_cap, t.last_monthly_reset, p.start, t.reset_anchor,
+                    coalesce(t.time_zone, @schema@.token_ledger_timezone()))
+                ELSE 0 END,
         t.reserved_tokens - CASE WHEN t.reserved_tokens = 0 THEN 0 ELSE (
             SELECT coalesce(sum(h.amount), 0)::bigint FROM @schema@.token_reservations AS h
-            WHERE h.user_id = t.user_id AND h.status = 'held' AND h.expires_at <= p_now) END
+            WHERE h.user_id = t.user_id AND h.status = 'held' AND h.expires_at <= p_now) END,
+        t.time_zone,
+        t.rollover_cap
     FROM @schema@.user_tokens AS t
     CROSS JOIN LATERAL (
-        SELECT CASE WHEN t.reset_anchor IS NULL
+        SELECT CASE WHEN t.reset_anchor IS NULL AND t.time_zone IS NULL
             THEN (SELECT @schema@.token_ledger_period_start(
                 p_now, NULL, @schema@.token_ledger_timezone()))
             ELSE @schema@.token_ledger_period_start(
-                p_now, t.reset_anchor, @schema@.token_ledger_timezone())
+                p_now, t.reset_anchor, coalesce(t.time_zone, @schema@.token_ledger_timezone()))
             END AS start
     ) AS p
 $$;
 
 CREATE OR REPLACE VIEW @schema@.user_tokens_with_auto_reset AS
     SELECT user_id, monthly_limit, monthly_tokens_used, last_monthly_reset, reset_anchor,
-        created_at, updated_at, overage_limit, grant_balance, reserved_tokens
+        created_at, updated_at, overage_limit, grant_balance, reserved_tokens, time_zone,
+        rollover_cap
     FROM @schema@.user_tokens_with_auto_reset_at(now());
 
 -- BEFORE INSERT and BEFORE UPDATE of a user_tokens row: a row written into a
 -- period that has ended is reset as it is written, and a reset entry logged.
 -- The instant is the write's new updated_at, or now() when the write leaves
 -- updated_at as it was. TokenLedger's rows are always current at the instant
--- it stamps, so for its own writes this does nothing. For an UPDATE the
--- writer's change of usage is kept on top of the reset
--- (SET monthly_tokens_used = monthly_tokens_used + 5 on last month's row
--- leaves 5); an UPDATE that sets last_monthly_reset itself is the writer's
--- own reset and is left as it is. An INSERT without last_monthly_reset
--- starts the current period.
+-- it stamps, so for its own writes this does nothing. The row is settled as
+-- TokenLedger settles an account before it changes it (token_ledger_settle:
+-- the stored row's period, in its own zone, with its rollover_cap's rollover
+-- grant, then the write-off of grants and holds past their expiry, such as the
+-- last period's rollover). For an UPDATE the writer's changes are kept on top
+-- of that (SET monthly_tokens_used = monthly_tokens_used + 5 on last month's
+-- row leaves 5); an UPDATE that sets last_monthly_reset itself is the writer's
+-- own reset and is left as it is. An INSERT without last_monthly_reset starts
+-- the current period.
 CREATE OR REPLACE FUNCTION @schema@.check_and_reset_monthly_tokens() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now timestamptz := coalesce(NEW.updated_at, now());
     v_start timestamptz;
-    v_before @schema@.user_tokens;
+    v_before @schema@.user_tokens := NEW;
+    v_after @schema@.user_tokens;
 BEGIN
     IF TG_OP = 'UPDATE' THEN
         IF NEW.last_monthly_reset IS DISTINCT FROM OLD.last_monthly_reset THEN
@@ -202,8 +326,8 @@ BEGIN
             v_now := now();
         END IF;
     END IF;
-    v_start := @schema@.token_ledger_period_start(
-        v_now, NEW.reset_anchor, @schema@.token_ledger_timezone());
+    v_start := @schema@.token_ledger_period_start(v_now, v_before.reset_anchor,
+        coalesce(v_before.time_zone, @schema@.token_ledger_timezone()));
     IF TG_OP = 'INSERT' AND NEW.last_monthly_reset IS NULL THEN
         NEW.last_monthly_reset := v_start;
     END IF;
@@ -218,10 +342,12 @@ BEGIN
         END IF;
         v_before := NEW;
     END IF;
-    PERFORM @schema@.token_ledger_log_reset(NEW.user_id, v_before.monthly_tokens_used,
-        v_before.last_monthly_reset, v_start, v_before.monthly_limit, v_now);
+    v_after := @schema@.token_ledger_settle(v_before, v_now);
     NEW.monthly_tokens_used := CASE WHEN TG_OP = 'INSERT' THEN 0
         ELSE greatest(NEW.monthly_tokens_used - OLD.monthly_tokens_used, 0) END;
+    NEW.grant_balance := NEW.grant_balance + (v_after.grant_balance - v_before.grant_balance);
+    NEW.reserved_tokens :=
+        NEW.reserved_tokens + (v_after.reserved_tokens - v_before.reserved_tokens);
     NEW.last_monthly_reset := v_start;
     NEW.updated_at := v_now;
     RETURN NEW;
@@ -238,27 +364,24 @@ CREATE TRIGGER auto_monthly_reset_trigger_update
     BEFORE UPDATE ON @schema@.user_tokens
     FOR EACH ROW EXECUTE FUNCTION @schema@.check_and_reset_monthly_tokens();
 
--- TokenAccount.as_of for one locked row: the reset of an ended period, then
--- grants past their expiry written off and holds past theirs released, each
--- with the entry TokenLedger writes, in its order. Grant and hold rows are
--- written here; the account comes back to be written once by the caller.
+-- TokenAccount.as_of for one locked row: the reset of an ended period (in the
+-- account's own zone, with its rollover), then grants past their expiry
+-- written off and holds past theirs released, each with the entry TokenLedger
+-- writes, in its order. Grant and hold rows are written here; the account
+-- comes back to be written once by the caller.
 CREATE OR REPLACE FUNCTION @schema@.token_ledger_settle(
     p_account @schema@.user_tokens, p_now timestamptz
 ) RETURNS @schema@.user_tokens
 LANGUAGE plpgsql AS $$
 DECLARE
     v_account @schema@.user_tokens := p_account;
-    v_start timestamptz := @schema@.token_ledger_period_start(
-        p_now, p_account.reset_anchor, @schema@.token_ledger_timezone());
+    v_start timestamptz := @schema@.token_ledger_period_start(p_now, p_account.reset_anchor,
+        coalesce(p_account.time_zone, @schema@.token_ledger_timezone()));
     v_grant record;
     v_hold record;
 BEGIN
     IF v_start > v_account.last_monthly_reset THEN
-        PERFORM @schema@.token_ledger_log_reset(v_account.user_id,
-            v_account.monthly_tokens_used, v_account.last_monthly_reset, v_start,
-            v_account.monthly_limit, p_now);
-        v_account.monthly_tokens_used := 0;
-        v_account.last_monthly_reset := v_start;
+        v_account := @schema@.token_ledger_reset(v_account, v_start, p_now);
     END IF;
     IF v_account.grant_balance > 0 THEN
         FOR v_grant IN
@@ -359,9 +482,11 @@ $$;
 -- whose period has ended is reset, with its reset entry; returns how many
 -- (SELECT auto_reset_monthly_tokens(), or the reset_count column of
 -- SELECT * FROM auto_reset_monthly_tokens()). Like the library, it looks at
--- the accounts that can be stale (calendar accounts before this month's
--- start, anchored ones whose period began at least 28 days less 2 hours
--- ago), and writes off those accounts' expired grants and holds too.
+-- the accounts that can be stale (accounts on the installed calendar before
+-- this month's start; those with an anchor or a zone of their own whose
+-- period began at least 28 days less 2 hours ago, each then judged by its
+-- own calendar), rolls over what their rollover_cap carries, and writes off
+-- those accounts' expired grants and holds too.
 -- It locks every account it resets until the transaction ends; on a large
 -- table, the library's batched reset (token-ledger reset --all) holds fewer.
 CREATE OR REPLACE FUNCTION @schema@.auto_reset_monthly_tokens(
@@ -375,39 +500,62 @@ DECLARE
 BEGIN
     WITH candidates AS (
         SELECT t.user_id, t.monthly_limit, t.monthly_tokens_used, t.last_monthly_reset,
-            t.grant_balance, t.reserved_tokens,
-            CASE WHEN t.reset_anchor IS NULL THEN v_calendar
-                ELSE @schema@.token_ledger_period_start(
-                    p_now, t.reset_anchor, @schema@.token_ledger_timezone())
+            t.grant_balance, t.reserved_tokens, t.reset_anchor, t.rollover_cap,
+            coalesce(t.time_zone, @schema@.token_ledger_timezone()) AS zone,
+            CASE WHEN t.reset_anchor IS NULL AND t.time_zone IS NULL THEN v_calendar
+                ELSE @schema@.token_ledger_period_start(p_now, t.reset_anchor,
+                    coalesce(t.time_zone, @schema@.token_ledger_timezone()))
                 END AS period_start
         FROM @schema@.user_tokens AS t
-        WHERE (t.reset_anchor IS NULL AND t.last_monthly_reset < v_calendar)
-            OR (t.reset_anchor IS NOT NULL AND t.last_monthly_reset <= v_anchored)
+        WHERE (t.reset_anchor IS NULL AND t.time_zone IS NULL
+                AND t.last_monthly_reset < v_calendar)
+            OR (NOT (t.reset_anchor IS NULL AND t.time_zone IS NULL)
+                AND t.last_monthly_reset <= v_anchored)
         ORDER BY t.user_id
         FOR UPDATE OF t
     ),
+    judged AS (
+        SELECT c.*, c.period_start > c.last_monthly_reset AS stale,
+            CASE WHEN c.period_start > c.last_monthly_reset
+                THEN @schema@.token_ledger_rollover(c.monthly_limit, c.monthly_tokens_used,
+                    c.rollover_cap, c.last_monthly_reset, c.period_start, c.reset_anchor,
+                    c.zone)
+                ELSE 0 END AS rollover
+        FROM candidates AS c
+    ),
     expired_grants AS (
         SELECT g.id, g.user_id, g.remaining, g.expires_at, g.created_at
-        FROM @schema@.token_grants AS g JOIN candidates AS c ON c.user_id = g.user_id
+        FROM @schema@.token_grants AS g JOIN judged AS c ON c.user_id = g.user_id
         WHERE c.grant_balance > 0 AND g.remaining > 0 AND g.expires_at <= p_now
     ),
     expired_holds AS (
         SELECT h.id, h.user_id, h.amount, h.expires_at, h.created_at, h.feature
-        FROM @schema@.token_reservations AS h JOIN candidates AS c ON c.user_id = h.user_id
+        FROM @schema@.token_reservations AS h JOIN judged AS c ON c.user_id = h.user_id
         WHERE c.reserved_tokens > 0 AND h.status = 'held' AND h.expires_at <= p_now
     ),
     settled AS (
-        SELECT c.*, c.period_start > c.last_monthly_reset AS stale,
-            CASE WHEN c.period_start > c.last_monthly_reset THEN 0
-                ELSE c.monthly_tokens_used END AS used_after,
+        SELECT c.*,
+            CASE WHEN c.stale THEN 0 ELSE c.monthly_tokens_used END AS used_after,
             (SELECT coalesce(sum(g.remaining), 0) FROM expired_grants AS g
                 WHERE g.user_id = c.user_id)::bigint AS written_off,
             (SELECT coalesce(sum(h.amount), 0) FROM expired_holds AS h
-                WHERE h.user_id = c.user_id)::bigint AS released
-        FROM candidates AS c
-        WHERE c.period_start > c.last_monthly_reset
+                WHERE h.user_id = c.user_id)::bigint AS released,
+            CASE WHEN c.rollover > 0
+                THEN @schema@.token_ledger_rollover_grant_id(c.user_id, c.period_start)
+                END AS rollover_id
+        FROM judged AS c
+        WHERE c.stale
             OR EXISTS (SELECT FROM expired_grants AS g WHERE g.user_id = c.user_id)
             OR EXISTS (SELECT FROM expired_holds AS h WHERE h.user_id = c.user_id)
+    ),
+    written_rollovers AS (
+        INSERT INTO @schema@.token_grants AS g (id, user_id, amount, remaining, created_at,
+            expires_at, reason, priority, voided_at)
+        SELECT s.rollover_id, s.user_id, s.rollover, s.rollover, s.period_start,
+            @schema@.token_ledger_period_end(p_now, s.reset_anchor, s.zone), 'rollover', 0, NULL
+        FROM settled AS s WHERE s.rollover > 0
+        ON CONFLICT (id) DO UPDATE SET remaining = excluded.remaining,
+            voided_at = excluded.voided_at
     ),
     written_grants AS (
         UPDATE @schema@.token_grants AS g SET remaining = 0
@@ -421,7 +569,7 @@ BEGIN
         UPDATE @schema@.user_tokens AS t SET
             monthly_tokens_used = s.used_after,
             last_monthly_reset = greatest(s.period_start, t.last_monthly_reset),
-            grant_balance = t.grant_balance - s.written_off,
+            grant_balance = t.grant_balance - s.written_off + s.rollover,
             reserved_tokens = t.reserved_tokens - s.released,
             updated_at = CASE WHEN t.updated_at = p_now
                 THEN p_now - interval '1 microsecond' ELSE p_now END
@@ -434,9 +582,14 @@ BEGIN
             jsonb_build_object(
                 'previous_used', s.monthly_tokens_used,
                 'previous_period_start', @schema@.token_ledger_iso(s.last_monthly_reset),
-                'period_start', @schema@.token_ledger_iso(s.period_start)) AS operation_context,
+                'period_start', @schema@.token_ledger_iso(s.period_start))
+                || CASE WHEN s.rollover = 0 THEN '{}'::jsonb
+                    ELSE jsonb_build_object('rollover', s.rollover) END AS operation_context,
             CASE WHEN s.monthly_tokens_used = 0 THEN '{}'::jsonb
-                ELSE jsonb_build_object('usage', -s.monthly_tokens_used) END AS effects,
+                ELSE jsonb_build_object('usage', -s.monthly_tokens_used) END
+                || CASE WHEN s.rollover = 0 THEN '{}'::jsonb
+                    ELSE jsonb_build_object('grants', jsonb_build_object(s.rollover_id, s.rollover))
+                    END AS effects,
             NULL::text AS reference
         FROM settled AS s WHERE s.stale
         UNION ALL
@@ -486,8 +639,8 @@ $$;
 -- TokenLedger.deduct for callers that have only SQL, in the caller's
 -- transaction: the row is locked, a pending reset is written (and expired
 -- grants and holds), then p_amount is spent from the monthly allowance,
--- then grants (soonest expiry first, grants that never expire last, then
--- oldest), then overage. When too few tokens remain (allowance, grants and
+-- then grants (lowest priority first; then soonest expiry, grants that never
+-- expire last; then oldest), then overage. When too few tokens remain (allowance, grants and
 -- overage, less what reservations hold) a failed entry is written and
 -- success is false: nothing is raised, so the entry is kept. A retry with
 -- the same p_idempotency_key returns the original result and writes
@@ -579,8 +732,8 @@ BEGIN
         FOR v_grant IN
             SELECT g.id, g.remaining FROM @schema@.token_grants AS g
             WHERE g.user_id = p_user_id AND g.remaining > 0
-            ORDER BY g.expires_at IS NULL, coalesce(g.expires_at, g.created_at), g.created_at,
-                g.id COLLATE "C"
+            ORDER BY g.priority, g.expires_at IS NULL, coalesce(g.expires_at, g.created_at),
+                g.created_at, g.id COLLATE "C"
         LOOP
             v_take := least(v_left, v_grant.remaining);
             UPDATE @schema@.token_grants AS g SET remaining = g.remaining - v_take
