@@ -43,7 +43,8 @@ SELECT
     t.reserved_tokens - CASE WHEN t.reserved_tokens = 0 THEN 0 ELSE (
         SELECT coalesce(sum(h.amount), 0) FROM token_reservations AS h
         WHERE h.user_id = t.user_id AND h.status = 'held' AND h.expires_at <= c.now
-    ) END AS reserved_tokens
+    ) END AS reserved_tokens,
+    t.notification_thresholds
 FROM user_tokens AS t
 CROSS JOIN (
     SELECT now, substr(now, 1, 7) || '-01 00:00:00.000000+00:00' AS period_start
