@@ -8,6 +8,7 @@ interpreter without running the benchmarks.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -25,7 +26,7 @@ from harness import (
     library_against_raw,
     library_against_yardsticks,
 )
-from token_ledger import TokenLedger
+from token_ledger import Threshold, TokenLedger
 
 Side = Literal["library", "raw", "raw_best"]
 Engine = Literal["sqlite", "postgres"]
@@ -34,9 +35,17 @@ Deduct = Callable[[Deduction], object]
 #: Longest wait for the other workers of a round; a crashed worker fails the round instead.
 BARRIER_TIMEOUT = 120.0
 
+#: Default notification thresholds of the library's ledgers, such as ``80%,100%,nothing_left``
+#: (none when unset): to measure the one-statement deduction's guard with thresholds to test.
+THRESHOLDS = tuple(
+    Threshold.parse(key)
+    for key in os.environ.get("TOKEN_LEDGER_BENCHMARK_THRESHOLDS", "").split(",")
+    if key.strip()
+)
+
 
 def postgres_ledger(url: str, schema: str) -> TokenLedger:
-    return TokenLedger.postgres(url, schema=schema)
+    return TokenLedger.postgres(url, schema=schema, thresholds=THRESHOLDS)
 
 
 def library_deduct(ledger: TokenLedger) -> Deduct:
@@ -57,7 +66,9 @@ def deductor(side: Side, engine: Engine, target: str, schema: str) -> Iterator[D
     """A function making one deduction, by the library or by the raw baseline."""
     if side == "library":
         ledger = (
-            TokenLedger.sqlite(target) if engine == "sqlite" else postgres_ledger(target, schema)
+            TokenLedger.sqlite(target, thresholds=THRESHOLDS)
+            if engine == "sqlite"
+            else postgres_ledger(target, schema)
         )
         with ledger:
             yield library_deduct(ledger)

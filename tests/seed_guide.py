@@ -138,13 +138,13 @@ WALKTHROUGH = [
     Step(
         "troubleshooting 1: check user status",
         USER_STATUS,
-        [("uuid", 50, 36, OLD_MONTH, None, ANY, ANY, 0, 0, 0, None, 0)],
+        [("uuid", 50, 36, OLD_MONTH, None, ANY, ANY, 0, 0, 0, None, 0, None)],
     ),
     # ...which the view already shows reset.
     Step(
         "troubleshooting 2: what the view returns",
         VIEW_STATUS,
-        [("uuid", 50, 0, CURRENT_MONTH, None, ANY, ANY, 0, 0, 0, None, 0)],
+        [("uuid", 50, 0, CURRENT_MONTH, None, ANY, ANY, 0, 0, 0, None, 0, None)],
     ),
     # "If view shows 0 but table shows > 0, and last_monthly_reset < current_month"
     Step(

@@ -833,3 +833,211 @@ def test_fuzzed_requests_never_fail_on_the_server_and_refusals_write_nothing(
     if not api.ledger.history("alice", limit=1):
         api.ledger.ensure_account("alice", monthly_limit=50)
     fuzz_case(case, api, server.url)
+
+
+# Threshold notifications as signed webhooks, to a real HTTP server of the test's own.
+
+WEBHOOK_SECRET = "test-webhook-secret"
+NOTED = (service.Threshold(80), service.Threshold(100), service.Threshold.nothing_left())
+
+
+@attrs.define
+class Receiver:
+    """A real HTTP server on 127.0.0.1 that records each POST and answers ``answers`` first
+    (then 204), or fails every request while ``failing`` is set."""
+
+    answers: list[int] = attrs.field(factory=list)
+    failing: bool = False
+    received: list[tuple[dict[str, str], bytes, int]] = attrs.field(factory=list)
+    url: str = ""
+
+    def delivered_ids(self) -> list[int]:
+        return [json.loads(body)["id"] for _, body, status in self.received if status < 300]
+
+
+@contextlib.contextmanager
+def webhook_receiver(receiver: Receiver) -> Iterator[Receiver]:
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            status = 500 if receiver.failing else (receiver.answers or [204]).pop(0)
+            receiver.received.append((dict(self.headers), body, status))
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            """Quiet."""
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    receiver.url = f"http://127.0.0.1:{httpd.server_address[1]}/hooks/tokens"
+    try:
+        yield receiver
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(DEADLINE)
+
+
+async def _until(condition: Callable[[], Any], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        met = condition()
+        if inspect.isawaitable(met):
+            met = await met
+        if met:
+            return
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def _deliverer(ledger: AsyncTokenLedger, url: str, **options: Any) -> Any:
+    return service.WebhookDeliverer(
+        ledger, url, WEBHOOK_SECRET, poll_interval=0.01, first_retry=0.01, **options
+    )
+
+
+def test_each_notification_is_posted_signed_in_order_and_acknowledged() -> None:
+    async def main() -> None:
+        ledger = AsyncTokenLedger.memory(thresholds=NOTED)
+        await ledger.open_account("u1", monthly_limit=10)
+        await ledger.deduct("u1", 10)
+        notes = await ledger.notifications()
+        with webhook_receiver(Receiver()) as receiver:
+            deliverer = _deliverer(ledger, receiver.url)
+            async with httpx.AsyncClient(trust_env=False) as client:
+                assert await deliverer.deliver_pending(client) == 3
+                assert await deliverer.deliver_pending(client) == 0
+
+        assert [json.loads(body) for _, body, _ in receiver.received] == [
+            n.to_dict() for n in notes
+        ]
+        for headers, body, _ in receiver.received:
+            assert headers["Content-Type"] == "application/json"
+            assert service.verify_webhook(WEBHOOK_SECRET, headers, body)
+            assert not service.verify_webhook("another secret", headers, body)
+            assert not service.verify_webhook(WEBHOOK_SECRET, headers, body + b" ")
+            late = float(headers[service.TIMESTAMP_HEADER]) + service.SIGNATURE_TOLERANCE + 1
+            assert not service.verify_webhook(WEBHOOK_SECRET, headers, body, now=late)
+        assert [h[service.ID_HEADER] for h, _, _ in receiver.received] == [str(n.id) for n in notes]
+        assert await ledger.notification_cursor("webhooks") == notes[-1].id
+
+    asyncio.run(main())
+
+
+def test_a_failing_receiver_is_retried_and_the_cursor_waits_for_a_2xx() -> None:
+    async def main() -> None:
+        ledger = AsyncTokenLedger.memory(thresholds=NOTED)
+        await ledger.open_account("u1", monthly_limit=10)
+        await ledger.deduct("u1", 8)
+        [note] = await ledger.notifications()
+        with webhook_receiver(Receiver(failing=True)) as receiver:
+            task = asyncio.create_task(_deliverer(ledger, receiver.url).run())
+            await _until(lambda: len(receiver.received) >= 3, "three failed attempts")
+            assert await ledger.notification_cursor("webhooks") == 0
+            receiver.failing = False
+
+            async def acknowledged() -> bool:
+                return await ledger.notification_cursor("webhooks") == note.id
+
+            await _until(acknowledged, "the acknowledgement")
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        statuses = [status for _, _, status in receiver.received]
+        assert statuses[-1] == 204
+        assert set(statuses[:-1]) == {500}
+        assert receiver.delivered_ids() == [note.id]
+        bodies = {body for _, body, _ in receiver.received}
+        assert len(bodies) == 1  # every attempt is the same notification
+
+    asyncio.run(main())
+
+
+def test_a_restarted_deliverer_resumes_where_it_stopped_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """Killed while the receiver fails, then started again in a new process's ledger (a new
+    ledger on the same SQLite file): every notification reaches the receiver."""
+    path = tmp_path / "tokens.db"
+
+    async def main() -> None:
+        with webhook_receiver(Receiver(answers=[204, 204, 500, 500])) as receiver:
+            async with AsyncTokenLedger.sqlite(path, thresholds=NOTED) as ledger:
+                for n in range(3):
+                    await ledger.open_account(f"u{n}", monthly_limit=10)
+                    await ledger.deduct(f"u{n}", 10)
+                task = asyncio.create_task(_deliverer(ledger, receiver.url).run())
+                await _until(lambda: len(receiver.received) >= 4, "two deliveries, two failures")
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                stopped_at = await ledger.notification_cursor("webhooks")
+                await ledger.open_account("u3", monthly_limit=10)
+                await ledger.deduct("u3", 5)  # below every threshold: nothing to deliver
+            assert stopped_at == 2
+
+            async with AsyncTokenLedger.sqlite(path, thresholds=NOTED) as restarted:
+                every = [n.id for n in await restarted.notifications()]
+                task = asyncio.create_task(_deliverer(restarted, receiver.url).run())
+
+                async def caught_up() -> bool:
+                    return await restarted.notification_cursor("webhooks") == every[-1]
+
+                await _until(caught_up, "the restarted deliverer to catch up")
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+        assert len(every) == 9
+        assert receiver.delivered_ids() == every
+
+    asyncio.run(main())
+
+
+def test_the_service_starts_its_deliverer_from_the_settings() -> None:
+    async def main() -> None:
+        ledger = AsyncTokenLedger.memory(thresholds=NOTED)
+        await ledger.open_account("u1", monthly_limit=10)
+        with webhook_receiver(Receiver()) as receiver:
+            settings = attrs.evolve(
+                SETTINGS, webhook_url=receiver.url, webhook_secret=WEBHOOK_SECRET
+            )
+            app = service.create_app(settings, ledger=ledger)
+            async with app.router.lifespan_context(app):
+                app.state.deliverer.poll_interval = 0.01
+                await ledger.deduct("u1", 9)
+                await _until(lambda: receiver.delivered_ids(), "a delivery")
+        [(headers, body, _)] = receiver.received
+        assert json.loads(body)["threshold"] == "80%"
+        assert service.verify_webhook(WEBHOOK_SECRET, headers, body)
+
+    asyncio.run(main())
+
+
+def test_webhook_settings_come_from_the_environment() -> None:
+    settings = service.Settings.from_env(
+        {
+            "TOKEN_LEDGER_THRESHOLDS": "100%, 80%,nothing_left",
+            "TOKEN_LEDGER_WEBHOOK_URL": "https://hooks.example/tokens",
+            "TOKEN_LEDGER_WEBHOOK_SECRET": "w",
+        }
+    )
+
+    assert settings.thresholds == NOTED
+    assert (settings.webhook_url, settings.webhook_secret) == ("https://hooks.example/tokens", "w")
+    for environ, variable in (
+        ({"TOKEN_LEDGER_THRESHOLDS": "80%,lots"}, "TOKEN_LEDGER_THRESHOLDS"),
+        ({"TOKEN_LEDGER_WEBHOOK_URL": "https://hooks.example"}, "TOKEN_LEDGER_WEBHOOK_SECRET"),
+        (
+            {"TOKEN_LEDGER_WEBHOOK_URL": "ftp://x", "TOKEN_LEDGER_WEBHOOK_SECRET": "w"},
+            "TOKEN_LEDGER_WEBHOOK_URL",
+        ),
+    ):
+        with pytest.raises(service.ConfigurationError, match=variable):
+            service.Settings.from_env(environ)

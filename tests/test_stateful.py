@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -25,7 +25,9 @@ from token_ledger import (
     InvalidInput,
     OperationType,
     ReservationClosed,
+    Threshold,
     TokenLedger,
+    TokenStatus,
 )
 from token_ledger.repository import TokenRepository
 from token_ledger.testing import MovableClock
@@ -46,6 +48,18 @@ clock_moves = st.sampled_from(
         timedelta(days=40),
     ]
 )
+DEFAULTS = (Threshold(50), Threshold(100), Threshold.nothing_left())
+threshold_sets = st.none() | st.lists(
+    st.sampled_from([Threshold(30), Threshold(90), Threshold(120), Threshold.nothing_left()]),
+    max_size=3,
+)
+
+
+def reached(threshold: Threshold, status: TokenStatus) -> bool:
+    """The domain's rule, restated on what ``status`` shows."""
+    if threshold.percent is None:
+        return status.total_remaining == 0
+    return status.monthly_used * 100 >= threshold.percent * status.monthly_limit
 
 
 def ledger_machine(make_repository: Callable[[], TokenRepository]) -> type[RuleBasedStateMachine]:
@@ -57,12 +71,38 @@ def ledger_machine(make_repository: Callable[[], TokenRepository]) -> type[RuleB
         def __init__(self) -> None:
             super().__init__()
             self.clock = MovableClock(datetime(2026, 1, 28, 12, tzinfo=UTC))
-            self.ledger = TokenLedger(make_repository(), clock=self.clock)
+            self.ledger = TokenLedger(make_repository(), clock=self.clock, thresholds=DEFAULTS)
             self.usage_when_limits_changed = dict.fromkeys(USERS, 0)
             self.voided: dict[str, int] = {}
             """Grant id -> the id of the entry that voided it."""
+            self.own: dict[str, tuple[Threshold, ...] | None] = dict.fromkeys(USERS)
+            self.seen = 0
             for user_id in USERS:
                 self.ledger.open_account(user_id, monthly_limit=100)
+
+        @contextlib.contextmanager
+        def crossing(self, user_id: str) -> Iterator[None]:
+            """Check that the write in the block records one notification for each threshold
+            it took ``user_id`` over, and none else: before and after, as a reader sees it."""
+            before = self.ledger.status(user_id)
+            try:
+                yield
+            finally:
+                after = self.ledger.status(user_id)
+                thresholds = DEFAULTS if self.own[user_id] is None else self.own[user_id]
+                assert thresholds is not None
+                expected = [
+                    t.key
+                    for t in thresholds
+                    if reached(t, after)
+                    and (not reached(t, before) or after.period_start != before.period_start)
+                ]
+                new = self.ledger.notifications(after=self.seen, limit=1000)
+                assert [(n.user_id, n.threshold.key) for n in new] == [
+                    (user_id, key) for key in expected
+                ]
+                if new:
+                    self.seen = new[-1].id or 0
 
         def teardown(self) -> None:
             self.ledger.close()
@@ -70,7 +110,8 @@ def ledger_machine(make_repository: Callable[[], TokenRepository]) -> type[RuleB
         @rule(target=spends, user_id=users, amount=amounts)
         def deduct(self, user_id: str, amount: int) -> int:
             try:
-                entry_id = self.ledger.deduct(user_id, amount).transaction.id
+                with self.crossing(user_id):
+                    entry_id = self.ledger.deduct(user_id, amount).transaction.id
             except InsufficientTokens:
                 return 0
             assert entry_id is not None
@@ -112,7 +153,8 @@ def ledger_machine(make_repository: Callable[[], TokenRepository]) -> type[RuleB
         @rule(target=holds, user_id=users, amount=amounts, minutes=st.integers(1, 600))
         def reserve(self, user_id: str, amount: int, minutes: int) -> str:
             try:
-                return self.ledger.reserve(user_id, amount, ttl=timedelta(minutes=minutes)).id
+                with self.crossing(user_id):
+                    return self.ledger.reserve(user_id, amount, ttl=timedelta(minutes=minutes)).id
             except InsufficientTokens:
                 return ""
 
@@ -120,9 +162,10 @@ def ledger_machine(make_repository: Callable[[], TokenRepository]) -> type[RuleB
         def commit(self, hold: str, share: float) -> int:
             if not hold:
                 return 0
-            reserved = self.ledger.history(reference=hold, operation_type="reserve")[0].amount
+            reserved = self.ledger.history(reference=hold, operation_type="reserve")[0]
             try:
-                entry_id = self.ledger.commit(hold, int(reserved * share)).transaction.id
+                with self.crossing(reserved.user_id):
+                    entry_id = self.ledger.commit(hold, int(reserved.amount * share)).transaction.id
             except (ReservationClosed, InsufficientTokens):
                 return 0
             assert entry_id is not None
@@ -143,8 +186,15 @@ def ledger_machine(make_repository: Callable[[], TokenRepository]) -> type[RuleB
         @rule(user_id=users, limit=st.integers(1, 150), overage=st.none() | st.integers(0, 40))
         def set_limit(self, user_id: str, limit: int, overage: int | None) -> None:
             used = self.ledger.status(user_id).monthly_used
-            self.ledger.set_limit(user_id, limit, overage_limit=overage)
+            with self.crossing(user_id):
+                self.ledger.set_limit(user_id, limit, overage_limit=overage)
             self.usage_when_limits_changed[user_id] = used
+
+        @rule(user_id=users, thresholds=threshold_sets)
+        def set_thresholds(self, user_id: str, thresholds: list[Threshold] | None) -> None:
+            with self.crossing(user_id):  # setting thresholds crosses none
+                account = self.ledger.set_thresholds(user_id, thresholds)
+                self.own[user_id] = account.thresholds
 
         @rule(move=clock_moves)
         def move_clock(self, move: timedelta) -> None:
@@ -184,6 +234,21 @@ def ledger_machine(make_repository: Callable[[], TokenRepository]) -> type[RuleB
                 carried = entry.operation_context.get("rollover", 0)
                 assert 0 <= carried <= MAX_ROLLOVER_CAP
                 assert sum(amount for _, amount in entry.effects.grants) == carried
+
+        @invariant()
+        def notifications_are_never_duplicated(self) -> None:
+            """Ids rise, and each crossing of a threshold in a period has its own occurrence."""
+            notes = self.ledger.notifications(limit=1000)
+            ids = [n.id for n in notes]
+            assert ids == sorted(ids)
+            assert len(set(ids)) == len(ids)
+            keys = [(n.user_id, n.threshold, n.period_start, n.occurrence) for n in notes]
+            assert len(set(keys)) == len(keys)
+            for note in notes:
+                earlier = [
+                    k for k in keys if k[:3] == (note.user_id, note.threshold, note.period_start)
+                ]
+                assert sorted(k[3] for k in earlier) == list(range(1, len(earlier) + 1))
 
     return LedgerMachine
 

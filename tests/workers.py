@@ -70,3 +70,26 @@ def open_fresh(path: str) -> int:
     with open_sqlite(path) as ledger:
         ledger.ensure_account("first-user", monthly_limit=10)
         return ledger.status("first-user").monthly_limit
+
+
+def spend_with_thresholds(
+    path: str, thresholds: str, plan: list[tuple[str, int]], start: float
+) -> list[str]:
+    """Deduct each planned amount from a ledger with these default thresholds, starting at
+    the same moment as the other workers; return the surprises."""
+    import time
+
+    from token_ledger import Threshold
+
+    defaults = [Threshold.parse(key) for key in thresholds.split(",")]
+    surprises: list[str] = []
+    with TokenLedger.sqlite(path, thresholds=defaults) as ledger:
+        time.sleep(max(0.0, start - time.time()))
+        for user_id, amount in plan:
+            try:
+                ledger.deduct(user_id, amount, feature="load")
+            except InsufficientTokens:
+                continue
+            except Exception as error:
+                surprises.append(repr(error))
+    return surprises

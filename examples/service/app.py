@@ -36,6 +36,13 @@ Settings are read from the environment once, when the app is created:
     The IANA time zone whose midnight of the 1st starts each month (default
     UTC). The ``token-ledger`` command line reads the same variable: give
     both the same value, or they disagree about when a month ends.
+``TOKEN_LEDGER_THRESHOLDS``
+    The ledger's default notification thresholds, ``80%,100%,nothing_left``
+    (default: none); the command line reads the same variable.
+``TOKEN_LEDGER_WEBHOOK_URL``, ``TOKEN_LEDGER_WEBHOOK_SECRET``
+    Where each threshold notification is POSTed as JSON, signed with the
+    secret (see :class:`WebhookDeliverer`); the secret is required with the
+    URL. Unset, nothing is delivered (the notifications wait in the ledger).
 
 Errors are JSON, ``{"success": false, "error": CODE, "message": TEXT}``:
 401 without a valid bearer token, 400 for a body that is not JSON, 413 for
@@ -50,6 +57,7 @@ always does.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -57,10 +65,13 @@ import hmac
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Annotated, Any, Literal
 
 import attrs
+import httpx
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -75,11 +86,14 @@ from token_ledger import (
     InsufficientTokens,
     InvalidInput,
     MonthlyResetPolicy,
+    Notification,
     StorageError,
+    Threshold,
     UnknownTimeZone,
 )
 from token_ledger.account import check_monthly_limit
 from token_ledger.database_url import parse_database_url
+from token_ledger.thresholds import check_thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +122,9 @@ class Settings:
     cron_secret: str | None = None
     default_monthly_limit: int = attrs.field(default=50, validator=_check_limit)
     policy: MonthlyResetPolicy = attrs.field(factory=MonthlyResetPolicy)
+    thresholds: tuple[Threshold, ...] = ()
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -132,16 +149,40 @@ class Settings:
             parse_database_url(database_url)  # refused now, not at the first request
         except InvalidInput as error:
             raise ConfigurationError(f"TOKEN_LEDGER_DATABASE_URL: {error}") from None
+        written = environ.get("TOKEN_LEDGER_THRESHOLDS") or ""
+        try:
+            thresholds = check_thresholds(
+                [Threshold.parse(key) for key in written.split(",") if key.strip()]
+            )
+        except InvalidInput as error:
+            raise ConfigurationError(f"TOKEN_LEDGER_THRESHOLDS: {error}") from None
+        webhook_url = environ.get("TOKEN_LEDGER_WEBHOOK_URL") or None
+        webhook_secret = environ.get("TOKEN_LEDGER_WEBHOOK_SECRET") or None
+        if webhook_url is not None and webhook_secret is None:
+            raise ConfigurationError(
+                "TOKEN_LEDGER_WEBHOOK_URL needs TOKEN_LEDGER_WEBHOOK_SECRET: webhooks are signed"
+            )
+        if webhook_url is not None and not webhook_url.startswith(("https://", "http://")):
+            raise ConfigurationError(
+                f"TOKEN_LEDGER_WEBHOOK_URL must be an http(s) URL, got {webhook_url!r}"
+            )
         return cls(
             database_url=database_url,
             signing_secret=environ.get("TOKEN_LEDGER_SIGNING_SECRET") or None,
             cron_secret=environ.get("CRON_SECRET") or None,
             default_monthly_limit=default_monthly_limit,
             policy=policy,
+            thresholds=thresholds,
+            webhook_url=webhook_url,
+            webhook_secret=webhook_secret,
         )
 
 
-def open_ledger(database_url: str, policy: MonthlyResetPolicy | None = None) -> AsyncTokenLedger:
+def open_ledger(
+    database_url: str,
+    policy: MonthlyResetPolicy | None = None,
+    thresholds: tuple[Threshold, ...] = (),
+) -> AsyncTokenLedger:
     """The ledger ``TOKEN_LEDGER_DATABASE_URL`` names, read as :meth:`AsyncTokenLedger.open`
     reads it; ``async with`` opens and closes it.
 
@@ -149,9 +190,125 @@ def open_ledger(database_url: str, policy: MonthlyResetPolicy | None = None) -> 
     never taken for a file name.
     """
     try:
-        return AsyncTokenLedger.open(database_url, policy=policy)
+        return AsyncTokenLedger.open(database_url, policy=policy, thresholds=thresholds)
     except InvalidInput as error:
         raise ConfigurationError(f"TOKEN_LEDGER_DATABASE_URL: {error}") from None
+
+
+# Threshold notifications, delivered as signed webhooks.
+
+SIGNATURE_HEADER = "X-Token-Ledger-Signature"
+TIMESTAMP_HEADER = "X-Token-Ledger-Timestamp"
+ID_HEADER = "X-Token-Ledger-Notification-Id"
+SIGNATURE_TOLERANCE = 300  # seconds a receiver accepts between the timestamp and its clock
+
+
+def webhook_signature(secret: str, timestamp: str, body: bytes) -> str:
+    """``v1=`` and the hex HMAC-SHA256, keyed with ``secret``, of ``timestamp "." body``.
+
+    ``timestamp`` is the ``X-Token-Ledger-Timestamp`` header (Unix seconds) and ``body``
+    the request's bytes as received, before any JSON parsing.
+    """
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "v1=" + mac.hexdigest()
+
+
+def verify_webhook(
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    now: float | None = None,
+    tolerance: float = SIGNATURE_TOLERANCE,
+) -> bool:
+    """What a receiver checks: the signature matches (in constant time) and the timestamp is
+    within ``tolerance`` seconds of ``now``, so a captured request cannot be replayed later.
+
+    Deliveries are at least once: a receiver keeps the ``X-Token-Ledger-Notification-Id`` of
+    what it handled and ignores a repeat.
+    """
+    timestamp = headers.get(TIMESTAMP_HEADER) or headers.get(TIMESTAMP_HEADER.lower()) or ""
+    signature = headers.get(SIGNATURE_HEADER) or headers.get(SIGNATURE_HEADER.lower()) or ""
+    if not timestamp.isascii() or not timestamp.isdigit():
+        return False
+    current = time.time() if now is None else now
+    if abs(current - int(timestamp)) > tolerance:
+        return False
+    return hmac.compare_digest(signature, webhook_signature(secret, timestamp, body))
+
+
+@attrs.define
+class WebhookDeliverer:
+    """POSTs every threshold notification, in id order, to ``url``, signed with ``secret``.
+
+    Where it stands is the ledger's durable cursor of ``consumer``: a notification is
+    acknowledged only once the receiver answered 2xx, so a deliverer that stops (a crash,
+    a deploy) and starts again resumes there and loses nothing; one that stopped after a
+    2xx but before acknowledging sends that notification again (at least once). A
+    failure (no answer, a timeout, anything but 2xx) is retried, the same notification,
+    after a pause that doubles from ``first_retry`` up to ``longest_retry``, with jitter.
+    Run one deliverer per consumer name: two would deliver the same notifications.
+
+    The request: ``POST url`` with the notification's JSON (:meth:`Notification.to_dict`),
+    ``Content-Type: application/json``, ``X-Token-Ledger-Notification-Id``,
+    ``X-Token-Ledger-Timestamp`` (Unix seconds) and ``X-Token-Ledger-Signature``
+    (:func:`webhook_signature`; receivers check it with :func:`verify_webhook`).
+    """
+
+    ledger: AsyncTokenLedger
+    url: str
+    secret: str
+    consumer: str = "webhooks"
+    poll_interval: float = 1.0
+    first_retry: float = 0.5
+    longest_retry: float = 60.0
+    timeout: float = 10.0
+    clock: Callable[[], float] = time.time
+    delivered: int = 0
+
+    async def run(self) -> None:
+        """Deliver until cancelled."""
+        async with httpx.AsyncClient(timeout=self.timeout, trust_env=False) as client:
+            while True:
+                try:
+                    sent = await self.deliver_pending(client)
+                except StorageError as error:  # the database is down: try again later
+                    logger.warning("webhooks: reading notifications failed: %s", error)
+                    sent = 0
+                if not sent:
+                    await asyncio.sleep(self.poll_interval)
+
+    async def deliver_pending(self, client: httpx.AsyncClient) -> int:
+        """Deliver the next page of notifications after the cursor; how many were sent."""
+        after = await self.ledger.notification_cursor(self.consumer)
+        page = await self.ledger.notifications(after=after, limit=100)
+        for note in page:
+            await self._deliver(client, note)
+            assert note.id is not None
+            await self.ledger.acknowledge_notifications(self.consumer, note.id)
+            self.delivered += 1
+        return len(page)
+
+    async def _deliver(self, client: httpx.AsyncClient, note: Notification) -> None:
+        body = json.dumps(note.to_dict(), separators=(",", ":")).encode()
+        pause = self.first_retry
+        while True:
+            timestamp = str(int(self.clock()))
+            headers = {
+                "Content-Type": "application/json",
+                ID_HEADER: str(note.id),
+                TIMESTAMP_HEADER: timestamp,
+                SIGNATURE_HEADER: webhook_signature(self.secret, timestamp, body),
+            }
+            try:
+                answer = await client.post(self.url, content=body, headers=headers)
+                if answer.is_success:
+                    return
+                logger.warning("webhook for notification #%s: HTTP %s", note.id, answer.status_code)
+            except httpx.HTTPError as error:
+                logger.warning("webhook for notification #%s failed: %r", note.id, error)
+            await asyncio.sleep(random.uniform(pause / 2, pause))
+            pause = min(self.longest_retry, pause * 2)
 
 
 # Who is asking. Replace these two functions with your identity provider's check
@@ -572,6 +729,12 @@ def _error_response(
     )
 
 
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_app(
     settings: Settings | None = None, *, ledger: AsyncTokenLedger | None = None
 ) -> FastAPI:
@@ -586,12 +749,19 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if ledger is not None:
-            app.state.ledger = ledger
-            yield
-            return
-        async with open_ledger(settings.database_url, settings.policy) as opened:
-            app.state.ledger = opened
+        async with contextlib.AsyncExitStack() as stack:
+            if ledger is not None:
+                app.state.ledger = ledger
+            else:
+                opened = open_ledger(settings.database_url, settings.policy, settings.thresholds)
+                app.state.ledger = await stack.enter_async_context(opened)
+            if settings.webhook_url is not None and settings.webhook_secret is not None:
+                deliverer = WebhookDeliverer(
+                    app.state.ledger, settings.webhook_url, settings.webhook_secret
+                )
+                app.state.deliverer = deliverer
+                task = asyncio.create_task(deliverer.run(), name="token-ledger webhooks")
+                stack.push_async_callback(_cancelled, task)
             yield
 
     app = FastAPI(

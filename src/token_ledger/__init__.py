@@ -38,6 +38,7 @@ from token_ledger.policy import MonthlyResetPolicy, Period
 from token_ledger.reconciliation import Discrepancy
 from token_ledger.results import DeductResult, History, TokenStatus
 from token_ledger.sql import install_postgres_sql, install_sqlite_sql
+from token_ledger.thresholds import Notification, Threshold
 from token_ledger.transactions import OperationType, Transaction
 
 if TYPE_CHECKING:  # imported on first use at run time: see __getattr__ below
@@ -80,6 +81,7 @@ __all__ = [
     "LedgerInvariantError",
     "MonthlyResetPolicy",
     "NaiveDatetime",
+    "Notification",
     "OperationType",
     "Period",
     "Reservation",
@@ -88,6 +90,7 @@ __all__ = [
     "ReservationStatus",
     "SchemaVersionError",
     "StorageError",
+    "Threshold",
     "TokenAccount",
     "TokenLedger",
     "TokenLedgerError",

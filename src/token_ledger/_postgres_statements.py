@@ -21,17 +21,22 @@ from token_ledger._rows import (
     GRANT_COLUMNS,
     HELD_RESERVATIONS,
     LIVE_GRANTS,
+    NEW_NOTIFICATION_COLUMNS,
     NEW_TRANSACTION_COLUMNS,
+    NOTIFICATION_COLUMNS,
     PARAM,
     RESERVATION_COLUMNS,
     TRANSACTION_COLUMNS,
     Condition,
     RowReader,
     RowWriter,
+    threshold_guard,
 )
 from token_ledger.account import TokenAccount
 from token_ledger.grants import Grant, Reservation
 from token_ledger.operations import DirectDeduction
+from token_ledger.sql import NOTIFICATION_LOCK_KEY
+from token_ledger.thresholds import Notification, Threshold
 
 
 def _utc(value: datetime) -> datetime:
@@ -93,6 +98,10 @@ class Statements:
             "new_entries": sql.SQL(NEW_TRANSACTION_COLUMNS),
             "grants": sql.SQL(GRANT_COLUMNS),
             "reservations": sql.SQL(RESERVATION_COLUMNS),
+            "token_notifications": sql.Identifier(schema, "token_notifications"),
+            "token_notification_cursors": sql.Identifier(schema, "token_notification_cursors"),
+            "notifications": sql.SQL(NOTIFICATION_COLUMNS),
+            "new_notifications": sql.SQL(NEW_NOTIFICATION_COLUMNS),
         }
 
         def compose(text: str) -> sql.Composed:
@@ -112,7 +121,7 @@ class Statements:
         }
         self.insert_account = compose(
             "INSERT INTO {user_tokens} ({accounts})"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (user_id) DO NOTHING"
         )
         # Usage may grow up to the limit plus the overage limit. Above that (a limit
@@ -127,10 +136,12 @@ class Statements:
             " last_monthly_reset = v.last_monthly_reset, reset_anchor = v.reset_anchor,"
             " updated_at = v.updated_at, overage_limit = v.overage_limit,"
             " grant_balance = v.grant_balance, reserved_tokens = v.reserved_tokens,"
-            " time_zone = v.time_zone, rollover_cap = v.rollover_cap"
+            " time_zone = v.time_zone, rollover_cap = v.rollover_cap,"
+            " notification_thresholds = v.notification_thresholds"
             " FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::timestamptz[],"
             " %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], %s::bigint[],"
-            " %s::bigint[], %s::bigint[], %s::text[], %s::bigint[]) AS v({accounts})"
+            " %s::bigint[], %s::bigint[], %s::text[], %s::bigint[], %s::text[])"
+            " AS v({accounts})"
             " WHERE t.user_id = v.user_id"
             " AND (v.monthly_tokens_used - v.monthly_limit <= v.overage_limit"
             " OR (v.monthly_tokens_used <= t.monthly_tokens_used"
@@ -145,7 +156,8 @@ class Statements:
             " last_monthly_reset = %(last_monthly_reset)s, reset_anchor = %(reset_anchor)s,"
             " updated_at = %(updated_at)s, overage_limit = %(overage_limit)s,"
             " grant_balance = %(grant_balance)s, reserved_tokens = %(reserved_tokens)s,"
-            " time_zone = %(time_zone)s, rollover_cap = %(rollover_cap)s"
+            " time_zone = %(time_zone)s, rollover_cap = %(rollover_cap)s,"
+            " notification_thresholds = %(notification_thresholds)s"
             " WHERE user_id = %(user_id)s"
             " AND (%(monthly_tokens_used)s::bigint - %(monthly_limit)s::bigint"
             " <= %(overage_limit)s::bigint"
@@ -190,12 +202,43 @@ class Statements:
         )
         self.find_grant = compose("SELECT {grants} FROM {token_grants} WHERE id = %s")
         self.count_accounts = compose("SELECT count(*) FROM {user_tokens}")
-        (
-            self.direct_deduction,
-            self.direct_keyed_deduction,
-            self.hinted_direct_deduction,
-            self.hinted_direct_keyed_deduction,
-        ) = _direct_deductions(names)
+        # Notifications. A transaction that records one first takes this lock, until it
+        # commits: so ids (from the identity's sequence, handed out in lock order) become
+        # visible in their order, and a reader that sees id n never misses a smaller one
+        # that commits later. Only writes that record a notification take it.
+        self.notification_lock = sql.SQL("SELECT pg_advisory_xact_lock({})").format(
+            sql.Literal(NOTIFICATION_LOCK_KEY)
+        )
+        self.append_notification = compose(
+            "INSERT INTO {token_notifications} ({new_notifications}, occurrence)"
+            " SELECT %(user_id)s, %(threshold)s, %(period_start)s, %(created_at)s,"
+            " %(transaction_id)s, %(monthly_used)s, %(monthly_limit)s, %(total_remaining)s,"
+            " 1 + (SELECT count(*) FROM {token_notifications} WHERE user_id = %(user_id)s"
+            " AND threshold = %(threshold)s AND period_start = %(period_start)s)"
+            " RETURNING id, occurrence"
+        )
+        self.last_notification_id = compose(
+            "SELECT coalesce(max(id), 0) FROM {token_notifications}"
+        )
+        self.advance_cursor = compose(
+            "INSERT INTO {token_notification_cursors} AS c (consumer, position)"
+            " VALUES (%s, %s) ON CONFLICT (consumer) DO UPDATE"
+            " SET position = greatest(c.position, excluded.position), updated_at = now()"
+            " RETURNING position"
+        )
+        self.notifications_after = compose(
+            "SELECT {notifications} FROM {token_notifications} WHERE id > %s ORDER BY id LIMIT %s"
+        )
+        self.cursor_position = compose(
+            "SELECT position FROM {token_notification_cursors} WHERE consumer = %s"
+        )
+        self._names = names
+        self._direct_by_thresholds: dict[tuple[Threshold, ...], DirectStatements] = {}
+        plain = self.direct(())
+        self.direct_deduction = plain.direct_deduction
+        self.direct_keyed_deduction = plain.direct_keyed_deduction
+        self.hinted_direct_deduction = plain.hinted_direct_deduction
+        self.hinted_direct_keyed_deduction = plain.hinted_direct_keyed_deduction
         self.discrepancies = {
             one_user: sql.SQL(DISCREPANCIES.strip()).format(
                 of_user=sql.SQL(" AND user_id = %(user_id)s" if one_user else ""),
@@ -208,6 +251,18 @@ class Statements:
         self._names = names
         self.one_account = sql.SQL(ONE_ACCOUNT.strip()).format(**names)
         self.rendered = Rendered(self)
+
+    def direct(self, thresholds: tuple[Threshold, ...]) -> DirectStatements:
+        """The one-statement deductions for a ledger with these default thresholds: their
+        guard matches no row where the deduction would cross one (so its notification is
+        recorded by the full path)."""
+        found = self._direct_by_thresholds.get(thresholds)
+        if found is None:
+            if len(self._direct_by_thresholds) >= 64:
+                self._direct_by_thresholds.clear()
+            found = DirectStatements(*_direct_deductions(self._names, thresholds))
+            self._direct_by_thresholds[thresholds] = found
+        return found
 
     def _where(self, conditions: Sequence[sql.Composable]) -> sql.Composable:
         return sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("true")
@@ -263,12 +318,14 @@ class Statements:
 
 
 def _direct_deductions(
-    names: Mapping[str, sql.Composable],
+    names: Mapping[str, sql.Composable], thresholds: tuple[Threshold, ...] = ()
 ) -> tuple[sql.Composed, sql.Composed, sql.Composed, sql.Composed]:
     """The one-statement deduction, sent ``earlier`` and computing it (hinted), each without
     and with an idempotency key: what :class:`Statements` calls ``direct_deduction``,
     ``direct_keyed_deduction``, ``hinted_direct_deduction`` and
-    ``hinted_direct_keyed_deduction``."""
+    ``hinted_direct_keyed_deduction``; its guard also holds only where the deduction crosses
+    none of ``thresholds`` (the ledger's defaults) and the account has none of its own
+    (:func:`~token_ledger._rows.threshold_guard`)."""
     # The common deduction (see DirectDeduction) in one statement: the usage grows
     # only where the domain would let it grow this way, with the stamp the domain
     # gives updated_at, and the entry is written from the row the UPDATE returns.
@@ -280,7 +337,7 @@ def _direct_deductions(
         " WHERE user_id = %(user_id)s AND reset_anchor IS NULL AND time_zone IS NULL"
         " AND last_monthly_reset = %(period_start)s"
         " AND grant_balance = 0 AND reserved_tokens = 0"
-        " AND %(amount)s <= monthly_limit - monthly_tokens_used{unused}"
+        " AND %(amount)s <= monthly_limit - monthly_tokens_used{unused}{noted}"
         " RETURNING user_id, monthly_limit - monthly_tokens_used AS balance_after,"
         " overage_limit)"
     )
@@ -313,6 +370,9 @@ def _direct_deductions(
         ).format(**names),
         "key": sql.SQL("%(key)s"),
     }
+    noted = {"noted": sql.SQL(" AND " + threshold_guard(thresholds, "%(amount)s"))}
+    given = {**given, **noted}
+    computed = {**computed, **noted}
     plain = sql.SQL(direct + " " + entry + returning).format(**given, **unkeyed, **names)
     plain_keyed = sql.SQL(direct + " " + entry + returning).format(**given, **keyed, **names)
     hinted_plain = sql.SQL(direct + hinted).format(**computed, **unkeyed, **names)
@@ -329,7 +389,7 @@ def _direct_deductions(
 WITH_BALANCES = """
 SELECT t.user_id, t.monthly_limit, t.monthly_tokens_used, t.last_monthly_reset, t.created_at,
     t.updated_at, t.reset_anchor, t.overage_limit, t.grant_balance, t.reserved_tokens,
-    t.time_zone, t.rollover_cap,
+    t.time_zone, t.rollover_cap, t.notification_thresholds,
     g.grant_ids, g.grant_amounts, g.grant_remaining, g.grant_created_at, g.grant_expires_at,
     g.grant_reasons, g.grant_priorities, h.hold_ids, h.hold_amounts, h.hold_created_at,
     h.hold_expires_at, h.hold_statuses, h.hold_features
@@ -364,11 +424,11 @@ ONE_ACCOUNT = """
 WITH a AS (SELECT {accounts} FROM {user_tokens} WHERE user_id = %(user_id)s)
 SELECT 0 AS kind, a.*, NULL::text, NULL::text FROM a
 UNION ALL SELECT 1, g.id, g.amount, g.remaining, g.created_at, g.expires_at, NULL, NULL,
-    g.priority, NULL, NULL, NULL, NULL, g.reason, NULL
+    g.priority, NULL, NULL, NULL, NULL, NULL, g.reason, NULL
     FROM a JOIN {token_grants} AS g ON g.user_id = a.user_id AND g.remaining > 0
     WHERE a.grant_balance > 0
 UNION ALL SELECT 2, h.id, h.amount, NULL, h.created_at, h.expires_at, NULL, NULL, NULL, NULL,
-    NULL, NULL, NULL, h.status, h.feature
+    NULL, NULL, NULL, NULL, h.status, h.feature
     FROM a JOIN {token_reservations} AS h ON h.user_id = a.user_id AND h.status = 'held'
     WHERE a.reserved_tokens > 0
 ORDER BY 1, 5, 2
@@ -389,14 +449,14 @@ def read_one_account(rows: Sequence[Sequence[Any]]) -> TokenAccount | None:
             row[3],
             _utc(row[4]),
             _optional_utc(row[5]),
-            row[13],
+            row[14],
             int(row[8]),
         )
         for row in rows
         if row[0] == 1
     )
     holds = tuple(
-        Reservation(row[1], user_id, row[2], _utc(row[4]), _utc(row[5]), row[13], row[14])
+        Reservation(row[1], user_id, row[2], _utc(row[4]), _utc(row[5]), row[14], row[15])
         for row in rows
         if row[0] == 2
     )
@@ -406,12 +466,12 @@ def read_one_account(rows: Sequence[Sequence[Any]]) -> TokenAccount | None:
 def read_with_balances(row: Sequence[Any]) -> TokenAccount:
     """A row of :data:`WITH_BALANCES` as an account carrying its grants and holds."""
     account = ROWS.account(row)
-    if row[12] is None and row[19] is None:
+    if row[13] is None and row[20] is None:
         return account
     user_id = account.user_id
     grants = (
         ()
-        if row[12] is None
+        if row[13] is None
         else tuple(
             Grant(
                 id_,
@@ -424,16 +484,16 @@ def read_with_balances(row: Sequence[Any]) -> TokenAccount:
                 priority,
             )
             for id_, amount, remaining, created, expires, reason, priority in zip(
-                *row[12:19], strict=True
+                *row[13:20], strict=True
             )
         )
     )
     holds = (
         ()
-        if row[19] is None
+        if row[20] is None
         else tuple(
             Reservation(id_, user_id, amount, _utc(created), _utc(expires), status, feature)
-            for id_, amount, created, expires, status, feature in zip(*row[19:25], strict=True)
+            for id_, amount, created, expires, status, feature in zip(*row[20:26], strict=True)
         )
     )
     return attrs.evolve(account, grants=grants, holds=holds)
@@ -552,6 +612,32 @@ FROM stop
 """
 
 
+@attrs.frozen
+class DirectStatements:
+    """The four forms of the one-statement deduction (see :func:`direct_deduction`)."""
+
+    direct_deduction: sql.Composed
+    direct_keyed_deduction: sql.Composed
+    hinted_direct_deduction: sql.Composed
+    hinted_direct_keyed_deduction: sql.Composed
+
+    def rendered(self) -> RenderedDirect:
+        return RenderedDirect(
+            self.direct_deduction.as_bytes(),
+            self.direct_keyed_deduction.as_bytes(),
+            self.hinted_direct_deduction.as_bytes(),
+            self.hinted_direct_keyed_deduction.as_bytes(),
+        )
+
+
+@attrs.frozen
+class RenderedDirect:
+    direct_deduction: bytes
+    direct_keyed_deduction: bytes
+    hinted_direct_deduction: bytes
+    hinted_direct_keyed_deduction: bytes
+
+
 class Rendered:
     """The statements of a :class:`Statements` that run most often, rendered to bytes once:
     psycopg would otherwise render a composed statement again on every execution."""
@@ -570,11 +656,33 @@ class Rendered:
         composed = [value for value in vars(statements).values() if isinstance(value, sql.Composed)]
         composed += statements.balances.values()
         self._by_id = {id(query): query.as_bytes() for query in composed}
+        self._statements = statements
+        self._direct: tuple[object, RenderedDirect] = ((), statements.direct(()).rendered())
+
+    def direct(self, thresholds: tuple[Threshold, ...]) -> RenderedDirect:
+        """The deductions for ``thresholds``, rendered; the last asked for is kept: a
+        ledger asks with the same tuple every time."""
+        last, rendered = self._direct
+        if thresholds is not last:
+            rendered = self._statements.direct(thresholds).rendered()
+            self._direct = (thresholds, rendered)
+        return rendered
 
     def of(self, query: sql.Composed) -> bytes:
         """``query`` as bytes: rendered once if it is one of the statements', else now."""
         rendered = self._by_id.get(id(query))
         return query.as_bytes() if rendered is None else rendered
+
+
+def notification_params(note: Notification) -> dict[str, Any]:
+    """The parameters of :attr:`Statements.append_notification`."""
+    return dict(
+        zip(
+            NEW_NOTIFICATION_COLUMNS.replace(" ", "").split(","),
+            WRITE.notification_row(note),
+            strict=True,
+        )
+    )
 
 
 def direct_deduction(
@@ -596,7 +704,7 @@ def direct_deduction(
     }
     if not hinted:
         params["earlier"] = deduction.earlier
-    rendered = statements.rendered
+    rendered = statements.rendered.direct(deduction.thresholds)
     key = deduction.idempotency_key
     if key is None:
         return (rendered.hinted_direct_deduction if hinted else rendered.direct_deduction), params

@@ -21,6 +21,7 @@ import attrs
 from token_ledger.account import TokenAccount
 from token_ledger.grants import Grant, Reservation
 from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs
+from token_ledger.thresholds import Notification, Threshold, decode, encode
 from token_ledger.transactions import Effects, Transaction
 
 ACCOUNT_FIELDS = (
@@ -36,6 +37,7 @@ ACCOUNT_FIELDS = (
     "reserved_tokens",
     "time_zone",
     "rollover_cap",
+    "notification_thresholds",
 )
 ACCOUNT_COLUMNS = ", ".join(ACCOUNT_FIELDS)
 TRANSACTION_COLUMNS = (
@@ -48,6 +50,15 @@ GRANT_COLUMNS = (
     "id, user_id, amount, remaining, created_at, expires_at, reason, priority, voided_at"
 )
 RESERVATION_COLUMNS = "id, user_id, amount, created_at, expires_at, status, feature"
+NOTIFICATION_COLUMNS = (
+    "id, user_id, threshold, period_start, occurrence, created_at, transaction_id,"
+    " monthly_used, monthly_limit, total_remaining"
+)
+# A notification is written without its id and occurrence, which the store assigns.
+NEW_NOTIFICATION_COLUMNS = (
+    "user_id, threshold, period_start, created_at, transaction_id, monthly_used,"
+    " monthly_limit, total_remaining"
+)
 
 # The live grants and the held reservations of a list of users, oldest first.
 # ``{token_grants}`` and ``{token_reservations}`` are the adapter's names of the
@@ -88,6 +99,21 @@ class RowReader:
             reserved_tokens=row[9],
             time_zone=row[10],
             rollover_cap=row[11],
+            thresholds=decode(row[12]),
+        )
+
+    def notification(self, row: Sequence[Any]) -> Notification:
+        return Notification(
+            id=row[0],
+            user_id=row[1],
+            threshold=Threshold.parse(row[2]),
+            period_start=self.instant(row[3]),
+            occurrence=row[4],
+            created_at=self.instant(row[5]),
+            transaction_id=row[6],
+            monthly_used=row[7],
+            monthly_limit=row[8],
+            total_remaining=row[9],
         )
 
     def transaction(self, row: Sequence[Any]) -> Transaction:
@@ -191,6 +217,20 @@ class RowWriter:
             account.reserved_tokens,
             account.time_zone,
             account.rollover_cap,
+            encode(account.thresholds),
+        )
+
+    def notification_row(self, note: Notification) -> tuple[Any, ...]:
+        """In the order of :data:`NEW_NOTIFICATION_COLUMNS`."""
+        return (
+            note.user_id,
+            note.threshold.key,
+            self.instant(note.period_start),
+            self.instant(note.created_at),
+            note.transaction_id,
+            note.monthly_used,
+            note.monthly_limit,
+            note.total_remaining,
         )
 
     def entry_row(self, entry: Transaction) -> tuple[Any, ...]:
@@ -245,6 +285,41 @@ class RowWriter:
         texts = [condition.sql.replace(PARAM, self.mark) for condition in conditions]
         values = [self.parameter(value) for condition in conditions for value in condition.values]
         return texts, values
+
+
+def threshold_guard(thresholds: Sequence[Threshold], amount: str) -> str:
+    """SQL that holds for a row of ``user_tokens`` where a one-statement deduction of
+    ``amount`` (a parameter's mark) crosses no threshold in effect, so no notification is due.
+
+    The statement's own guard keeps the deduction within the allowance of an account
+    without grants or holds, in its current period: there usage ends at most at the limit,
+    so only percents up to 100 can be crossed, and nothing left only by spending the whole
+    allowance without overage. Percent ``p`` is reached at ``ceil(p * limit / 100)`` tokens
+    used, computed as ``limit / 100 * p + (limit mod 100 * p + 99) / 100`` in whole numbers
+    that never pass the limit (no overflow). An account with thresholds of its own (the
+    column is neither ``NULL`` nor ``''``, none) is left to the full path.
+    """
+    crossings = []
+    for threshold in thresholds:
+        if threshold.percent is None:
+            crossings.append(
+                f"({amount} < monthly_limit - monthly_tokens_used OR overage_limit > 0)"
+            )
+        elif threshold.percent <= 100:
+            p = int(threshold.percent)
+            # the remainder written out: ``%`` is a placeholder's mark for psycopg
+            rest = "(monthly_limit - monthly_limit / 100 * 100)"
+            level = f"(monthly_limit / 100 * {p} + ({rest} * {p} + 99) / 100)"
+            crossings.append(
+                f"(monthly_tokens_used >= {level} OR {amount} < {level} - monthly_tokens_used)"
+            )
+    if not crossings:
+        return "(notification_thresholds IS NULL OR notification_thresholds = '')"
+    return (
+        "(notification_thresholds = '' OR (notification_thresholds IS NULL AND "
+        + " AND ".join(crossings)
+        + "))"
+    )
 
 
 class KnownAnchors:

@@ -116,6 +116,34 @@ def _add_entitlements(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+@_migration("0004_threshold_notifications")
+def _add_notifications(db: sqlite_utils.Database) -> None:
+    for statement in (
+        # NULL: the ledger's default thresholds; '' none; '80%,100%,nothing_left' its own
+        "ALTER TABLE user_tokens ADD COLUMN notification_thresholds TEXT",
+        # AUTOINCREMENT: an id is never handed out twice, even after the newest row is deleted
+        """CREATE TABLE token_notifications (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id TEXT NOT NULL,
+            threshold TEXT NOT NULL,
+            period_start TEXT NOT NULL,
+            occurrence INTEGER NOT NULL CHECK (occurrence > 0),
+            created_at TEXT NOT NULL,
+            transaction_id INTEGER,
+            monthly_used INTEGER NOT NULL,
+            monthly_limit INTEGER NOT NULL,
+            total_remaining INTEGER NOT NULL,
+            UNIQUE (user_id, threshold, period_start, occurrence)
+        )""",
+        """CREATE TABLE token_notification_cursors (
+            consumer TEXT PRIMARY KEY NOT NULL,
+            position INTEGER NOT NULL CHECK (position >= 0),
+            updated_at TEXT NOT NULL
+        )""",
+    ):
+        db.execute(statement)
+
+
 def refuse_newer_schema(db: sqlite_utils.Database) -> None:
     """Refuse a database that a newer token-ledger migrated: its tables are not ours to use."""
     unknown = {m.name for m in migrations.applied(db)} - KNOWN_MIGRATIONS

@@ -4,7 +4,10 @@ run and reconciliation's grouped query. Text only; :mod:`token_ledger.sqlite` se
 
 from __future__ import annotations
 
-from token_ledger._rows import NEW_TRANSACTION_COLUMNS
+import functools
+
+from token_ledger._rows import NEW_TRANSACTION_COLUMNS, threshold_guard
+from token_ledger.thresholds import Threshold
 
 
 def numbered(where: str, first: int) -> str:
@@ -30,7 +33,16 @@ _DIRECT_GUARD = (
     " AND ?1 <= monthly_limit - monthly_tokens_used"
 )
 _DIRECT_RETURNING = " RETURNING monthly_limit - monthly_tokens_used, overage_limit"
-DIRECT_DEDUCTION = _DIRECT_GUARD + _DIRECT_RETURNING
+
+
+@functools.lru_cache(maxsize=64)
+def direct_deduction(thresholds: tuple[Threshold, ...]) -> str:
+    """The one-statement deduction for a ledger with these default thresholds: it matches
+    no row where the deduction would cross one (:func:`~token_ledger._rows.threshold_guard`)."""
+    return f"{_DIRECT_GUARD} AND {threshold_guard(thresholds, '?1')}{_DIRECT_RETURNING}"
+
+
+DIRECT_DEDUCTION = direct_deduction(())
 DIRECT_ENTRY = (
     f"INSERT INTO token_transactions ({NEW_TRANSACTION_COLUMNS})"
     " VALUES (?, 'deduct', ?, ?, ?, 1, ?, ?, ?, ?, NULL)"

@@ -28,6 +28,7 @@ from token_ledger.account import TokenAccount
 from token_ledger.errors import SchemaVersionError, StorageError, TransientStorageError
 from token_ledger.postgres import PostgresUnitOfWork, _fetch, _translated_errors, _with_balances
 from token_ledger.repository import AccountFilter, HistoryQuery
+from token_ledger.thresholds import Notification
 from token_ledger.transactions import Transaction
 
 # The types of the columns the library reads, loaded the way psycopg loads them by default.
@@ -214,6 +215,14 @@ class PostgresCallerTransaction:
 
     def count_accounts(self) -> int:
         return int(_fetch(self._library, self._sql.count_accounts, ())[0][0])
+
+    def notifications(self, after: int, limit: int) -> list[Notification]:
+        rows = _fetch(self._library, self._sql.notifications_after, (after, limit))
+        return [ROWS.notification(row) for row in rows]
+
+    def notification_cursor(self, consumer: str) -> int:
+        rows = _fetch(self._library, self._sql.cursor_position, (consumer,))
+        return 0 if not rows else int(rows[0][0])
 
     def scan_accounts(
         self, where: AccountFilter, after_user_id: str | None, limit: int

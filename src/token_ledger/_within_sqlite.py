@@ -37,6 +37,7 @@ from token_ledger.sqlite import (
     _translated_errors,
     _where,
 )
+from token_ledger.thresholds import Notification
 from token_ledger.transactions import Transaction
 
 _LEGACY = getattr(sqlite3, "LEGACY_TRANSACTION_CONTROL", -1)  # Python 3.12's constant
@@ -152,6 +153,12 @@ class SQLiteCallerTransaction:
 
     def count_accounts(self) -> int:
         return int(self._conn.execute("SELECT count(*) FROM user_tokens").fetchone()[0])
+
+    def notifications(self, after: int, limit: int) -> list[Notification]:
+        return SQLiteUnitOfWork(self._conn).notifications(after, limit)
+
+    def notification_cursor(self, consumer: str) -> int:
+        return SQLiteUnitOfWork(self._conn).notification_cursor(consumer)
 
     def scan_accounts(
         self, where: AccountFilter, after_user_id: str | None, limit: int

@@ -16,6 +16,7 @@ from token_ledger.grants import Grant, Reservation, ReservationStatus
 from token_ledger.policy import MonthlyResetPolicy, Period
 from token_ledger.refunds import earlier_refunds, plan_refund, refundable
 from token_ledger.spending import spend
+from token_ledger.thresholds import Threshold
 from token_ledger.transactions import Effects, OperationType, Transaction
 
 __all__ = ["Change", "TokenAccount", "check_monthly_limit"]
@@ -56,6 +57,8 @@ class TokenAccount:
     rollover_cap: int = 0
     """How much of a period's unspent allowance carries into the next (see
     :func:`~token_ledger.settling.reset`)."""
+    thresholds: tuple[Threshold, ...] | None = None
+    """The account's own notification thresholds; ``None``: the ledger's defaults."""
 
     @classmethod
     def open(
@@ -407,6 +410,23 @@ class TokenAccount:
             self, account, OperationType.LIMIT_CHANGE, monthly_limit, now, operation_context=context
         )
         return current.then(Change(account, (entry,)))
+
+    @stamped
+    def with_thresholds(
+        self,
+        policy: MonthlyResetPolicy,
+        now: datetime,
+        thresholds: tuple[Threshold, ...] | None,
+    ) -> Change:
+        """Settle, then set the account's own thresholds (``None``: the ledger's defaults).
+
+        No entry records it and no threshold fires: only spending crosses one.
+        """
+        current = self.as_of(policy, now)
+        if current.account.thresholds == thresholds:
+            return current
+        account = attrs.evolve(current.account, thresholds=thresholds, updated_at=now)
+        return current.then(Change(account))
 
     @stamped
     def in_time_zone(

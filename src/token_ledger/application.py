@@ -8,7 +8,7 @@ live in the domain, the steps in :mod:`token_ledger.operations` and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,6 +26,7 @@ from token_ledger.reconciliation import Discrepancy
 from token_ledger.repository import TokenRepository
 from token_ledger.results import DeductResult, History, TokenStatus
 from token_ledger.storage import write_with_retries
+from token_ledger.thresholds import Notification, Threshold, check_thresholds
 from token_ledger.transactions import OperationType, Transaction
 
 if TYPE_CHECKING:
@@ -58,17 +59,24 @@ class TokenLedger:
         *,
         policy: MonthlyResetPolicy | None = None,
         clock: Clock = system_clock,
+        thresholds: Iterable[Threshold] = (),
     ) -> None:
         self.repository = repository
         self.policy = policy if policy is not None else MonthlyResetPolicy()
         self._clock = clock
+        self.thresholds = check_thresholds(thresholds)
+        """The notification thresholds of every account that has none of its own."""
 
     @classmethod
     def memory(
-        cls, *, policy: MonthlyResetPolicy | None = None, clock: Clock = system_clock
+        cls,
+        *,
+        policy: MonthlyResetPolicy | None = None,
+        clock: Clock = system_clock,
+        thresholds: Iterable[Threshold] = (),
     ) -> TokenLedger:
         """A ledger held in this process only; nothing survives it."""
-        return cls(MemoryRepository(), policy=policy, clock=clock)
+        return cls(MemoryRepository(), policy=policy, clock=clock, thresholds=thresholds)
 
     @classmethod
     def sqlite(
@@ -79,6 +87,7 @@ class TokenLedger:
         busy_timeout: float = 30.0,
         policy: MonthlyResetPolicy | None = None,
         clock: Clock = system_clock,
+        thresholds: Iterable[Threshold] = (),
     ) -> TokenLedger:
         """A ledger in a SQLite file (created if missing), ``":memory:"``, or your connection.
 
@@ -88,7 +97,7 @@ class TokenLedger:
         from token_ledger.sqlite import SQLiteRepository
 
         repository = SQLiteRepository(database, synchronous=synchronous, busy_timeout=busy_timeout)
-        return cls(repository, policy=policy, clock=clock)
+        return cls(repository, policy=policy, clock=clock, thresholds=thresholds)
 
     @classmethod
     def postgres(
@@ -98,6 +107,7 @@ class TokenLedger:
         schema: str = "public",
         policy: MonthlyResetPolicy | None = None,
         clock: Clock = system_clock,
+        thresholds: Iterable[Threshold] = (),
     ) -> TokenLedger:
         """A ledger in PostgreSQL, shared by every process that points at the same schema.
 
@@ -107,7 +117,12 @@ class TokenLedger:
         """
         from token_ledger.postgres import PostgresRepository
 
-        return cls(PostgresRepository(target, schema=schema), policy=policy, clock=clock)
+        return cls(
+            PostgresRepository(target, schema=schema),
+            policy=policy,
+            clock=clock,
+            thresholds=thresholds,
+        )
 
     @classmethod
     def open(
@@ -117,6 +132,7 @@ class TokenLedger:
         create: bool = True,
         policy: MonthlyResetPolicy | None = None,
         clock: Clock = system_clock,
+        thresholds: Iterable[Threshold] = (),
     ) -> TokenLedger:
         """The ledger a database URL names: ``postgresql://...``, ``sqlite:///path``, a SQLite
         file path, or ``memory://``; see :func:`token_ledger.database_url.parse_database_url`.
@@ -126,7 +142,9 @@ class TokenLedger:
         """
         from token_ledger.database_url import open_ledger
 
-        return open_ledger(cls, url, create=create, policy=policy, clock=clock)
+        return open_ledger(
+            cls, url, create=create, policy=policy, clock=clock, thresholds=thresholds
+        )
 
     def __enter__(self) -> TokenLedger:
         return self
@@ -233,6 +251,7 @@ class TokenLedger:
                 feature=feature,
                 context=context,
                 idempotency_key=idempotency_key,
+                thresholds=self.thresholds,
             )
         )
 
@@ -252,7 +271,13 @@ class TokenLedger:
         """
         return self._perform(
             commands.set_limit(
-                self.policy, self.now(), user_id, monthly_limit, overage_limit, rollover_cap
+                self.policy,
+                self.now(),
+                user_id,
+                monthly_limit,
+                overage_limit,
+                rollover_cap,
+                self.thresholds,
             )
         )
 
@@ -263,6 +288,15 @@ class TokenLedger:
         boundary; recorded as a ``limit_change`` entry.
         """
         return self._perform(commands.set_time_zone(self.policy, self.now(), user_id, time_zone))
+
+    def set_thresholds(self, user_id: str, thresholds: Iterable[Threshold] | None) -> TokenAccount:
+        """Give the account notification thresholds of its own, in place of the ledger's
+        defaults; ``[]`` for none, ``None`` to go back to the defaults.
+
+        Nothing fires for a threshold the account is already at or above: the next crossing
+        does, after a new period or a refund arms it.
+        """
+        return self._perform(commands.set_thresholds(self.policy, self.now(), user_id, thresholds))
 
     def grant(
         self,
@@ -340,13 +374,14 @@ class TokenLedger:
                 ttl=ttl,
                 feature=feature,
                 idempotency_key=idempotency_key,
+                thresholds=self.thresholds,
             )
         )
 
     def commit(self, reservation_id: str, actual_amount: int) -> DeductResult:
         """Spend ``actual_amount`` (at most what was reserved) and release the rest."""
         return self._perform(
-            commands.commit(self.policy, self.now(), reservation_id, actual_amount)
+            commands.commit(self.policy, self.now(), reservation_id, actual_amount, self.thresholds)
         )
 
     def release(self, reservation_id: str) -> DeductResult:
@@ -486,6 +521,29 @@ class TokenLedger:
                 limit=limit,
             )
         )
+
+    # notifications
+
+    def notifications(self, *, after: int = 0, limit: int = 100) -> list[Notification]:
+        """Notifications of crossed thresholds with an id above ``after``, oldest first.
+
+        Ids grow in the order notifications are committed, so passing the last id seen
+        as ``after`` never skips one. To resume after a restart, keep the position in the
+        ledger: :meth:`notification_cursor` and :meth:`acknowledge_notifications`.
+        """
+        return self._perform(commands.notifications(after, limit))
+
+    def notification_cursor(self, consumer: str) -> int:
+        """The id ``consumer`` last acknowledged (0 at first): read on from there."""
+        return self._perform(commands.notification_cursor(consumer))
+
+    def acknowledge_notifications(self, consumer: str, up_to: int) -> int:
+        """Record that ``consumer`` has handled every notification up to id ``up_to``.
+
+        The cursor never moves back (an older id leaves it as it is), and never past the
+        last notification recorded (:class:`InvalidInput`). Returns where it stands.
+        """
+        return self._perform(commands.acknowledge_notifications(consumer, up_to))
 
     def within(
         self, connection: object, *, schema: str | None = None

@@ -12,7 +12,7 @@ Import it from here (``from token_ledger.asyncio_application import AsyncTokenLe
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -29,6 +29,7 @@ from token_ledger.monitoring import AlertReport, Health
 from token_ledger.policy import MonthlyResetPolicy
 from token_ledger.reconciliation import Discrepancy
 from token_ledger.results import DeductResult, History, TokenStatus
+from token_ledger.thresholds import Notification, Threshold, check_thresholds
 from token_ledger.transactions import OperationType, Transaction
 
 if TYPE_CHECKING:
@@ -66,17 +67,26 @@ class AsyncTokenLedger:
         *,
         policy: MonthlyResetPolicy | None = None,
         clock: Clock = system_clock,
+        thresholds: Iterable[Threshold] = (),
     ) -> None:
         self.repository = repository
         self.policy = policy if policy is not None else MonthlyResetPolicy()
         self._clock = clock
+        self.thresholds = check_thresholds(thresholds)
+        """The notification thresholds of every account that has none of its own."""
 
     @classmethod
     def memory(
-        cls, *, policy: MonthlyResetPolicy | None = None, clock: Clock = system_clock
+        cls,
+        *,
+        policy: MonthlyResetPolicy | None = None,
+        clock: Clock = system_clock,
+        thresholds: Iterable[Threshold] = (),
     ) -> AsyncTokenLedger:
         """A ledger held in this process only, run in the event loop (it does no I/O)."""
-        return cls(InlineRepository(MemoryRepository()), policy=policy, clock=clock)
+        return cls(
+            InlineRepository(MemoryRepository()), policy=policy, clock=clock, thresholds=thresholds
+        )
 
     @classmethod
     def sqlite(
@@ -87,6 +97,7 @@ class AsyncTokenLedger:
         busy_timeout: float = 30.0,
         policy: MonthlyResetPolicy | None = None,
         clock: Clock = system_clock,
+        thresholds: Iterable[Threshold] = (),
     ) -> AsyncTokenLedger:
         """A ledger in a SQLite file, driven in a worker thread of its own.
 
@@ -103,6 +114,7 @@ class AsyncTokenLedger:
             ),
             policy=policy,
             clock=clock,
+            thresholds=thresholds,
         )
 
     @classmethod
@@ -113,6 +125,7 @@ class AsyncTokenLedger:
         schema: str = "public",
         policy: MonthlyResetPolicy | None = None,
         clock: Clock = system_clock,
+        thresholds: Iterable[Threshold] = (),
     ) -> AsyncTokenLedger:
         """A ledger in PostgreSQL through psycopg's asyncio classes.
 
@@ -123,7 +136,12 @@ class AsyncTokenLedger:
         """
         from token_ledger.postgres_async import AsyncPostgresRepository
 
-        return cls(AsyncPostgresRepository(target, schema=schema), policy=policy, clock=clock)
+        return cls(
+            AsyncPostgresRepository(target, schema=schema),
+            policy=policy,
+            clock=clock,
+            thresholds=thresholds,
+        )
 
     @classmethod
     def open(
@@ -133,6 +151,7 @@ class AsyncTokenLedger:
         create: bool = True,
         policy: MonthlyResetPolicy | None = None,
         clock: Clock = system_clock,
+        thresholds: Iterable[Threshold] = (),
     ) -> AsyncTokenLedger:
         """The ledger a database URL names, read as :meth:`TokenLedger.open` reads it.
 
@@ -140,7 +159,9 @@ class AsyncTokenLedger:
         """
         from token_ledger.database_url import open_ledger
 
-        opened = open_ledger(cast(Any, cls), url, create=create, policy=policy, clock=clock)
+        opened = open_ledger(
+            cast(Any, cls), url, create=create, policy=policy, clock=clock, thresholds=thresholds
+        )
         return cast(AsyncTokenLedger, opened)
 
     async def __aenter__(self) -> AsyncTokenLedger:
@@ -187,7 +208,9 @@ class AsyncTokenLedger:
             )
         bound: AsyncRepository = await bound_to(connection, schema=schema)
         try:
-            yield AsyncTokenLedger(bound, policy=self.policy, clock=self._clock)
+            yield AsyncTokenLedger(
+                bound, policy=self.policy, clock=self._clock, thresholds=self.thresholds
+            )
         finally:
             await bound.close()
 
@@ -266,6 +289,7 @@ class AsyncTokenLedger:
                 feature=feature,
                 context=context,
                 idempotency_key=idempotency_key,
+                thresholds=self.thresholds,
             )
         )
 
@@ -280,7 +304,13 @@ class AsyncTokenLedger:
         """Change any of the limits, now; see :meth:`TokenLedger.set_limit`."""
         return await self._perform(
             commands.set_limit(
-                self.policy, self.now(), user_id, monthly_limit, overage_limit, rollover_cap
+                self.policy,
+                self.now(),
+                user_id,
+                monthly_limit,
+                overage_limit,
+                rollover_cap,
+                self.thresholds,
             )
         )
 
@@ -288,6 +318,15 @@ class AsyncTokenLedger:
         """Count the account's calendar in ``time_zone``; see :meth:`TokenLedger.set_time_zone`."""
         return await self._perform(
             commands.set_time_zone(self.policy, self.now(), user_id, time_zone)
+        )
+
+    async def set_thresholds(
+        self, user_id: str, thresholds: Iterable[Threshold] | None
+    ) -> TokenAccount:
+        """The account's own thresholds (``None``: the defaults); see
+        :meth:`TokenLedger.set_thresholds`."""
+        return await self._perform(
+            commands.set_thresholds(self.policy, self.now(), user_id, thresholds)
         )
 
     async def grant(
@@ -351,13 +390,14 @@ class AsyncTokenLedger:
                 ttl=ttl,
                 feature=feature,
                 idempotency_key=idempotency_key,
+                thresholds=self.thresholds,
             )
         )
 
     async def commit(self, reservation_id: str, actual_amount: int) -> DeductResult:
         """Spend ``actual_amount`` (at most what was reserved) and release the rest."""
         return await self._perform(
-            commands.commit(self.policy, self.now(), reservation_id, actual_amount)
+            commands.commit(self.policy, self.now(), reservation_id, actual_amount, self.thresholds)
         )
 
     async def release(self, reservation_id: str) -> DeductResult:
@@ -471,6 +511,22 @@ class AsyncTokenLedger:
                 limit=limit,
             )
         )
+
+    # notifications
+
+    async def notifications(self, *, after: int = 0, limit: int = 100) -> list[Notification]:
+        """Notifications with an id above ``after``, oldest first; see
+        :meth:`TokenLedger.notifications`."""
+        return await self._perform(commands.notifications(after, limit))
+
+    async def notification_cursor(self, consumer: str) -> int:
+        """The id ``consumer`` last acknowledged (0 at first)."""
+        return await self._perform(commands.notification_cursor(consumer))
+
+    async def acknowledge_notifications(self, consumer: str, up_to: int) -> int:
+        """Record that ``consumer`` handled every notification up to id ``up_to``; see
+        :meth:`TokenLedger.acknowledge_notifications`."""
+        return await self._perform(commands.acknowledge_notifications(consumer, up_to))
 
     async def _perform(self, command: Command[T, R]) -> R:
         """Run a checked call: a write in a unit of work (again from the start if it lost a

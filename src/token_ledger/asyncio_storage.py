@@ -42,6 +42,7 @@ from token_ledger.storage import (
     WRITE_ATTEMPTS,
     write_with_retries,
 )
+from token_ledger.thresholds import Notification
 from token_ledger.transactions import Transaction
 
 T = TypeVar("T")
@@ -114,6 +115,14 @@ class AsyncUnitOfWork(Protocol):
         self, cutoffs: StaleCutoffs, after_user_id: str | None, limit: int
     ) -> list[TokenAccount]: ...
 
+    async def append_notifications(
+        self, notifications: Sequence[Notification]
+    ) -> list[Notification]: ...
+
+    async def last_notification_id(self) -> int: ...
+
+    async def advance_notification_cursor(self, consumer: str, up_to: int) -> int: ...
+
 
 class AsyncReads(Protocol):
     """The reads of :class:`~token_ledger.repository.TokenRepository` as coroutines.
@@ -128,6 +137,10 @@ class AsyncReads(Protocol):
     async def count_transactions(self, query: HistoryQuery) -> int: ...
 
     async def count_accounts(self) -> int: ...
+
+    async def notifications(self, after: int, limit: int) -> list[Notification]: ...
+
+    async def notification_cursor(self, consumer: str) -> int: ...
 
     async def scan_accounts(
         self, where: AccountFilter, after_user_id: str | None, limit: int

@@ -25,8 +25,9 @@ from token_ledger.monitoring import AlertReport, AlertThresholds, Health
 from token_ledger.operations import Operation, ResetStep, Spent
 from token_ledger.policy import MonthlyResetPolicy, load_zone
 from token_ledger.reconciliation import Discrepancy
-from token_ledger.repository import HistoryQuery
+from token_ledger.repository import MAX_HISTORY_LIMIT, HistoryQuery
 from token_ledger.results import DeductResult, History, TokenStatus
+from token_ledger.thresholds import Notification, Thresholds, check_thresholds
 from token_ledger.transactions import Transaction
 
 T = TypeVar("T")
@@ -155,6 +156,7 @@ def deduct(
     feature: object,
     context: object,
     idempotency_key: object,
+    thresholds: Thresholds = (),
 ) -> Command[Spent, DeductResult]:
     user = _validation.identifier(user_id, "user_id")
     tokens = _validation.positive_int(amount)
@@ -162,7 +164,14 @@ def deduct(
     key = _validation.optional_identifier(idempotency_key, "idempotency_key")
     checked_context = _validation.json_context(context)
     direct = operations.DirectDeduction(
-        user, tokens, checked_feature, checked_context, key, now, policy.period(now).start
+        user,
+        tokens,
+        checked_feature,
+        checked_context,
+        key,
+        now,
+        policy.period(now).start,
+        thresholds,
     )
     return Command(
         lambda: operations.deduct(
@@ -173,6 +182,7 @@ def deduct(
             feature=checked_feature,
             context=checked_context,
             idempotency_key=key,
+            thresholds=thresholds,
         ),
         _deducted,
         shortcut=Shortcut.single(operations.Call("deduct_directly", (direct,))),
@@ -186,6 +196,7 @@ def set_limit(
     monthly_limit: object,
     overage_limit: object,
     rollover_cap: object = None,
+    thresholds: Thresholds = (),
 ) -> Command[TokenAccount, TokenAccount]:
     user = _validation.identifier(user_id, "user_id")
     if monthly_limit is None and overage_limit is None and rollover_cap is None:
@@ -199,7 +210,9 @@ def set_limit(
     rollover = (
         None if rollover_cap is None else _validation.non_negative_int(rollover_cap, "rollover_cap")
     )
-    return _write(lambda: operations.set_limits(policy, now, user, limit, overage, rollover))
+    return _write(
+        lambda: operations.set_limits(policy, now, user, limit, overage, rollover, thresholds)
+    )
 
 
 def set_time_zone(
@@ -208,6 +221,15 @@ def set_time_zone(
     user = _validation.identifier(user_id, "user_id")
     zone = _optional_time_zone(time_zone)
     return _write(lambda: operations.set_time_zone(policy, now, user, zone))
+
+
+def set_thresholds(
+    policy: MonthlyResetPolicy, now: datetime, user_id: object, thresholds: object
+) -> Command[TokenAccount, TokenAccount]:
+    """The account's own thresholds; ``None`` clears them (the ledger's defaults apply)."""
+    user = _validation.identifier(user_id, "user_id")
+    own = None if thresholds is None else check_thresholds(thresholds)
+    return _write(lambda: operations.set_thresholds(policy, now, user, own))
 
 
 def grant(
@@ -258,6 +280,7 @@ def reserve(
     ttl: object,
     feature: object,
     idempotency_key: object,
+    thresholds: Thresholds = (),
 ) -> Command[Spent, Reservation]:
     user = _validation.identifier(user_id, "user_id")
     tokens = _validation.positive_int(amount)
@@ -265,14 +288,18 @@ def reserve(
     key = _validation.optional_identifier(idempotency_key, "idempotency_key")
     expiry = _validation.instant_after(now, ttl, "ttl")
     hold = Reservation(operations.new_id(), user, tokens, now, expiry, feature=checked_feature)
-    return Command(lambda: operations.reserve(policy, now, hold, key), _reserved)
+    return Command(lambda: operations.reserve(policy, now, hold, key, thresholds), _reserved)
 
 
 def commit(
-    policy: MonthlyResetPolicy, now: datetime, reservation_id: object, actual_amount: object
+    policy: MonthlyResetPolicy,
+    now: datetime,
+    reservation_id: object,
+    actual_amount: object,
+    thresholds: Thresholds = (),
 ) -> Command[Spent, DeductResult]:
     actual = _validation.non_negative_int(actual_amount, "actual_amount")
-    return _settle(policy, now, reservation_id, actual)
+    return _settle(policy, now, reservation_id, actual, thresholds)
 
 
 def release(
@@ -415,6 +442,29 @@ def history(**filters: Any) -> Command[History, History]:
     return _read(lambda: reads.history(query))
 
 
+# notifications
+
+
+def notifications(after: object, limit: object) -> Command[list[Notification], list[Notification]]:
+    """Notifications with an id above ``after``, oldest first, at most ``limit``."""
+    start = _validation.non_negative_int(after, "after")
+    size = _validation.positive_int(limit, "limit")
+    if size > MAX_HISTORY_LIMIT:
+        raise InvalidInput(f"limit must be at most {MAX_HISTORY_LIMIT}, got {size}")
+    return _read(lambda: reads.notifications(start, size))
+
+
+def notification_cursor(consumer: object) -> Command[int, int]:
+    checked = _validation.identifier(consumer, "consumer")
+    return _read(lambda: reads.notification_cursor(checked))
+
+
+def acknowledge_notifications(consumer: object, up_to: object) -> Command[int, int]:
+    checked = _validation.identifier(consumer, "consumer")
+    position = _validation.non_negative_int(up_to, "up_to")
+    return _write(lambda: operations.acknowledge_notifications(checked, position))
+
+
 # helpers
 
 
@@ -450,10 +500,14 @@ def _optional_time_zone(value: object) -> str | None:
 
 
 def _settle(
-    policy: MonthlyResetPolicy, now: datetime, reservation_id: object, actual: int | None
+    policy: MonthlyResetPolicy,
+    now: datetime,
+    reservation_id: object,
+    actual: int | None,
+    thresholds: Thresholds = (),
 ) -> Command[Spent, DeductResult]:
     checked = _validation.identifier(reservation_id, "reservation_id")
-    return Command(lambda: operations.settle(policy, now, checked, actual), _deducted)
+    return Command(lambda: operations.settle(policy, now, checked, actual, thresholds), _deducted)
 
 
 def _deducted(spent: Spent) -> DeductResult:

@@ -29,9 +29,12 @@ import attrs
 from token_ledger.errors import InvalidInput
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from token_ledger.application import TokenLedger
     from token_ledger.clock import Clock
     from token_ledger.policy import MonthlyResetPolicy
+    from token_ledger.thresholds import Threshold
 
 Engine = Literal["memory", "sqlite", "postgres"]
 
@@ -129,6 +132,7 @@ def open_ledger(
     create: bool,
     policy: MonthlyResetPolicy | None,
     clock: Clock,
+    thresholds: Iterable[Threshold] = (),
 ) -> TokenLedger:
     """The ledger ``url`` names, through ``cls.memory``, ``cls.sqlite`` or ``cls.postgres``.
 
@@ -141,12 +145,12 @@ def open_ledger(
     if not create and parsed.in_memory:
         raise DatabaseNotFound(parsed)
     if parsed.engine == "memory":
-        return cls.memory(policy=policy, clock=clock)
+        return cls.memory(policy=policy, clock=clock, thresholds=thresholds)
     if parsed.engine == "postgres":
-        return cls.postgres(parsed.target, policy=policy, clock=clock)
+        return cls.postgres(parsed.target, policy=policy, clock=clock, thresholds=thresholds)
     if not create and not Path(parsed.target).is_file():
         raise DatabaseNotFound(parsed)
-    return cls.sqlite(parsed.target, policy=policy, clock=clock)
+    return cls.sqlite(parsed.target, policy=policy, clock=clock, thresholds=thresholds)
 
 
 def _sqlite_target(url: str) -> str:

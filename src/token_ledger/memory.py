@@ -19,6 +19,7 @@ from token_ledger._rows import account_conditions, history_conditions, matches
 from token_ledger.account import TokenAccount
 from token_ledger.grants import Grant, Reservation
 from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs
+from token_ledger.thresholds import Notification
 from token_ledger.transactions import Transaction
 
 
@@ -32,6 +33,8 @@ class MemoryUnitOfWork:
         self.keys: dict[str, Transaction] = {}
         self.reservations: dict[str, Reservation] = {}
         self.grants: dict[str, Grant] = {}
+        self.notifications: list[Notification] = []
+        self.cursors: dict[str, int] = {}
 
     def load_account(self, user_id: str) -> TokenAccount | None:
         staged = self.accounts.get(user_id)
@@ -97,6 +100,34 @@ class MemoryUnitOfWork:
         merged = {**self._repository._accounts, **self.accounts}
         return _scan(merged.values(), AccountFilter(stale=cutoffs), after_user_id, limit)
 
+    def append_notifications(self, notifications: Sequence[Notification]) -> list[Notification]:
+        stored = []
+        for note in notifications:
+            same = (note.user_id, note.threshold, note.period_start)
+            earlier = sum(
+                1
+                for kept in (*self._repository._notifications, *self.notifications)
+                if (kept.user_id, kept.threshold, kept.period_start) == same
+            )
+            numbered = attrs.evolve(
+                note,
+                id=self._repository._last_notification + len(self.notifications) + 1,
+                occurrence=earlier + 1,
+            )
+            self.notifications.append(numbered)
+            stored.append(numbered)
+        return stored
+
+    def last_notification_id(self) -> int:
+        return self._repository._last_notification + len(self.notifications)
+
+    def advance_notification_cursor(self, consumer: str, up_to: int) -> int:
+        position = max(
+            up_to, self.cursors.get(consumer, self._repository._cursors.get(consumer, 0))
+        )
+        self.cursors[consumer] = position
+        return position
+
 
 class MemoryRepository:
     """Accounts and entries in Python dictionaries; safe to share between threads."""
@@ -109,6 +140,9 @@ class MemoryRepository:
         self._reservations: dict[str, Reservation] = {}
         self._grants: dict[str, Grant] = {}
         self._next_id = 1
+        self._notifications: list[Notification] = []
+        self._last_notification = 0
+        self._cursors: dict[str, int] = {}
 
     @contextmanager
     def unit_of_work(self) -> Iterator[MemoryUnitOfWork]:
@@ -121,6 +155,9 @@ class MemoryRepository:
             self._reservations.update(work.reservations)
             self._grants.update(work.grants)
             self._next_id += len(work.entries)
+            self._notifications.extend(work.notifications)
+            self._last_notification += len(work.notifications)
+            self._cursors.update(work.cursors)
 
     def get_account(self, user_id: str) -> TokenAccount | None:
         with self._lock:
@@ -146,6 +183,15 @@ class MemoryRepository:
     def count_accounts(self) -> int:
         with self._lock:
             return len(self._accounts)
+
+    def notifications(self, after: int, limit: int) -> list[Notification]:
+        with self._lock:
+            # ids are 1, 2, 3...: the one after ``after`` is at index ``after``
+            return self._notifications[after : after + limit]
+
+    def notification_cursor(self, consumer: str) -> int:
+        with self._lock:
+            return self._cursors.get(consumer, 0)
 
     def scan_accounts(
         self, where: AccountFilter, after_user_id: str | None, limit: int

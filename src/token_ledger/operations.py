@@ -29,12 +29,14 @@ from token_ledger.errors import (
     AccountNotFound,
     GrantNotFound,
     IdempotencyConflict,
+    InvalidInput,
     ReservationNotFound,
     TransactionNotFound,
 )
 from token_ledger.grants import Grant, Reservation
 from token_ledger.policy import MonthlyResetPolicy
 from token_ledger.repository import StaleCutoffs, TokenRepository, UnitOfWork
+from token_ledger.thresholds import Notification, Thresholds, crossed, in_effect
 from token_ledger.transactions import Effects, OperationType, Transaction, replay
 
 T = TypeVar("T")
@@ -122,6 +124,11 @@ class DirectDeduction:
     now: datetime
     period_start: datetime
     """The start of the calendar period containing ``now``."""
+    thresholds: Thresholds = ()
+    """The ledger's default notification thresholds. A store applies the deduction only
+    where it crosses none of those in effect for the account (these, for an account whose
+    own are not set; an account with thresholds of its own it may leave to :func:`deduct`),
+    so that the notification is recorded."""
 
     @property
     def earlier(self) -> datetime:
@@ -208,6 +215,29 @@ def _voided_sources(spent: Transaction, account: TokenAccount) -> Operation[list
     return voided
 
 
+def _store_noting(
+    policy: MonthlyResetPolicy,
+    now: datetime,
+    defaults: Thresholds,
+    before: TokenAccount,
+    change: Change,
+) -> Operation[list[Transaction]]:
+    """:func:`_store`, and a notification for each threshold the change crossed, recorded
+    in the same unit of work and naming the change's last entry."""
+    stored = yield from _store(before, change)
+    after = change.account
+    thresholds = in_effect(after, defaults)
+    if not thresholds or not any(t.reached(after) for t in thresholds):
+        return stored  # the usual write: nothing reached, no need to settle again
+    settled = before.as_of(policy, now).account
+    fired = crossed(thresholds, settled, after)
+    if fired:
+        entry_id = stored[-1].id if stored else None
+        notes = [Notification.of(threshold, after, now, entry_id) for threshold in fired]
+        yield Call("append_notifications", (notes,))
+    return stored
+
+
 # the operations
 
 
@@ -234,6 +264,7 @@ def deduct(
     feature: str | None,
     context: Mapping[str, Any],
     idempotency_key: str | None,
+    thresholds: Thresholds = (),
 ) -> Operation[Spent]:
     account = yield from _load(user_id)
     prior = yield from _prior(idempotency_key, OperationType.DEDUCT, user_id, amount, feature)
@@ -247,7 +278,7 @@ def deduct(
         context=dict(context),
         idempotency_key=idempotency_key,
     )
-    stored = yield from _store(account, change)
+    stored = yield from _store_noting(policy, now, thresholds, account, change)
     return Spent(stored[-1], change.account.spendable)
 
 
@@ -258,6 +289,7 @@ def set_limits(
     monthly_limit: int | None,
     overage_limit: int | None,
     rollover_cap: int | None = None,
+    thresholds: Thresholds = (),
 ) -> Operation[TokenAccount]:
     """Change any of the limits; those not given keep their stored values."""
     account = yield from _load(user_id)
@@ -268,6 +300,16 @@ def set_limits(
         account.overage_limit if overage_limit is None else overage_limit,
         rollover_cap,
     )
+    yield from _store_noting(policy, now, thresholds, account, change)
+    return change.account
+
+
+def set_thresholds(
+    policy: MonthlyResetPolicy, now: datetime, user_id: str, thresholds: Thresholds | None
+) -> Operation[TokenAccount]:
+    """Set the account's own thresholds, or with ``None`` go back to the ledger's defaults."""
+    account = yield from _load(user_id)
+    change = account.with_thresholds(policy, now, thresholds)
     yield from _store(account, change)
     return change.account
 
@@ -306,6 +348,21 @@ def void_grant(
     return (yield from _store(account, change))[-1]
 
 
+def acknowledge_notifications(consumer: str, up_to: int) -> Operation[int]:
+    """Move ``consumer``'s cursor to ``up_to`` (never back); its position after.
+
+    A cursor past the last notification recorded would skip the ones still to come,
+    so it is refused.
+    """
+    last: int = yield Call("last_notification_id", ())
+    if up_to > last:
+        raise InvalidInput(
+            f"cannot acknowledge notifications up to #{up_to}: the last recorded is #{last}"
+        )
+    position: int = yield Call("advance_notification_cursor", (consumer, up_to))
+    return position
+
+
 def grant(
     policy: MonthlyResetPolicy,
     now: datetime,
@@ -325,6 +382,7 @@ def reserve(
     now: datetime,
     hold: Reservation,
     idempotency_key: str | None,
+    thresholds: Thresholds = (),
 ) -> Operation[Spent]:
     account = yield from _load(hold.user_id)
     prior = yield from _prior(
@@ -334,7 +392,7 @@ def reserve(
         spent = Spent(prior, prior.balance_after)
     else:
         change = account.reserve(policy, now, hold, idempotency_key=idempotency_key)
-        stored = yield from _store(account, change)
+        stored = yield from _store_noting(policy, now, thresholds, account, change)
         spent = Spent(stored[-1], change.account.spendable)
     reference = spent.entry.reference
     if not reference:
@@ -344,7 +402,11 @@ def reserve(
 
 
 def settle(
-    policy: MonthlyResetPolicy, now: datetime, reservation_id: str, actual: int | None
+    policy: MonthlyResetPolicy,
+    now: datetime,
+    reservation_id: str,
+    actual: int | None,
+    thresholds: Thresholds = (),
 ) -> Operation[Spent]:
     """Commit ``actual`` tokens of a reservation, or release it whole (``actual=None``)."""
     found: Reservation | None = yield Call("find_reservation", (reservation_id,))
@@ -352,7 +414,7 @@ def settle(
         raise ReservationNotFound(reservation_id)
     account = yield from _load(found.user_id)
     change = account.settle_hold(policy, now, found, actual)
-    stored = yield from _store(account, change)
+    stored = yield from _store_noting(policy, now, thresholds, account, change)
     return Spent(stored[-1], change.account.spendable)
 
 

@@ -36,6 +36,7 @@ from token_ledger._postgres_statements import (
     as_columns,
     direct_deduction,
     named_conditions,
+    notification_params,
     read_one_account,
     read_with_balances,
     sql_conditions,
@@ -47,12 +48,14 @@ from token_ledger.grants import Grant, Reservation
 from token_ledger.operations import CalendarResets, DirectDeduction, ResetStep, Spent
 from token_ledger.reconciliation import Discrepancy
 from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs
+from token_ledger.thresholds import Notification
 from token_ledger.transactions import Transaction
 
 PostgresTarget = str | psycopg.Connection[Any] | ConnectionPool[Any]
 
 DEFAULT_POOL_SIZE = 10
 IDEMPOTENCY_KEY_CONSTRAINT = "token_transactions_idempotency_key_key"
+CROSSING_CONSTRAINT = "token_notifications_crossing_key"
 _BUSY = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
 
@@ -75,6 +78,10 @@ def _storage_error(
         # A concurrent unit of work stored the key first; on the next attempt the
         # domain finds its entry and replays it or reports the conflict.
         return TransientStorageError(f"idempotency key stored concurrently: {error}")
+    if isinstance(error, UniqueViolation) and error.diag.constraint_name == CROSSING_CONSTRAINT:
+        # Two writers both saw the same crossing, which the account's lock rules out for
+        # the library's own: the next attempt sees the account as the first one left it.
+        return TransientStorageError(f"threshold notification stored concurrently: {error}")
     return StorageError(f"PostgreSQL failed: {error}")
 
 
@@ -265,6 +272,35 @@ class PostgresUnitOfWork:
         query = self._sql.select_accounts(conditions, lock=True)
         rows = self._execute(query, [*params, limit]).fetchall()
         return _with_balances(self._conn, self._sql, [ROWS.account(row) for row in rows])
+
+    def append_notifications(self, notifications: Sequence[Notification]) -> list[Notification]:
+        if not notifications:
+            return []
+        self._execute(self._sql.notification_lock, ())
+        stored = []
+        for note in notifications:
+            row = self._execute(self._sql.append_notification, notification_params(note))
+            found = row.fetchone()
+            assert found is not None  # INSERT ... RETURNING returns the row it inserted
+            stored.append(attrs.evolve(note, id=found[0], occurrence=found[1]))
+        return stored
+
+    def last_notification_id(self) -> int:
+        row = self._execute(self._sql.last_notification_id, ()).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def advance_notification_cursor(self, consumer: str, up_to: int) -> int:
+        row = self._execute(self._sql.advance_cursor, (consumer, up_to)).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def notifications(self, after: int, limit: int) -> list[Notification]:
+        rows = self._execute(self._sql.notifications_after, (after, limit)).fetchall()
+        return [ROWS.notification(row) for row in rows]
+
+    def notification_cursor(self, consumer: str) -> int:
+        row = self._execute(self._sql.cursor_position, (consumer,)).fetchone()
+        return 0 if row is None else int(row[0])
 
 
 class PostgresRepository:
@@ -546,6 +582,14 @@ class PostgresRepository:
 
     def count_accounts(self) -> int:
         return int(self._alone(self._sql.rendered.count_accounts, ())[0][0])
+
+    def notifications(self, after: int, limit: int) -> list[Notification]:
+        rows = self._alone(self._sql.notifications_after, (after, limit))
+        return [ROWS.notification(row) for row in rows]
+
+    def notification_cursor(self, consumer: str) -> int:
+        rows = self._alone(self._sql.cursor_position, (consumer,))
+        return 0 if not rows else int(rows[0][0])
 
     def scan_accounts(
         self, where: AccountFilter, after_user_id: str | None, limit: int

@@ -33,6 +33,7 @@ from token_ledger._postgres_statements import (
     Statements,
     as_columns,
     direct_deduction,
+    notification_params,
     sql_conditions,
 )
 from token_ledger._rows import ACCOUNT_FIELDS, account_conditions, history_conditions
@@ -50,6 +51,7 @@ from token_ledger.postgres import (
     _storage_error,
 )
 from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs
+from token_ledger.thresholds import Notification
 from token_ledger.transactions import Transaction
 
 T = TypeVar("T")
@@ -217,6 +219,30 @@ class AsyncPostgresUnitOfWork:
         rows = await _fetch(self._conn, query, [*params, limit])
         return await _with_balances(self._conn, self._sql, [ROWS.account(row) for row in rows])
 
+    async def append_notifications(
+        self, notifications: Sequence[Notification]
+    ) -> list[Notification]:
+        """As :meth:`PostgresUnitOfWork.append_notifications`: under the notifications'
+        advisory lock, so they commit in the order of their ids."""
+        if not notifications:
+            return []
+        await self._execute(self._sql.notification_lock, ())
+        stored = []
+        for note in notifications:
+            cursor = await self._execute(self._sql.append_notification, notification_params(note))
+            found = await cursor.fetchone()
+            assert found is not None  # INSERT ... RETURNING returns the row it inserted
+            stored.append(attrs.evolve(note, id=found[0], occurrence=found[1]))
+        return stored
+
+    async def last_notification_id(self) -> int:
+        rows = await _fetch(self._conn, self._sql.last_notification_id, ())
+        return int(rows[0][0])
+
+    async def advance_notification_cursor(self, consumer: str, up_to: int) -> int:
+        rows = await _fetch(self._conn, self._sql.advance_cursor, (consumer, up_to))
+        return int(rows[0][0])
+
 
 class AsyncPostgresReads:
     """The reads of :class:`~token_ledger.postgres.PostgresRepository` on one ``AsyncConnection``,
@@ -245,6 +271,14 @@ class AsyncPostgresReads:
 
     async def count_accounts(self) -> int:
         return int((await _fetch(self._conn, self._sql.count_accounts, ()))[0][0])
+
+    async def notifications(self, after: int, limit: int) -> list[Notification]:
+        rows = await _fetch(self._conn, self._sql.notifications_after, (after, limit))
+        return [ROWS.notification(row) for row in rows]
+
+    async def notification_cursor(self, consumer: str) -> int:
+        rows = await _fetch(self._conn, self._sql.cursor_position, (consumer,))
+        return 0 if not rows else int(rows[0][0])
 
     async def scan_accounts(
         self, where: AccountFilter, after_user_id: str | None, limit: int

@@ -28,6 +28,7 @@ from token_ledger.repository import (
     StaleCutoffs,
 )
 from token_ledger.results import History, TokenStatus
+from token_ledger.thresholds import Notification
 from token_ledger.transactions import Effects, Transaction
 
 SCAN_PAGE_SIZE = 1000
@@ -48,6 +49,16 @@ def status(policy: MonthlyResetPolicy, now: datetime, user_id: str) -> Operation
 
 def history(query: HistoryQuery) -> Operation[History]:
     return History((yield Call("history", (query,))))
+
+
+def notifications(after: int, limit: int) -> Operation[list[Notification]]:
+    found: list[Notification] = yield Call("notifications", (after, limit))
+    return found
+
+
+def notification_cursor(consumer: str) -> Operation[int]:
+    position: int = yield Call("notification_cursor", (consumer,))
+    return position
 
 
 def stale_cutoffs(policy: MonthlyResetPolicy, at: datetime) -> StaleCutoffs:

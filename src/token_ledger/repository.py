@@ -18,6 +18,7 @@ from token_ledger import _validation
 from token_ledger.account import TokenAccount
 from token_ledger.errors import InvalidInput
 from token_ledger.grants import Grant, Reservation
+from token_ledger.thresholds import Notification
 from token_ledger.transactions import OperationType, Transaction
 
 if TYPE_CHECKING:
@@ -176,6 +177,25 @@ class UnitOfWork(Protocol):
         """Up to ``limit`` possibly stale accounts, by ``user_id`` after ``after_user_id``."""
         ...
 
+    def append_notifications(self, notifications: Sequence[Notification]) -> list[Notification]:
+        """Store notifications in order; return them with ``id`` and ``occurrence`` assigned.
+
+        Ids grow in the order notifications commit, across every writer: a reader that
+        sees one sees every smaller id that will ever be stored (PostgreSQL serializes
+        the writes that record one). ``occurrence`` is one more than the notifications
+        of the same user, threshold and period stored before; the pair is unique, so two
+        writers that both saw the same crossing cannot both store it.
+        """
+        ...
+
+    def last_notification_id(self) -> int:
+        """The highest notification id stored, 0 when there is none."""
+        ...
+
+    def advance_notification_cursor(self, consumer: str, up_to: int) -> int:
+        """Move ``consumer``'s cursor to ``up_to`` unless it is further already; the result."""
+        ...
+
 
 SHORTCUT_METHODS = (
     "deduct_directly",
@@ -240,6 +260,14 @@ class TokenRepository(Protocol):
         ...
 
     def count_accounts(self) -> int: ...
+
+    def notifications(self, after: int, limit: int) -> list[Notification]:
+        """Up to ``limit`` notifications with an id above ``after``, by id."""
+        ...
+
+    def notification_cursor(self, consumer: str) -> int:
+        """Where ``consumer`` acknowledged up to; 0 for a consumer never seen."""
+        ...
 
     def scan_accounts(
         self, where: AccountFilter, after_user_id: str | None, limit: int

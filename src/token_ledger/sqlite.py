@@ -26,7 +26,9 @@ import sqlite_utils
 from token_ledger._rows import (
     ACCOUNT_COLUMNS,
     GRANT_COLUMNS,
+    NEW_NOTIFICATION_COLUMNS,
     NEW_TRANSACTION_COLUMNS,
+    NOTIFICATION_COLUMNS,
     RESERVATION_COLUMNS,
     TRANSACTION_COLUMNS,
     Condition,
@@ -44,6 +46,7 @@ from token_ledger._sqlite_statements import (
     RESET_IN_SQL,
     RUN_ACCOUNTS,
     RUN_ENTRIES,
+    direct_deduction,
     discrepancies,
     numbered,
 )
@@ -53,6 +56,7 @@ from token_ledger.grants import Grant, Reservation
 from token_ledger.operations import CalendarResets, DirectDeduction, ResetStep, Spent
 from token_ledger.reconciliation import Discrepancy
 from token_ledger.repository import SHORTCUT_METHODS, AccountFilter, HistoryQuery, StaleCutoffs
+from token_ledger.thresholds import Notification
 from token_ledger.transactions import Transaction
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -151,8 +155,14 @@ def _select_accounts(
 SAVE_ACCOUNT = (
     "UPDATE user_tokens SET monthly_limit = ?2, monthly_tokens_used = ?3,"
     " last_monthly_reset = ?4, updated_at = ?6, overage_limit = ?8, grant_balance = ?9,"
-    " reserved_tokens = ?10, time_zone = ?11, rollover_cap = ?12 WHERE user_id = ?1"
+    " reserved_tokens = ?10, time_zone = ?11, rollover_cap = ?12, notification_thresholds = ?13"
+    " WHERE user_id = ?1"
 )
+NOTIFICATIONS_AFTER = (
+    f"SELECT {NOTIFICATION_COLUMNS} FROM token_notifications WHERE id > ? ORDER BY id LIMIT ?"
+)
+CURSOR_POSITION = "SELECT position FROM token_notification_cursors WHERE consumer = ?"
+_NOW_TEXT = "strftime('%Y-%m-%d %H:%M:%f000+00:00', 'now')"
 
 
 class SQLiteUnitOfWork:
@@ -170,7 +180,7 @@ class SQLiteUnitOfWork:
     def insert_account(self, account: TokenAccount) -> bool:
         cursor = self._conn.execute(
             f"INSERT INTO user_tokens ({ACCOUNT_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (user_id) DO NOTHING",
             WRITE.account_row(account),
         )
@@ -247,6 +257,46 @@ class SQLiteUnitOfWork:
     ) -> list[TokenAccount]:
         return _select_accounts(self._conn, AccountFilter(stale=cutoffs), after_user_id, limit)
 
+    def append_notifications(self, notifications: Sequence[Notification]) -> list[Notification]:
+        """In the write lock: ids in commit order, and no other writer between the count of
+        earlier occurrences and the insert (the unique index would refuse one anyway)."""
+        stored = []
+        for note in notifications:
+            row = WRITE.notification_row(note)
+            occurrence = self._conn.execute(
+                "SELECT count(*) + 1 FROM token_notifications"
+                " WHERE user_id = ? AND threshold = ? AND period_start = ?",
+                row[:3],
+            ).fetchone()[0]
+            cursor = self._conn.execute(
+                f"INSERT INTO token_notifications ({NEW_NOTIFICATION_COLUMNS}, occurrence)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*row, occurrence),
+            )
+            stored.append(attrs.evolve(note, id=cursor.lastrowid, occurrence=occurrence))
+        return stored
+
+    def last_notification_id(self) -> int:
+        row = self._conn.execute("SELECT max(id) FROM token_notifications").fetchone()
+        return int(row[0] or 0)
+
+    def advance_notification_cursor(self, consumer: str, up_to: int) -> int:
+        self._conn.execute(
+            "INSERT INTO token_notification_cursors (consumer, position, updated_at)"
+            f" VALUES (?, ?, {_NOW_TEXT}) ON CONFLICT (consumer) DO UPDATE"
+            " SET position = max(position, excluded.position), updated_at = excluded.updated_at",
+            (consumer, up_to),
+        )
+        return int(self._conn.execute(CURSOR_POSITION, (consumer,)).fetchone()[0])
+
+    def notifications(self, after: int, limit: int) -> list[Notification]:
+        rows = self._conn.execute(NOTIFICATIONS_AFTER, (after, limit)).fetchall()
+        return [ROWS.notification(row) for row in rows]
+
+    def notification_cursor(self, consumer: str) -> int:
+        row = self._conn.execute(CURSOR_POSITION, (consumer,)).fetchone()
+        return 0 if row is None else int(row[0])
+
 
 class SQLiteRepository:
     """Accounts and the ledger in one SQLite database file (or ``":memory:"``).
@@ -276,6 +326,7 @@ class SQLiteRepository:
             )
         self._lock = threading.RLock()
         self._last_period_start = (datetime.min.replace(tzinfo=timezone.utc), "")
+        self._direct: tuple[object, str] = ((), DIRECT_DEDUCTION)
         self._anchored = KnownAnchors()
         if sqlite3.sqlite_version_info < SHORTCUTS_SINCE:
             # UPDATE ... RETURNING and MATERIALIZED: the shortcuts' statements need them.
@@ -347,6 +398,10 @@ class SQLiteRepository:
         now = format_instant(deduction.now)
         start = self._period_start_text(deduction.period_start)
         key = deduction.idempotency_key
+        thresholds, statement = self._direct
+        if deduction.thresholds is not thresholds:  # the ledger's: nearly always the same tuple
+            statement = direct_deduction(deduction.thresholds)
+            self._direct = (deduction.thresholds, statement)
         conn = self.db.conn
         with self._lock:
             try:
@@ -354,7 +409,7 @@ class SQLiteRepository:
                 cursor.execute("BEGIN IMMEDIATE")
                 try:
                     guard = (deduction.amount, now, deduction.user_id, start)
-                    row = cursor.execute(DIRECT_DEDUCTION, guard).fetchone()
+                    row = cursor.execute(statement, guard).fetchone()
                     if row is None:
                         anchored = cursor.execute(
                             "SELECT reset_anchor IS NOT NULL OR time_zone IS NOT NULL"
@@ -486,6 +541,14 @@ class SQLiteRepository:
                 f"SELECT count(*) FROM token_transactions {where}", parameters
             ).fetchone()
         return int(row[0])
+
+    def notifications(self, after: int, limit: int) -> list[Notification]:
+        with self._lock, _translated_errors():
+            return SQLiteUnitOfWork(self.db.conn).notifications(after, limit)
+
+    def notification_cursor(self, consumer: str) -> int:
+        with self._lock, _translated_errors():
+            return SQLiteUnitOfWork(self.db.conn).notification_cursor(consumer)
 
     def count_accounts(self) -> int:
         with self._lock, _translated_errors():

@@ -44,7 +44,7 @@ from __future__ import annotations
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -67,6 +67,7 @@ from token_ledger.reconciliation import Discrepancy
 from token_ledger.repository import TokenRepository, UnitOfWork
 from token_ledger.results import DeductResult, History, TokenStatus
 from token_ledger.storage import RETRY_BASE_DELAY, RETRY_MAX_DELAY, WRITE_ATTEMPTS
+from token_ledger.thresholds import Notification, Threshold
 from token_ledger.transactions import OperationType, Transaction
 
 if TYPE_CHECKING:
@@ -229,6 +230,7 @@ class LedgerInTransaction:
                 feature=feature,
                 context=context,
                 idempotency_key=idempotency_key,
+                thresholds=ledger.thresholds,
             )
         )
 
@@ -244,7 +246,13 @@ class LedgerInTransaction:
         ledger = self._ledger
         return self._perform(
             commands.set_limit(
-                ledger.policy, ledger.now(), user_id, monthly_limit, overage_limit, rollover_cap
+                ledger.policy,
+                ledger.now(),
+                user_id,
+                monthly_limit,
+                overage_limit,
+                rollover_cap,
+                ledger.thresholds,
             )
         )
 
@@ -253,6 +261,13 @@ class LedgerInTransaction:
         ledger = self._ledger
         return self._perform(
             commands.set_time_zone(ledger.policy, ledger.now(), user_id, time_zone)
+        )
+
+    def set_thresholds(self, user_id: str, thresholds: Iterable[Threshold] | None) -> TokenAccount:
+        """The account's own notification thresholds; ``None`` for the ledger's defaults."""
+        ledger = self._ledger
+        return self._perform(
+            commands.set_thresholds(ledger.policy, ledger.now(), user_id, thresholds)
         )
 
     def grant(
@@ -319,6 +334,7 @@ class LedgerInTransaction:
                 ttl=ttl,
                 feature=feature,
                 idempotency_key=idempotency_key,
+                thresholds=ledger.thresholds,
             )
         )
 
@@ -326,7 +342,9 @@ class LedgerInTransaction:
         """Spend ``actual_amount`` of a hold and release the rest (your transaction stays open)."""
         ledger = self._ledger
         return self._perform(
-            commands.commit(ledger.policy, ledger.now(), reservation_id, actual_amount)
+            commands.commit(
+                ledger.policy, ledger.now(), reservation_id, actual_amount, ledger.thresholds
+            )
         )
 
     def release(self, reservation_id: str) -> DeductResult:
@@ -389,6 +407,18 @@ class LedgerInTransaction:
                 limit=limit,
             )
         )
+
+    def notifications(self, *, after: int = 0, limit: int = 100) -> list[Notification]:
+        """Notifications with an id above ``after``, this transaction's own included."""
+        return self._perform(commands.notifications(after, limit))
+
+    def notification_cursor(self, consumer: str) -> int:
+        """The id ``consumer`` last acknowledged, as this transaction sees it."""
+        return self._perform(commands.notification_cursor(consumer))
+
+    def acknowledge_notifications(self, consumer: str, up_to: int) -> int:
+        """Move ``consumer``'s cursor to ``up_to``, committed with your transaction."""
+        return self._perform(commands.acknowledge_notifications(consumer, up_to))
 
     def reconcile(self, user_id: str | None = None) -> list[Discrepancy]:
         """Where stored balances differ from the log, as this transaction sees both."""

@@ -78,6 +78,7 @@ def test_account_create_json_is_the_user_tokens_row(run: Run, ledger: TokenLedge
         "reserved_tokens": 0,
         "time_zone": None,
         "rollover_cap": 0,
+        "thresholds": None,
         "reset_pending": False,
     }
 

@@ -80,7 +80,9 @@ def test_a_postgres_url_opens_the_ledger_with_token_ledger_postgres(
     """Only the routing: the PostgreSQL adapter brings its own tests (and this classmethod)."""
     opened: list[tuple[str, MonthlyResetPolicy]] = []
 
-    def postgres(database: str, *, policy: MonthlyResetPolicy, clock: Clock) -> TokenLedger:
+    def postgres(
+        database: str, *, policy: MonthlyResetPolicy, clock: Clock, thresholds: object
+    ) -> TokenLedger:
         opened.append((database, policy))
         return TokenLedger.memory(policy=policy, clock=clock)
 

@@ -41,8 +41,12 @@ def test_every_command_that_prints_a_table_has_fmt() -> None:
         "account set-time-zone",
         "status",
         "health",
+        "account set-thresholds",
+        "account clear-thresholds",
     ]
-    assert sorted(command_with_fmt(cli)) == sorted([*tables, "alerts", "reconcile", "history"])
+    assert sorted(command_with_fmt(cli)) == sorted(
+        [*tables, "alerts", "reconcile", "history", "notifications"]
+    )
 
 
 def test_a_table_is_tabulates_simple_format_by_default(run: Run, ledger: TokenLedger) -> None:

@@ -121,6 +121,8 @@ def test_schemas_keep_ledgers_apart_and_hold_their_tables(
     assert [row[0] for row in tables] == [
         "token_grants",
         "token_ledger_migrations",
+        "token_notification_cursors",
+        "token_notifications",
         "token_reservations",
         "token_transactions",
         "user_tokens",

@@ -107,3 +107,16 @@ def open_repository(url: str, schema: str) -> None:
 def deduct_once(url: str, schema: str, user_id: str, amount: int, key: str) -> None:
     with TokenLedger.postgres(url, schema=schema) as ledger:
         ledger.deduct(user_id, amount, idempotency_key=key)
+
+
+def in_noting_process(
+    url: str, schema: str, thresholds: str, work: Callable[..., T], *arguments: Any
+) -> T:
+    """:func:`in_process` for a ledger whose default thresholds are ``thresholds``
+    (``"80%,100%,nothing_left"``)."""
+    from token_ledger import Threshold
+
+    defaults = [Threshold.parse(key) for key in thresholds.split(",")]
+    with TokenLedger.postgres(url, schema=schema, thresholds=defaults) as ledger:
+        wait_at_start_line()
+        return work(ledger, *arguments)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -9,6 +10,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from psycopg import errors, sql
 
 from postgres_server import Database
@@ -16,6 +19,7 @@ from sql.support import connect_to
 from token_ledger import (
     InsufficientTokens,
     StorageError,
+    Threshold,
     TokenLedger,
     UnknownTimeZone,
     install_postgres_sql,
@@ -419,3 +423,107 @@ def test_sql_and_library_deductions_at_once_never_overspend(
         assert app.status("hot").monthly_used == 120
         assert sum(e.amount for e in app.history("hot", success=True, limit=1000)) == 120
         assert app.reconcile() == []
+
+
+# threshold notifications
+
+NOTED = (Threshold(50), Threshold(100), Threshold.nothing_left())
+NOTIFICATION_ROW = (
+    "SELECT user_id, threshold, period_start, occurrence, created_at, transaction_id,"
+    " monthly_used, monthly_limit, total_remaining FROM token_notifications ORDER BY id"
+)
+
+threshold_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("deduct"), st.sampled_from(["u1", "u2"]), st.integers(1, 40)),
+        st.tuples(st.just("set_limit"), st.sampled_from(["u1", "u2"]), st.integers(1, 90)),
+        st.tuples(st.just("overage"), st.sampled_from(["u1", "u2"]), st.integers(0, 20)),
+        st.tuples(st.just("grant"), st.sampled_from(["u1", "u2"]), st.integers(1, 30)),
+        st.tuples(
+            st.just("own"),
+            st.sampled_from(["u1", "u2"]),
+            st.sampled_from([None, "", "30%", "90%,nothing_left"]),
+        ),
+        st.tuples(st.just("move"), st.sampled_from([timedelta(days=3), timedelta(days=20)])),
+    ),
+    max_size=25,
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(steps=threshold_steps)
+def test_deduct_tokens_records_the_notifications_the_library_records(
+    postgres_database: Database, request: pytest.FixtureRequest, steps: list[tuple[Any, ...]]
+) -> None:
+    """The same steps in two schemas: deductions by the library in one, by ``deduct_tokens``
+    (installed with the same default thresholds) in the other; both record the same
+    notifications, in the same order, for the same entries."""
+    clock = MovableClock(datetime(2026, 1, 20, 12, tzinfo=UTC))
+    schemas = [postgres_database.new_schema(request) for _ in range(2)]
+    ledgers = [
+        TokenLedger.postgres(postgres_database.url, schema=s, clock=clock, thresholds=NOTED)
+        for s in schemas
+    ]
+    try:
+        with postgres_database.connect() as conn:
+            install_postgres_sql(conn, schema=schemas[1], thresholds=NOTED)
+        with connect_to(postgres_database, schemas[1]) as pg:
+            for ledger_ in ledgers:
+                ledger_.open_account("u1", monthly_limit=50)
+                ledger_.open_account("u2", monthly_limit=20)
+            for kind, *args in steps:
+                if kind == "move":
+                    clock.advance(args[0])
+                    continue
+                for side, ledger_ in enumerate(ledgers):
+                    user_id, value = args
+                    if kind == "deduct" and side == 1:
+                        pg.execute(
+                            "SELECT * FROM deduct_tokens(%s, %s, NULL, NULL, NULL, %s)",
+                            (user_id, value, clock()),
+                        )
+                    elif kind == "deduct":
+                        with contextlib.suppress(InsufficientTokens):
+                            ledger_.deduct(user_id, value)
+                    elif kind == "set_limit":
+                        ledger_.set_limit(user_id, value)
+                    elif kind == "overage":
+                        ledger_.set_limit(user_id, overage_limit=value)
+                    elif kind == "grant":
+                        ledger_.grant(user_id, value)
+                    else:
+                        own = (
+                            None
+                            if value is None
+                            else [Threshold.parse(k) for k in value.split(",") if k]
+                        )
+                        ledger_.set_thresholds(user_id, own)
+            rows = []
+            for schema in schemas:
+                with connect_to(postgres_database, schema) as conn:
+                    rows.append(conn.execute(NOTIFICATION_ROW).fetchall())
+        assert rows[0] == rows[1]
+        event(f"{len(rows[0])} notifications")
+    finally:
+        for ledger_ in ledgers:
+            ledger_.close()
+
+
+def test_installed_default_thresholds_are_the_ledgers(
+    sql_schema: str, pg: psycopg.Connection[Any]
+) -> None:
+    """Without thresholds the SQL records none; an account's own still count."""
+    pg.execute("INSERT INTO user_tokens (user_id, monthly_limit) VALUES ('a', 10), ('b', 10)")
+    pg.execute("UPDATE user_tokens SET notification_thresholds = '80%' WHERE user_id = 'b'")
+    pg.execute("SELECT * FROM deduct_tokens('a', 10)")
+    pg.execute("SELECT * FROM deduct_tokens('b', 9)")
+
+    found = pg.execute("SELECT user_id, threshold, occurrence FROM token_notifications")
+    assert found.fetchall() == [("b", "80%", 1)]
+    assert "'80%,nothing_left'::text" in postgres_script(
+        thresholds=[Threshold.nothing_left(), Threshold(80)]
+    )

@@ -9,7 +9,12 @@ from click.testing import CliRunner
 
 from token_ledger import InvalidInput
 from token_ledger.cli import cli
-from token_ledger.sql import MIGRATION_LOCK_KEY, postgres_script, sqlite_script
+from token_ledger.sql import (
+    MIGRATION_LOCK_KEY,
+    NOTIFICATION_LOCK_KEY,
+    postgres_script,
+    sqlite_script,
+)
 
 SEED_NAMES = (
     "user_tokens_with_auto_reset",
@@ -53,10 +58,12 @@ def test_unusable_schema_names_are_refused(schema: str) -> None:
 
 
 def test_the_postgres_script_takes_the_migrations_lock_and_no_other() -> None:
-    """Printed or installed, the script queues on the one lock the migrations take."""
+    """Printed or installed, the script queues on the one lock the migrations take; its
+    deduct_tokens takes the notifications' lock, as the library does, to record one."""
     printed = CliRunner().invoke(cli, ["sql", "postgres", "--schema", "billing"]).stdout
 
     assert MIGRATION_LOCK_KEY == 0x746F6B656E5F6C67  # what every released version takes
+    assert NOTIFICATION_LOCK_KEY == 0x746F6B656E5F6E74
     for script in (postgres_script(), postgres_script("billing", "Europe/Berlin"), printed):
         locks = re.findall(r"pg_\w*advisory\w*\(([^)]*)\)", script)
-        assert locks == [str(MIGRATION_LOCK_KEY)]
+        assert locks == [str(MIGRATION_LOCK_KEY), str(NOTIFICATION_LOCK_KEY)]

@@ -34,6 +34,7 @@ def test_a_file_is_created_in_wal_mode_with_the_seed_tables(tmp_path: Path) -> N
         "reserved_tokens",
         "time_zone",
         "rollover_cap",
+        "notification_thresholds",
     ]
     assert {c.name for c in db.table("token_transactions").columns} == {
         "id",

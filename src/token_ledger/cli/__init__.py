@@ -16,6 +16,7 @@ The rooms, each small enough to read at one sitting:
   ``refund``;
 - :mod:`~token_ledger.cli.operations`: ``init``, ``reset`` and the operator's checklist;
 - :mod:`~token_ledger.cli.entries`: the log, ``history`` and ``export``;
+- :mod:`~token_ledger.cli.notices`: threshold notifications;
 - :mod:`~token_ledger.cli.sql`: the optional SQL.
 
 This module imports the command modules, which register their commands on the root group.
@@ -24,7 +25,13 @@ This module imports the command modules, which register their commands on the ro
 
 from __future__ import annotations
 
-from token_ledger.cli import accounts, entries, operations, sql  # noqa: F401 - register commands
+from token_ledger.cli import (  # noqa: F401 - register commands
+    accounts,
+    entries,
+    notices,
+    operations,
+    sql,
+)
 from token_ledger.cli.entries import ENTRY_COLUMNS, EXPORT_PAGE_SIZE
 from token_ledger.cli.root import cli, main
 

@@ -29,6 +29,7 @@ from token_ledger.cli.output import (
 )
 from token_ledger.cli.root import cli, open_ledger
 from token_ledger.errors import InsufficientTokens
+from token_ledger.thresholds import Threshold
 
 
 def _status_fields(current: TokenStatus) -> dict[str, object]:
@@ -62,6 +63,7 @@ def _account_fields(ledger: TokenLedger, account: TokenAccount) -> dict[str, obj
         "reserved_tokens": account.reserved_tokens,
         "time_zone": account.time_zone,
         "rollover_cap": account.rollover_cap,
+        "thresholds": None if account.thresholds is None else [t.key for t in account.thresholds],
         "reset_pending": account.is_stale(ledger.policy, ledger.now()),
     }
 
@@ -165,6 +167,34 @@ def account_set_time_zone(user: str, zone: str | None, as_json: bool, fmt: str) 
     ledger = open_ledger()
     updated = ledger.set_time_zone(user, zone)
     echo_record(_account_fields(ledger, updated), as_json, fmt)
+
+
+@account.command("set-thresholds")
+@click.argument("user")
+@click.argument("thresholds", nargs=-1)
+@click.option("--none", "no_thresholds", is_flag=True, help="No notifications for USER at all.")
+@json_option
+@fmt_option(RECORD_FORMAT)
+def account_set_thresholds(
+    user: str, thresholds: tuple[str, ...], no_thresholds: bool, as_json: bool, fmt: str
+) -> None:
+    """Give USER notification thresholds of its own (80% 100% nothing_left), in place of
+    the ledger's defaults."""
+    if bool(thresholds) == no_thresholds:
+        raise click.UsageError("give the thresholds (such as 80% nothing_left) or --none")
+    ledger = open_ledger()
+    updated = ledger.set_thresholds(user, [Threshold.parse(key) for key in thresholds])
+    echo_record(_account_fields(ledger, updated), as_json, fmt)
+
+
+@account.command("clear-thresholds")
+@click.argument("user")
+@json_option
+@fmt_option(RECORD_FORMAT)
+def account_clear_thresholds(user: str, as_json: bool, fmt: str) -> None:
+    """Give USER the ledger's default thresholds again (--thresholds)."""
+    ledger = open_ledger()
+    echo_record(_account_fields(ledger, ledger.set_thresholds(user, None)), as_json, fmt)
 
 
 # spending and giving

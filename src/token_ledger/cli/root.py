@@ -23,6 +23,7 @@ from token_ledger.cli import values
 from token_ledger.database_url import DatabaseNotFound, parse_database_url
 from token_ledger.errors import TokenLedgerError
 from token_ledger.policy import MonthlyResetPolicy
+from token_ledger.thresholds import Threshold
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -91,6 +92,7 @@ class Settings:
 
     database: str
     timezone: str
+    thresholds: tuple[Threshold, ...] = ()
 
 
 def open_ledger(*, create: bool = False) -> TokenLedger:
@@ -110,7 +112,9 @@ def open_ledger(*, create: bool = False) -> TokenLedger:
             " give a SQLite file or a postgresql:// URL"
         )
     try:
-        ledger = TokenLedger.open(database, create=create, policy=policy)
+        ledger = TokenLedger.open(
+            database, create=create, policy=policy, thresholds=settings.thresholds
+        )
     except DatabaseNotFound as missing:
         raise Refused(
             f"no ledger at {database!r}: create it with 'token-ledger init', or choose another"
@@ -138,15 +142,26 @@ def open_ledger(*, create: bool = False) -> TokenLedger:
     show_envvar=True,
     help="IANA time zone whose midnight of the 1st starts each month.",
 )
+@click.option(
+    "--thresholds",
+    envvar="TOKEN_LEDGER_THRESHOLDS",
+    default="",
+    callback=values.thresholds,
+    show_envvar=True,
+    metavar="LIST",
+    help="The ledger's default notification thresholds, such as 80%,100%,nothing_left.",
+)
 @click.version_option(__version__, prog_name="token-ledger")
 @click.pass_context
-def cli(ctx: click.Context, database: str, timezone: str) -> None:
+def cli(
+    ctx: click.Context, database: str, timezone: str, thresholds: tuple[Threshold, ...]
+) -> None:
     """Monthly token allowances: accounts, deductions, resets and the operator's checklist.
 
     Exit status: 0 done, 1 refused or failed, 2 wrong command line,
     3 `alerts` found a threshold crossed.
     """
-    ctx.obj = Settings(database, timezone)
+    ctx.obj = Settings(database, timezone, thresholds)
 
 
 def main() -> None:

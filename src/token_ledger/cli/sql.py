@@ -35,7 +35,7 @@ def sql_postgres(schema: str, zone: str | None) -> None:
     token-ledger sql postgres | psql --single-transaction URL
     """
     settings: Settings = click.get_current_context().find_root().obj
-    click.echo(postgres_script(schema, zone or settings.timezone), nl=False)
+    click.echo(postgres_script(schema, zone or settings.timezone, settings.thresholds), nl=False)
 
 
 @sql_group.command("sqlite")

@@ -15,6 +15,9 @@ from typing import Any
 
 import click
 
+from token_ledger.errors import InvalidInput
+from token_ledger.thresholds import Threshold, check_thresholds
+
 DURATION_UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 
 
@@ -69,3 +72,11 @@ def database(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if not value.strip():
         raise click.BadParameter("is empty: give a SQLite file or a postgresql:// URL")
     return value
+
+
+def thresholds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[Threshold, ...]:
+    """Thresholds written ``80%,100%,nothing_left``; empty for none."""
+    try:
+        return check_thresholds([Threshold.parse(key) for key in value.split(",") if key.strip()])
+    except InvalidInput as error:
+        raise click.BadParameter(str(error)) from None

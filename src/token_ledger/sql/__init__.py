@@ -22,11 +22,13 @@ accounts to the library.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from token_ledger import _validation
 from token_ledger.errors import InvalidInput, StorageError
 from token_ledger.policy import load_zone
+from token_ledger.thresholds import Threshold, check_thresholds, encode
 
 if TYPE_CHECKING:
     import sqlite3
@@ -38,7 +40,12 @@ if TYPE_CHECKING:
 # same lock (a Python ``hash()`` of a string differs between processes). The migrations of
 # ``token_ledger.postgres`` and the PostgreSQL script take it.
 MIGRATION_LOCK_KEY = 0x746F6B656E5F6C67
-_PLACEHOLDER = re.compile(r"\$\$|@(schema|timezone|timezone_name|migration_lock_key)@")
+# The bytes of ``token_nt``: every transaction that records a threshold notification takes
+# ``pg_advisory_xact_lock`` of it first, so notifications commit in the order of their ids.
+NOTIFICATION_LOCK_KEY = 0x746F6B656E5F6E74
+_PLACEHOLDER = re.compile(
+    r"\$\$|@(schema|timezone|timezone_name|migration_lock_key|notification_lock_key|thresholds)@"
+)
 # Columns the SQLite SQL reads that only the ledger's later migrations add.
 SQLITE_REQUIRED = {
     "user_tokens": {
@@ -48,6 +55,7 @@ SQLITE_REQUIRED = {
         "reserved_tokens",
         "time_zone",
         "rollover_cap",
+        "notification_thresholds",
     },
     "token_transactions": {"effects", "reference"},
     "token_grants": {"remaining", "expires_at"},
@@ -61,16 +69,21 @@ def _script(name: str) -> str:
     return resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
 
 
-def postgres_script(schema: str = "public", timezone: str = "UTC") -> str:
+def postgres_script(
+    schema: str = "public", timezone: str = "UTC", thresholds: Iterable[Threshold] = ()
+) -> str:
     """The PostgreSQL SQL for the ledger's tables in ``schema``, months in ``timezone``.
 
     ``timezone`` must be the zone of the ledger's
     :class:`~token_ledger.MonthlyResetPolicy`: the triggers judge the
-    library's rows by it. Identifiers are quoted in the text, so it runs as
-    it is in ``psql`` (``--single-transaction``) or any other client.
+    library's rows by it. ``thresholds`` must be the ledger's default notification
+    thresholds: ``deduct_tokens`` records the crossings of those (or of an account's own).
+    Identifiers are quoted in the text, so it runs as it is in ``psql``
+    (``--single-transaction``) or any other client.
     """
     name = _validation.schema_name(schema)
     load_zone(timezone)  # IANA names: letters, digits and "/_-+", nothing to escape
+    defaults = encode(check_thresholds(thresholds)) or ""  # digits, '%', ',' and letters
     # Function bodies are dollar-quoted: the tag must not occur in the schema's name.
     tag, n = "$$", 0
     while tag in name:
@@ -81,6 +94,8 @@ def postgres_script(schema: str = "public", timezone: str = "UTC") -> str:
         "timezone": f"'{timezone}'",
         "timezone_name": timezone,
         "migration_lock_key": str(MIGRATION_LOCK_KEY),
+        "notification_lock_key": str(NOTIFICATION_LOCK_KEY),
+        "thresholds": f"'{defaults}'",
     }
     return _PLACEHOLDER.sub(lambda m: values[m[1]] if m[1] else tag, _script("postgres.sql"))
 
@@ -91,7 +106,11 @@ def sqlite_script() -> str:
 
 
 def install_postgres_sql(
-    conn: psycopg.Connection[Any], *, schema: str = "public", timezone: str = "UTC"
+    conn: psycopg.Connection[Any],
+    *,
+    schema: str = "public",
+    timezone: str = "UTC",
+    thresholds: Iterable[Threshold] = (),
 ) -> None:
     """Install (or re-install) the PostgreSQL SQL through ``conn``, in one transaction.
 
@@ -101,7 +120,7 @@ def install_postgres_sql(
     """
     import psycopg
 
-    script = postgres_script(schema, timezone)
+    script = postgres_script(schema, timezone, thresholds)
     try:
         with conn.transaction():
             conn.execute(script)  # no parameters: one round trip for all statements

@@ -290,11 +290,15 @@ LANGUAGE sql STABLE AS $$
     ) AS p
 $$;
 
+-- notification_thresholds, which no reset changes, comes from the row itself: the function
+-- keeps the columns it has always returned, so installing again never changes its type.
 CREATE OR REPLACE VIEW @schema@.user_tokens_with_auto_reset AS
-    SELECT user_id, monthly_limit, monthly_tokens_used, last_monthly_reset, reset_anchor,
-        created_at, updated_at, overage_limit, grant_balance, reserved_tokens, time_zone,
-        rollover_cap
-    FROM @schema@.user_tokens_with_auto_reset_at(now());
+    SELECT a.user_id, a.monthly_limit, a.monthly_tokens_used, a.last_monthly_reset,
+        a.reset_anchor, a.created_at, a.updated_at, a.overage_limit, a.grant_balance,
+        a.reserved_tokens, a.time_zone, a.rollover_cap,
+        (SELECT t.notification_thresholds FROM @schema@.user_tokens AS t
+            WHERE t.user_id = a.user_id) AS notification_thresholds
+    FROM @schema@.user_tokens_with_auto_reset_at(now()) AS a;
 
 -- BEFORE INSERT and BEFORE UPDATE of a user_tokens row: a row written into a
 -- period that has ended is reset as it is written, and a reset entry logged.
@@ -646,6 +650,71 @@ $$;
 -- the same p_idempotency_key returns the original result and writes
 -- nothing; the key used for another user, amount or feature raises 23505.
 -- A missing account raises P0002, a bad argument 22023.
+-- What one more deduction may take: allowance, live grants and overage, less holds
+-- (TokenAccount.spendable, for a row already settled).
+CREATE OR REPLACE FUNCTION @schema@.token_ledger_spendable(p @schema@.user_tokens)
+RETURNS numeric
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT greatest(0, greatest(0, p.monthly_limit::numeric - p.monthly_tokens_used)
+        + p.grant_balance
+        + greatest(0, p.monthly_limit::numeric + p.overage_limit
+            - greatest(p.monthly_tokens_used, p.monthly_limit))
+        - p.reserved_tokens)
+$$;
+
+-- The ledger's default notification thresholds, as installed ('80%,100%,nothing_left',
+-- '' for none): those of every account whose notification_thresholds is NULL.
+CREATE OR REPLACE FUNCTION @schema@.token_ledger_default_thresholds() RETURNS text
+LANGUAGE sql IMMUTABLE AS $$ SELECT @thresholds@::text $$;
+
+-- Record a notification for each threshold in effect that a write took the account
+-- over: reached by p_after, not by p_before (the row as the write found it, settled),
+-- as token_ledger.thresholds.crossed decides. Under the notifications' advisory lock,
+-- like the library, so ids commit in order; occurrence counts the earlier crossings.
+CREATE OR REPLACE FUNCTION @schema@.token_ledger_notify(
+    p_before @schema@.user_tokens, p_after @schema@.user_tokens, p_now timestamptz,
+    p_transaction_id bigint
+) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_key text;
+    v_percent numeric;
+    v_before boolean;
+    v_after boolean;
+    v_locked boolean := false;
+BEGIN
+    FOREACH v_key IN ARRAY string_to_array(coalesce(p_after.notification_thresholds,
+        @schema@.token_ledger_default_thresholds()), ',')
+    LOOP
+        IF v_key = 'nothing_left' THEN
+            v_before := @schema@.token_ledger_spendable(p_before) = 0;
+            v_after := @schema@.token_ledger_spendable(p_after) = 0;
+        ELSE
+            v_percent := rtrim(v_key, '%')::numeric;
+            v_before := p_before.monthly_tokens_used::numeric * 100
+                >= v_percent * p_before.monthly_limit;
+            v_after := p_after.monthly_tokens_used::numeric * 100
+                >= v_percent * p_after.monthly_limit;
+        END IF;
+        IF v_after AND NOT v_before THEN
+            IF NOT v_locked THEN
+                PERFORM pg_advisory_xact_lock(@notification_lock_key@);
+                v_locked := true;
+            END IF;
+            INSERT INTO @schema@.token_notifications AS n (user_id, threshold, period_start,
+                created_at, transaction_id, monthly_used, monthly_limit, total_remaining,
+                occurrence)
+            SELECT p_after.user_id, v_key, p_after.last_monthly_reset, p_now, p_transaction_id,
+                p_after.monthly_tokens_used, p_after.monthly_limit,
+                @schema@.token_ledger_spendable(p_after)::bigint,
+                1 + (SELECT count(*) FROM @schema@.token_notifications AS e
+                    WHERE e.user_id = p_after.user_id AND e.threshold = v_key
+                    AND e.period_start = p_after.last_monthly_reset);
+        END IF;
+    END LOOP;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION @schema@.deduct_tokens(
     p_user_id text,
     p_amount bigint,
@@ -659,6 +728,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_stored @schema@.user_tokens;
     v_account @schema@.user_tokens;
+    v_settled @schema@.user_tokens;
     v_prior @schema@.token_transactions;
     v_spendable numeric;
     v_from_allowance bigint;
@@ -705,6 +775,7 @@ BEGIN
     END IF;
 
     v_account := @schema@.token_ledger_settle(v_stored, p_now);
+    v_settled := v_account;
     v_spendable := greatest(0,
         greatest(0, v_account.monthly_limit::numeric - v_account.monthly_tokens_used)
         + v_account.grant_balance
@@ -759,6 +830,7 @@ BEGIN
         greatest(v_account.monthly_limit - v_account.monthly_tokens_used, 0), true, p_feature,
         coalesce(p_context, '{}'), p_idempotency_key, v_effects)
     RETURNING e.id INTO v_id;
+    PERFORM @schema@.token_ledger_notify(v_settled, v_account, p_now, v_id);
     RETURN QUERY SELECT true,
         greatest(v_account.monthly_limit - v_account.monthly_tokens_used, 0), v_id;
 END

@@ -50,7 +50,8 @@ SELECT
         WHERE h.user_id = t.user_id AND h.status = 'held' AND h.expires_at <= c.now
     ) END AS reserved_tokens,
     t.time_zone,
-    t.rollover_cap
+    t.rollover_cap,
+    t.notification_thresholds
 FROM user_tokens AS t
 CROSS JOIN (
     SELECT now, substr(now, 1, 7) || '-01 00:00:00.000000+00:00' AS period_start

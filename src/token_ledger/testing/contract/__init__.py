@@ -41,6 +41,7 @@ pytest.register_assert_rewrite(
             "history",
             "hostile_input",
             "monitoring",
+            "notifications",
             "repository_port",
             "resets",
             "returned_values",
@@ -64,6 +65,7 @@ from token_ledger.testing.contract.entitlements import EntitlementsContract  # n
 from token_ledger.testing.contract.history import HistoryContract  # noqa: E402
 from token_ledger.testing.contract.hostile_input import HostileInputContract  # noqa: E402
 from token_ledger.testing.contract.monitoring import MonitoringContract  # noqa: E402
+from token_ledger.testing.contract.notifications import NotificationsContract  # noqa: E402
 from token_ledger.testing.contract.repository_port import RepositoryPortContract  # noqa: E402
 from token_ledger.testing.contract.resets import ResetsContract  # noqa: E402
 from token_ledger.testing.contract.returned_values import ReturnedValuesContract  # noqa: E402
@@ -81,6 +83,7 @@ __all__ = [
     "HostileInputContract",
     "LedgerFactory",
     "MonitoringContract",
+    "NotificationsContract",
     "RepositoryContract",
     "RepositoryFactory",
     "RepositoryPortContract",
@@ -100,6 +103,7 @@ class RepositoryContract(
     ResetsContract,
     HistoryContract,
     MonitoringContract,
+    NotificationsContract,
     ReturnedValuesContract,
     BadInputContract,
     HostileInputContract,

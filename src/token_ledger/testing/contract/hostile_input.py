@@ -24,6 +24,7 @@ from token_ledger import (
     InvalidInput,
     MonthlyResetPolicy,
     NaiveDatetime,
+    Threshold,
     TokenLedger,
     UnknownTimeZone,
 )
@@ -58,6 +59,8 @@ class Prepared:
             tuple(ledger.history(limit=1000)),
             tuple(ledger.reconcile()),
             ledger.health().total_users,
+            tuple(ledger.notifications(limit=1000)),
+            ledger.notification_cursor("c"),
         )
 
 
@@ -139,6 +142,10 @@ VALID: dict[str, Callable[[Prepared], dict[str, Any]]] = {
         "reference": None,
         "limit": 100,
     },
+    "set_thresholds": lambda p: {"user_id": "u1", "thresholds": [Threshold(80)]},
+    "notifications": lambda p: {"after": 0, "limit": 100},
+    "notification_cursor": lambda p: {"consumer": "c"},
+    "acknowledge_notifications": lambda p: {"consumer": "c", "up_to": 0},
 }
 
 BAD_TEXT = ["", "   ", 7, b"u1", ["u1"], "x" * 256, "a\x00b", "\ud800", "u\udfff1"]
@@ -177,11 +184,12 @@ BAD_WINDOWS = [timedelta(seconds=-1), 60, None, "1d"]
 BAD_RATIOS = [math.nan, -0.1, 1.5, True, "0.9", None]
 BAD_FLAGS = ["yes", 1, 0, "false", [True]]
 BAD_OPERATION_TYPES = ["steal", "", 5, ["deduct"]]
+BAD_THRESHOLDS = ["80%", [80], 80, [Threshold(80), None], b"80", Threshold(80)]
 
 BAD_ZONES = ["", "Mars/Olympus", "utc", "../etc/passwd", "/etc/localtime", "a\x00b", "\ud800", 5]
 BAD_PRIORITIES = [True, 1.0, "1", None, 2**31, -(2**31) - 1]
 
-ID_ARGUMENTS = ("user_id", "reservation_id", "grant_id")
+ID_ARGUMENTS = ("user_id", "reservation_id", "grant_id", "consumer")
 OPTIONAL_ID_ARGUMENTS = ("feature", "idempotency_key", "reference")
 
 
@@ -212,10 +220,20 @@ def _cases() -> Iterator[tuple[str, str, object, type[Exception]]]:
                 "stale_threshold",
                 "failed_threshold",
                 "high_usage_threshold",
+                "after",
+                "up_to",
             ):
                 bad = [(v, InvalidAmount) for v in BAD_COUNTS]
-                if argument in ("actual_amount", "stale_threshold", "failed_threshold"):
+                if argument in (
+                    "actual_amount",
+                    "stale_threshold",
+                    "failed_threshold",
+                    "after",
+                    "up_to",
+                ):
                     bad.append((None, InvalidAmount))
+            elif argument == "thresholds":
+                bad = [(v, InvalidInput) for v in BAD_THRESHOLDS]
             elif argument in ("reset_anchor", "expires_at", "since", "until"):
                 bad = list(BAD_INSTANTS)
                 if argument == "expires_at":
