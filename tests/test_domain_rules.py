@@ -15,6 +15,7 @@ from token_ledger import (
     ReservationClosed,
     TokenAccount,
     Transaction,
+    reservations,
 )
 from token_ledger.change import Change, _refuse_impossible
 from token_ledger.errors import IdempotencyConflict, LedgerInvariantError
@@ -93,18 +94,18 @@ def test_a_grant_must_expire_in_the_future() -> None:
 def test_only_a_hold_still_held_can_be_settled_and_for_at_most_its_amount() -> None:
     account = TokenAccount.open("u1", 50, POLICY, NOW)
     hold = Reservation("r", "u1", 5, NOW, NOW + timedelta(minutes=1))
-    held = account.reserve(POLICY, NOW, hold, idempotency_key=None).account
+    held = reservations.reserve(account, POLICY, NOW, hold, idempotency_key=None).account
 
     with pytest.raises(InvalidAmount):
-        held.settle_hold(POLICY, NOW, hold, 6)
+        reservations.settle_hold(held, POLICY, NOW, hold, 6)
     with pytest.raises(ReservationClosed) as expired:
-        held.settle_hold(POLICY, NOW + timedelta(minutes=1), hold, 1)
+        reservations.settle_hold(held, POLICY, NOW + timedelta(minutes=1), hold, 1)
     assert expired.value.status == "expired"
     committed = attrs.evolve(hold, status=ReservationStatus.COMMITTED)
     with pytest.raises(ReservationClosed) as closed:
-        account.settle_hold(POLICY, NOW, committed, 1)
+        reservations.settle_hold(account, POLICY, NOW, committed, 1)
     assert closed.value.status == "committed"
-    assert held.settle_hold(POLICY, NOW, hold, 5).account.monthly_tokens_used == 5
+    assert reservations.settle_hold(held, POLICY, NOW, hold, 5).account.monthly_tokens_used == 5
 
 
 def test_a_replay_must_repeat_the_original_call() -> None:

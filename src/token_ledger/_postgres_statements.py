@@ -9,7 +9,6 @@ are quoted by ``psycopg.sql``; values are always bound as parameters.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
 from typing import Any
 
 import attrs
@@ -24,64 +23,13 @@ from token_ledger._rows import (
     NEW_NOTIFICATION_COLUMNS,
     NEW_TRANSACTION_COLUMNS,
     NOTIFICATION_COLUMNS,
-    PARAM,
     RESERVATION_COLUMNS,
     TRANSACTION_COLUMNS,
-    Condition,
-    RowReader,
-    RowWriter,
     threshold_guard,
 )
-from token_ledger.account import TokenAccount
-from token_ledger.grants import Grant, Reservation
 from token_ledger.operations import DirectDeduction
 from token_ledger.sql import NOTIFICATION_LOCK_KEY
-from token_ledger.thresholds import Notification, Threshold
-
-
-def _utc(value: datetime) -> datetime:
-    """Whatever the session's ``TimeZone``, hand back UTC like every other adapter."""
-    return value.astimezone(timezone.utc)
-
-
-def _optional_utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.astimezone(timezone.utc)
-
-
-def _as_given(value: datetime) -> datetime:
-    return value
-
-
-ROWS = RowReader(instant=_utc, document=dict)
-WRITE = RowWriter(instant=_as_given, document=Jsonb, mark="%s")
-
-
-def sql_conditions(conditions: Sequence[Condition]) -> tuple[list[sql.Composable], list[Any]]:
-    """The conditions as SQL, with their ``%s`` values in order."""
-    texts, params = WRITE.conditions(conditions)
-    return [sql.SQL(text) for text in texts], params
-
-
-def named_conditions(
-    conditions: Sequence[Condition],
-) -> tuple[list[sql.Composable], dict[str, Any]]:
-    """The conditions as SQL with named parameters (``%(where_0)s``...), and their values."""
-    texts: list[sql.Composable] = []
-    params: dict[str, Any] = {}
-    for condition in conditions:
-        first, *rest = condition.sql.split(PARAM)
-        text = first
-        for part, value in zip(rest, condition.values, strict=True):
-            name = f"where_{len(params)}"
-            params[name] = WRITE.parameter(value)
-            text += f"%({name})s{part}"
-        texts.append(sql.SQL(text))
-    return texts, params
-
-
-def as_columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
-    """The rows' values column by column: the arrays of an ``unnest`` statement."""
-    return [list(column) for column in zip(*rows, strict=True)]
+from token_ledger.thresholds import Threshold
 
 
 class Statements:
@@ -435,70 +383,6 @@ ORDER BY 1, 5, 2
 """
 
 
-def read_one_account(rows: Sequence[Sequence[Any]]) -> TokenAccount | None:
-    """The rows of :data:`ONE_ACCOUNT` as the account carrying its grants and holds."""
-    if not rows:
-        return None
-    account = ROWS.account(rows[0][1:])
-    user_id = account.user_id
-    grants = tuple(
-        Grant(
-            row[1],
-            user_id,
-            row[2],
-            row[3],
-            _utc(row[4]),
-            _optional_utc(row[5]),
-            row[14],
-            int(row[8]),
-        )
-        for row in rows
-        if row[0] == 1
-    )
-    holds = tuple(
-        Reservation(row[1], user_id, row[2], _utc(row[4]), _utc(row[5]), row[14], row[15])
-        for row in rows
-        if row[0] == 2
-    )
-    return attrs.evolve(account, grants=grants, holds=holds)
-
-
-def read_with_balances(row: Sequence[Any]) -> TokenAccount:
-    """A row of :data:`WITH_BALANCES` as an account carrying its grants and holds."""
-    account = ROWS.account(row)
-    if row[13] is None and row[20] is None:
-        return account
-    user_id = account.user_id
-    grants = (
-        ()
-        if row[13] is None
-        else tuple(
-            Grant(
-                id_,
-                user_id,
-                amount,
-                remaining,
-                _utc(created),
-                _optional_utc(expires),
-                reason,
-                priority,
-            )
-            for id_, amount, remaining, created, expires, reason, priority in zip(
-                *row[13:20], strict=True
-            )
-        )
-    )
-    holds = (
-        ()
-        if row[20] is None
-        else tuple(
-            Reservation(id_, user_id, amount, _utc(created), _utc(expires), status, feature)
-            for id_, amount, created, expires, status, feature in zip(*row[20:26], strict=True)
-        )
-    )
-    return attrs.evolve(account, grants=grants, holds=holds)
-
-
 # Where the stored balances differ from what the successful entries' effects add up
 # to: reconciliation.discrepancies, for every account at once, in its order (accounts
 # by user_id, then usage, reserved, holds, grant balance, and grants by id as Python
@@ -672,17 +556,6 @@ class Rendered:
         """``query`` as bytes: rendered once if it is one of the statements', else now."""
         rendered = self._by_id.get(id(query))
         return query.as_bytes() if rendered is None else rendered
-
-
-def notification_params(note: Notification) -> dict[str, Any]:
-    """The parameters of :attr:`Statements.append_notification`."""
-    return dict(
-        zip(
-            NEW_NOTIFICATION_COLUMNS.replace(" ", "").split(","),
-            WRITE.notification_row(note),
-            strict=True,
-        )
-    )
 
 
 def direct_deduction(

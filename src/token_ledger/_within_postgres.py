@@ -20,13 +20,15 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import Format, TransactionStatus
 
+from token_ledger._postgres_errors import translated_errors
 from token_ledger._postgres_migrations import MIGRATIONS, MIGRATIONS_TABLE
-from token_ledger._postgres_statements import ROWS, Statements, sql_conditions
+from token_ledger._postgres_rows import ROWS, sql_conditions
+from token_ledger._postgres_statements import Statements
 from token_ledger._rows import account_conditions, history_conditions
 from token_ledger._within_errors import SchemaNotMigrated, TransactionRequired
 from token_ledger.account import TokenAccount
 from token_ledger.errors import SchemaVersionError, StorageError, TransientStorageError
-from token_ledger.postgres import PostgresUnitOfWork, _fetch, _translated_errors, _with_balances
+from token_ledger.postgres import PostgresUnitOfWork, _fetch, _with_balances
 from token_ledger.repository import AccountFilter, HistoryQuery
 from token_ledger.thresholds import Notification
 from token_ledger.transactions import Transaction
@@ -126,7 +128,7 @@ class PostgresCallerTransaction:
             # Without autocommit psycopg opens a transaction with a connection's first
             # statement and leaves it for the application to commit: open it now, so that
             # the savepoints below belong to it rather than being transactions of their own.
-            with _translated_errors():
+            with translated_errors():
                 conn.execute("SELECT 1")
         elif status != TransactionStatus.INTRANS:
             raise StorageError(
@@ -184,7 +186,7 @@ class PostgresCallerTransaction:
         made sure one is open), and keeps psycopg's own bookkeeping of nested blocks.
         """
         try:
-            with _translated_errors(), self._conn.transaction():
+            with translated_errors(), self._conn.transaction():
                 yield PostgresUnitOfWork(self._library, self._sql)
         except TransientStorageError as error:
             raise _must_retry_whole(error) from error.__cause__

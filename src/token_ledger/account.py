@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -11,13 +10,12 @@ import attrs
 from token_ledger import settling
 from token_ledger._validation import positive_int
 from token_ledger.change import Change, context_instant, entry_of, stamped
-from token_ledger.errors import GrantVoided, InvalidAmount, ReservationClosed
-from token_ledger.grants import Grant, Reservation, ReservationStatus
+from token_ledger.errors import GrantVoided
+from token_ledger.grants import Grant, Reservation
 from token_ledger.policy import MonthlyResetPolicy, Period
-from token_ledger.refunds import earlier_refunds, plan_refund, refundable
 from token_ledger.spending import spend
 from token_ledger.thresholds import Threshold
-from token_ledger.transactions import Effects, OperationType, Transaction
+from token_ledger.transactions import Effects, OperationType
 
 __all__ = ["Change", "TokenAccount", "check_monthly_limit"]
 
@@ -202,182 +200,6 @@ class TokenAccount:
             operation_context=_grant_context(grant),
         )
         return current.then(Change(account, (entry,), (grant,)))
-
-    @stamped
-    def reserve(
-        self,
-        policy: MonthlyResetPolicy,
-        now: datetime,
-        hold: Reservation,
-        *,
-        idempotency_key: str | None,
-    ) -> Change:
-        """Hold ``hold.amount`` if it can be spent now, or record a refusal."""
-        current = self.as_of(policy, now)
-        before = current.account
-        fields: dict[str, Any] = {
-            "feature": hold.feature,
-            "reference": hold.id,
-            "idempotency_key": idempotency_key,
-            "operation_context": {"expires_at": context_instant(hold.expires_at)},
-        }
-        if hold.amount > before.spendable:
-            refused = entry_of(
-                self, before, OperationType.RESERVE, hold.amount, now, success=False, **fields
-            )
-            return current.then(Change(before, (refused,)))
-        account = attrs.evolve(
-            before,
-            holds=(*before.holds, hold),
-            reserved_tokens=before.reserved_tokens + hold.amount,
-            updated_at=now,
-        )
-        entry = entry_of(
-            self,
-            account,
-            OperationType.RESERVE,
-            hold.amount,
-            now,
-            effects=Effects(reserved=hold.amount),
-            **fields,
-        )
-        return current.then(Change(account, (entry,), (), (hold,)))
-
-    @stamped
-    def settle_hold(
-        self,
-        policy: MonthlyResetPolicy,
-        now: datetime,
-        reservation: Reservation,
-        actual: int | None,
-    ) -> Change:
-        """Commit ``actual`` tokens of a hold (spending them, releasing the rest) or,
-        with ``actual=None``, release it whole.
-
-        ``reservation`` is the stored row; the hold must still be held at
-        ``now`` (:class:`ReservationClosed` otherwise) and hold at least ``actual``.
-        """
-        hold = next((h for h in self.holds if h.id == reservation.id), None)
-        if hold is None or not hold.is_held(now):
-            status = ReservationStatus.EXPIRED if hold is not None else reservation.status
-            raise ReservationClosed(reservation.id, str(status))
-        if actual is not None and actual > hold.amount:
-            raise InvalidAmount(
-                f"cannot commit {actual} tokens: reservation {hold.id!r} holds {hold.amount}"
-            )
-        current = self.as_of(policy, now)
-        before = current.account
-        hold_id = hold.id
-        released = attrs.evolve(
-            before,
-            holds=tuple(h for h in before.holds if h.id != hold_id),
-            reserved_tokens=before.reserved_tokens - hold.amount,
-            updated_at=now,
-        )
-        fields: dict[str, Any] = {"feature": hold.feature, "reference": hold.id}
-        if actual is None:
-            entry = entry_of(
-                self,
-                released,
-                OperationType.RELEASE,
-                hold.amount,
-                now,
-                effects=Effects(reserved=-hold.amount),
-                operation_context={"reason": "released"},
-                **fields,
-            )
-            closed = attrs.evolve(hold, status=ReservationStatus.RELEASED)
-            return current.then(Change(released, (entry,), (), (closed,)))
-        spent = spend(
-            released,
-            OperationType.COMMIT,
-            actual,
-            now,
-            base=Effects(reserved=-hold.amount),
-            operation_context={"reserved": hold.amount},
-            **fields,
-        )
-        if not spent.last_entry.success:
-            return current.then(Change(before, spent.entries))
-        closed = attrs.evolve(hold, status=ReservationStatus.COMMITTED)
-        return current.then(attrs.evolve(spent, reservations=(closed,)))
-
-    @stamped
-    def refund(
-        self,
-        policy: MonthlyResetPolicy,
-        now: datetime,
-        spent: Transaction,
-        referencing: Iterable[Transaction],
-        amount: int | None,
-        *,
-        credit_grant_id: str,
-        reason: str | None,
-        idempotency_key: str | None,
-        voided_grant_ids: Iterable[str] = (),
-    ) -> Change:
-        """Give back ``amount`` (default: all that is left) of the successful deduction
-        ``spent``; ``referencing`` are the entries that reference it, earlier refunds among
-        them. Where each token goes is :func:`~token_ledger.refunds.plan_refund`'s rule; a
-        credit becomes a new grant that never expires."""
-        earlier = earlier_refunds(referencing)
-        amount = refundable(spent, earlier, amount)
-        current = self.as_of(policy, now)
-        account = current.account
-        live = {grant.id: grant for grant in account.grants if grant.is_live(now)}
-        plan = plan_refund(
-            spent,
-            sum(refund.amount for refund in earlier),
-            amount,
-            period_start=account.last_monthly_reset,
-            live_grant_ids=live.keys(),
-            voided_grant_ids=frozenset(voided_grant_ids),
-        )
-        returned = {
-            g: attrs.evolve(live[g], remaining=live[g].remaining + n) for g, n in plan.grants
-        }
-        credited = (
-            (
-                Grant(
-                    credit_grant_id,
-                    self.user_id,
-                    plan.credit,
-                    plan.credit,
-                    now,
-                    None,
-                    f"refund of #{spent.id}",
-                ),
-            )
-            if plan.credit
-            else ()
-        )
-        account = attrs.evolve(
-            account,
-            monthly_tokens_used=account.monthly_tokens_used - plan.usage,
-            grants=(*(returned.get(g.id, g) for g in account.grants), *credited),
-            grant_balance=account.grant_balance + sum(n for _, n in plan.grants) + plan.credit,
-            updated_at=now,
-        )
-        entry = entry_of(
-            self,
-            account,
-            OperationType.REFUND,
-            amount,
-            now,
-            feature=spent.feature,
-            reference=str(spent.id),
-            idempotency_key=idempotency_key,
-            effects=Effects(
-                usage=-plan.usage,
-                grants=(*plan.grants, *((g.id, g.amount) for g in credited)),
-            ),
-            operation_context=(
-                {"reason": reason, "forfeited": plan.forfeited}
-                if plan.forfeited
-                else {"reason": reason}
-            ),
-        )
-        return current.then(Change(account, (entry,), (*returned.values(), *credited)))
 
     @stamped
     def with_limits(

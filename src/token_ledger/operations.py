@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from token_ledger import refunds, reservations
 from token_ledger.account import Change, TokenAccount
 from token_ledger.change import context_instant
 from token_ledger.errors import (
@@ -391,7 +392,7 @@ def reserve(
     if prior is not None:
         spent = Spent(prior, prior.balance_after)
     else:
-        change = account.reserve(policy, now, hold, idempotency_key=idempotency_key)
+        change = reservations.reserve(account, policy, now, hold, idempotency_key=idempotency_key)
         stored = yield from _store_noting(policy, now, thresholds, account, change)
         spent = Spent(stored[-1], change.account.spendable)
     reference = spent.entry.reference
@@ -413,7 +414,7 @@ def settle(
     if found is None:
         raise ReservationNotFound(reservation_id)
     account = yield from _load(found.user_id)
-    change = account.settle_hold(policy, now, found, actual)
+    change = reservations.settle_hold(account, policy, now, found, actual)
     stored = yield from _store_noting(policy, now, thresholds, account, change)
     return Spent(stored[-1], change.account.spendable)
 
@@ -438,7 +439,8 @@ def refund(
         return prior
     referencing = yield Call("entries_referencing", (str(transaction_id),))
     voided = yield from _voided_sources(spent, account)
-    change = account.refund(
+    change = refunds.refund(
+        account,
         policy,
         now,
         spent,

@@ -21,29 +21,34 @@ from typing import Any
 import attrs
 import psycopg
 from psycopg import sql
-from psycopg.errors import DeadlockDetected, SerializationFailure, UniqueViolation
-from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
 from token_ledger import _validation
+from token_ledger._postgres_errors import (
+    BUSY,
+    alive,
+    begun,
+    lost_a_race,
+    storage_error,
+    translated_errors,
+)
 from token_ledger._postgres_migrations import MIGRATIONS as MIGRATIONS  # also read from here
 from token_ledger._postgres_migrations import migrate
-from token_ledger._postgres_statements import (
+from token_ledger._postgres_rows import (
     ROWS,
     WRITE,
-    Statements,
     as_columns,
-    direct_deduction,
     named_conditions,
     notification_params,
     read_one_account,
     read_with_balances,
     sql_conditions,
 )
+from token_ledger._postgres_statements import Statements, direct_deduction
 from token_ledger._rows import ACCOUNT_FIELDS, KnownAnchors, account_conditions, history_conditions
 from token_ledger.account import TokenAccount
-from token_ledger.errors import InvalidInput, StorageError, TransientStorageError
+from token_ledger.errors import InvalidInput, StorageError
 from token_ledger.grants import Grant, Reservation
 from token_ledger.operations import CalendarResets, DirectDeduction, ResetStep, Spent
 from token_ledger.reconciliation import Discrepancy
@@ -54,69 +59,8 @@ from token_ledger.transactions import Transaction
 PostgresTarget = str | psycopg.Connection[Any] | ConnectionPool[Any]
 
 DEFAULT_POOL_SIZE = 10
-IDEMPOTENCY_KEY_CONSTRAINT = "token_transactions_idempotency_key_key"
-CROSSING_CONSTRAINT = "token_notifications_crossing_key"
-_BUSY = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
-
-def _storage_error(
-    error: psycopg.Error, given: psycopg.Connection[Any] | None = None
-) -> StorageError:
-    if given is not None and given.closed:
-        # A pool replaces a dead connection; the caller's own one cannot be reopened.
-        return StorageError(
-            f"the psycopg.Connection given to token-ledger is closed ({error}): reconnect and"
-            " open the ledger on the new connection, or give it a ConnectionPool, which"
-            " replaces connections the server has closed"
-        )
-    if isinstance(error, SerializationFailure | DeadlockDetected):
-        return TransientStorageError(f"PostgreSQL lost a race, try again: {error}")
-    if (
-        isinstance(error, UniqueViolation)
-        and error.diag.constraint_name == IDEMPOTENCY_KEY_CONSTRAINT
-    ):
-        # A concurrent unit of work stored the key first; on the next attempt the
-        # domain finds its entry and replays it or reports the conflict.
-        return TransientStorageError(f"idempotency key stored concurrently: {error}")
-    if isinstance(error, UniqueViolation) and error.diag.constraint_name == CROSSING_CONSTRAINT:
-        # Two writers both saw the same crossing, which the account's lock rules out for
-        # the library's own: the next attempt sees the account as the first one left it.
-        return TransientStorageError(f"threshold notification stored concurrently: {error}")
-    return StorageError(f"PostgreSQL failed: {error}")
-
-
-@contextmanager
-def _translated_errors(given: psycopg.Connection[Any] | None = None) -> Iterator[None]:
-    """The one place where psycopg errors become token-ledger errors.
-
-    ``given`` is the connection the caller gave, if the error happened on it.
-    """
-    try:
-        yield
-    except psycopg.Error as error:
-        raise _storage_error(error, given) from error
-
-
-@contextmanager
-def _begun(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
-    with conn.transaction():
-        yield conn
-
-
-def _alive(conn: psycopg.Connection[Any]) -> bool:
-    """Whether the server has not closed ``conn`` while it sat idle, found without a round trip.
-
-    A server that closes a connection (``pg_terminate_backend``, a restart) sends
-    its farewell, an error message and then the end of the stream, which wait on
-    the socket: reading what is there (twice: the message, then the end) shows it.
-    """
-    pgconn = conn.pgconn
-    try:
-        pgconn.consume_input()
-        pgconn.consume_input()
-    except psycopg.OperationalError:
-        return False
-    return pgconn.status == ConnStatus.OK
+DEFAULT_POOL_SIZE = 10
 
 
 def _alone(
@@ -148,20 +92,10 @@ def _directly(
     try:
         row: tuple[Any, ...] | None = _alone(conn, statement, params).fetchone()
     except psycopg.Error as error:
-        if _lost_a_race(error):
+        if lost_a_race(error):
             return _NOTHING_DONE
         raise
     return row
-
-
-def _lost_a_race(error: psycopg.Error) -> bool:
-    """Whether a statement failed only because a concurrent one came first."""
-    if isinstance(error, SerializationFailure | DeadlockDetected):
-        return True
-    return (
-        isinstance(error, UniqueViolation)
-        and error.diag.constraint_name == IDEMPOTENCY_KEY_CONSTRAINT
-    )
 
 
 def _fetch(
@@ -324,8 +258,8 @@ class PostgresRepository:
         if isinstance(target, str):
             # A direct connection first: a wrong URL fails now with libpq's own
             # message, where a pool would keep retrying in the background.
-            with _translated_errors(), psycopg.connect(target) as conn:
-                migrate(lambda: _begun(conn), self._schema)
+            with translated_errors(), psycopg.connect(target) as conn:
+                migrate(lambda: begun(conn), self._schema)
             # In autocommit, a statement alone (a read, the one-statement deduction) is its
             # own transaction with no BEGIN to send; units of work send BEGIN either way.
             self._owned_pool = ConnectionPool(
@@ -339,7 +273,7 @@ class PostgresRepository:
             # Opened before the first call: a first checkout that races the pool's own
             # first connection makes a second one.
             try:
-                with _translated_errors():
+                with translated_errors():
                     self._owned_pool.wait()
             except StorageError:
                 self._owned_pool.close()
@@ -363,16 +297,16 @@ class PostgresRepository:
             try:
                 conn = source.getconn()
             except psycopg.Error as error:
-                raise _storage_error(error) from error
+                raise storage_error(error) from error
             try:
                 yield conn
             except psycopg.Error as error:
-                raise _storage_error(error) from error
+                raise storage_error(error) from error
             finally:
                 source.putconn(conn)
         else:
-            with self._lock, _translated_errors(source):
-                if source.info.transaction_status in _BUSY:
+            with self._lock, translated_errors(source):
+                if source.info.transaction_status in BUSY:
                     # Our transaction would only be a savepoint of yours, and
                     # nothing would be stored until you commit.
                     raise StorageError(
@@ -426,7 +360,7 @@ class PostgresRepository:
         attempts = self._source.max_size + 1 if isinstance(self._source, ConnectionPool) else 1
         for attempts_left in reversed(range(attempts)):
             with self._connection() as conn:
-                if attempts_left and not _alive(conn):
+                if attempts_left and not alive(conn):
                     continue
                 yield conn
                 return
@@ -456,14 +390,14 @@ class PostgresRepository:
                 try:
                     conn = source.getconn()
                 except psycopg.Error as error:
-                    raise _storage_error(error) from error
+                    raise storage_error(error) from error
                 try:
-                    if attempts_left and not _alive(conn):
+                    if attempts_left and not alive(conn):
                         continue
                     row = _directly(conn, statement, params)
                     break
                 except psycopg.Error as error:
-                    raise _storage_error(error) from error
+                    raise storage_error(error) from error
                 finally:
                     source.putconn(conn)
         if row is None:  # no such account
@@ -539,7 +473,7 @@ class PostgresRepository:
             try:
                 row = _alone(conn, query.as_bytes(), params).fetchone()
             except psycopg.Error as error:
-                if _lost_a_race(error):
+                if lost_a_race(error):
                     return None
                 raise
         assert row is not None

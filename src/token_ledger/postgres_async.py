@@ -26,16 +26,10 @@ from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from token_ledger import _validation, operations
+from token_ledger._postgres_errors import BUSY, alive, lost_a_race, storage_error
 from token_ledger._postgres_migrations import migrate_async
-from token_ledger._postgres_statements import (
-    ROWS,
-    WRITE,
-    Statements,
-    as_columns,
-    direct_deduction,
-    notification_params,
-    sql_conditions,
-)
+from token_ledger._postgres_rows import ROWS, WRITE, as_columns, notification_params, sql_conditions
+from token_ledger._postgres_statements import Statements, direct_deduction
 from token_ledger._rows import ACCOUNT_FIELDS, account_conditions, history_conditions
 from token_ledger._within_errors import TransactionRequired, UnsupportedConnection
 from token_ledger.account import TokenAccount
@@ -43,13 +37,7 @@ from token_ledger.asyncio_storage import guarded, write_with_retries_async
 from token_ledger.errors import InvalidInput, StorageError
 from token_ledger.grants import Grant, Reservation
 from token_ledger.operations import DirectDeduction, Operation, Spent
-from token_ledger.postgres import (
-    _BUSY,
-    DEFAULT_POOL_SIZE,
-    _alive,
-    _lost_a_race,
-    _storage_error,
-)
+from token_ledger.postgres import DEFAULT_POOL_SIZE
 from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs
 from token_ledger.thresholds import Notification
 from token_ledger.transactions import Transaction
@@ -73,7 +61,7 @@ __all__ = [
 
 
 @asynccontextmanager
-async def _translated_errors(
+async def translated_errors(
     given: psycopg.AsyncConnection[Any] | None = None,
 ) -> AsyncIterator[None]:
     """postgres.py's translation of psycopg errors, around awaited statements.
@@ -83,8 +71,8 @@ async def _translated_errors(
     try:
         yield
     except psycopg.Error as error:
-        # _storage_error only asks ``given.closed``, which both connection classes answer.
-        raise _storage_error(error, cast(Any, given)) from error
+        # storage_error only asks ``given.closed``, which both connection classes answer.
+        raise storage_error(error, cast(Any, given)) from error
 
 
 async def _fetch(
@@ -335,7 +323,7 @@ class AsyncPostgresRepository:
             if isinstance(self._target, str):
                 # A direct connection first: a wrong URL fails now with libpq's own
                 # message, where a pool would keep retrying in the background.
-                async with _translated_errors():
+                async with translated_errors():
                     conn = await psycopg.AsyncConnection.connect(self._target)
                 try:
                     self._source = conn
@@ -353,7 +341,7 @@ class AsyncPostgresRepository:
                     open=False,
                     name="token-ledger",
                 )
-                async with _translated_errors():
+                async with translated_errors():
                     await pool.open()
                 self._owned_pool = self._source = pool
             else:
@@ -370,11 +358,11 @@ class AsyncPostgresRepository:
         if source is None:
             raise StorageError("the ledger is closed" if self._closed else "the ledger is not open")
         if isinstance(source, AsyncConnectionPool):
-            async with _translated_errors(), source.connection() as conn:
+            async with translated_errors(), source.connection() as conn:
                 yield conn
             return
-        async with self._turns, _translated_errors(source):
-            if source.info.transaction_status in _BUSY:
+        async with self._turns, translated_errors(source):
+            if source.info.transaction_status in BUSY:
                 # Our transaction would only be a savepoint of yours, and nothing
                 # would be stored until you commit: bound_to() is for that.
                 raise StorageError(
@@ -436,7 +424,7 @@ class AsyncPostgresRepository:
             try:
                 row = await _alone(conn, statement, params)
             except psycopg.Error as error:
-                if _lost_a_race(error):
+                if lost_a_race(error):
                     return None
                 raise
         if row is None:
@@ -452,7 +440,7 @@ class AsyncPostgresRepository:
         attempts = source.max_size + 1 if isinstance(source, AsyncConnectionPool) else 1
         for attempts_left in reversed(range(attempts)):
             async with self._connection() as conn:
-                if attempts_left and not _alive(cast(Any, conn)):
+                if attempts_left and not alive(cast(Any, conn)):
                     continue
                 yield conn
                 return
@@ -520,7 +508,7 @@ class AsyncPostgresTransaction:
 
     async def _write(self, operation: Callable[[], Operation[T]]) -> T:
         conn = self._conn
-        async with self._turns, _translated_errors(conn):
+        async with self._turns, translated_errors(conn):
             self._check_usable()
             await conn.execute(SAVEPOINT)
             try:
@@ -537,7 +525,7 @@ class AsyncPostgresTransaction:
             return result
 
     async def _read(self, operation: Operation[T]) -> T:
-        async with self._turns, _translated_errors(self._conn):
+        async with self._turns, translated_errors(self._conn):
             if self._ended:
                 self._check_usable()
             return await operations.run_async(operation, AsyncPostgresReads(self._conn, self._sql))

@@ -1,18 +1,23 @@
-"""Where the tokens of a refund go back: the rule, decided on values alone.
-
-Applying the decision to an account is :meth:`TokenAccount.refund`'s job;
-deciding it is this module's, so that it can be read and tested without one.
+"""Where the tokens of a refund go back: the rule, decided on values alone
+(:func:`plan_refund`), and applied to an account (:func:`refund`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import attrs
 
+from token_ledger.change import Change, entry_of, stamped
 from token_ledger.errors import InvalidAmount, InvalidInput
-from token_ledger.transactions import OperationType, Transaction
+from token_ledger.grants import Grant
+from token_ledger.transactions import Effects, OperationType, Transaction
+
+if TYPE_CHECKING:
+    from token_ledger.account import TokenAccount
+    from token_ledger.policy import MonthlyResetPolicy
 
 REFUNDABLE = frozenset({OperationType.DEDUCT, OperationType.COMMIT})
 
@@ -95,3 +100,79 @@ def plan_refund(
         else:
             credit += part
     return RefundPlan(usage, tuple(grants.items()), credit, forfeited)
+
+
+@stamped
+def refund(
+    stored: TokenAccount,
+    policy: MonthlyResetPolicy,
+    now: datetime,
+    spent: Transaction,
+    referencing: Iterable[Transaction],
+    amount: int | None,
+    *,
+    credit_grant_id: str,
+    reason: str | None,
+    idempotency_key: str | None,
+    voided_grant_ids: Iterable[str] = (),
+) -> Change:
+    """Give back ``amount`` (default: all that is left) of the successful deduction
+    ``spent``; ``referencing`` are the entries that reference it, earlier refunds among
+    them. Where each token goes is :func:`~token_ledger.refunds.plan_refund`'s rule; a
+    credit becomes a new grant that never expires."""
+    earlier = earlier_refunds(referencing)
+    amount = refundable(spent, earlier, amount)
+    current = stored.as_of(policy, now)
+    account = current.account
+    live = {grant.id: grant for grant in account.grants if grant.is_live(now)}
+    plan = plan_refund(
+        spent,
+        sum(refund.amount for refund in earlier),
+        amount,
+        period_start=account.last_monthly_reset,
+        live_grant_ids=live.keys(),
+        voided_grant_ids=frozenset(voided_grant_ids),
+    )
+    returned = {g: attrs.evolve(live[g], remaining=live[g].remaining + n) for g, n in plan.grants}
+    credited = (
+        (
+            Grant(
+                credit_grant_id,
+                stored.user_id,
+                plan.credit,
+                plan.credit,
+                now,
+                None,
+                f"refund of #{spent.id}",
+            ),
+        )
+        if plan.credit
+        else ()
+    )
+    account = attrs.evolve(
+        account,
+        monthly_tokens_used=account.monthly_tokens_used - plan.usage,
+        grants=(*(returned.get(g.id, g) for g in account.grants), *credited),
+        grant_balance=account.grant_balance + sum(n for _, n in plan.grants) + plan.credit,
+        updated_at=now,
+    )
+    entry = entry_of(
+        stored,
+        account,
+        OperationType.REFUND,
+        amount,
+        now,
+        feature=spent.feature,
+        reference=str(spent.id),
+        idempotency_key=idempotency_key,
+        effects=Effects(
+            usage=-plan.usage,
+            grants=(*plan.grants, *((g.id, g.amount) for g in credited)),
+        ),
+        operation_context=(
+            {"reason": reason, "forfeited": plan.forfeited}
+            if plan.forfeited
+            else {"reason": reason}
+        ),
+    )
+    return current.then(Change(account, (entry,), (*returned.values(), *credited)))
