@@ -8,26 +8,21 @@ live in the domain, the steps in :mod:`token_ledger.operations` and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, TypeVar
 
 from token_ledger import _validation, commands, operations
-from token_ledger.account import TokenAccount
+from token_ledger.calls import LedgerCalls
 from token_ledger.clock import Clock, system_clock
 from token_ledger.commands import DEFAULT_RESERVATION_TTL, DEFAULT_RESET_BATCH_SIZE, Command
-from token_ledger.grants import Reservation
 from token_ledger.memory import MemoryRepository
-from token_ledger.monitoring import AlertReport, Health
 from token_ledger.operations import ResetStep
 from token_ledger.policy import MonthlyResetPolicy
-from token_ledger.reconciliation import Discrepancy
 from token_ledger.repository import TokenRepository
-from token_ledger.results import DeductResult, History, TokenStatus
 from token_ledger.storage import write_with_retries
-from token_ledger.thresholds import Notification, Threshold, check_thresholds
-from token_ledger.transactions import OperationType, Transaction
+from token_ledger.thresholds import Threshold, check_thresholds
 
 if TYPE_CHECKING:
     import sqlite3
@@ -45,7 +40,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class TokenLedger:
+class TokenLedger(LedgerCalls):
     """Monthly token allowances, spent safely.
 
     Every write is one unit of work of the repository: a pending reset and the
@@ -163,262 +158,6 @@ class TokenLedger:
     def now(self) -> datetime:
         return _validation.instant(self._clock(), "clock()")
 
-    # accounts
-
-    def open_account(
-        self,
-        user_id: str,
-        monthly_limit: int,
-        *,
-        reset_anchor: datetime | None = None,
-        time_zone: str | None = None,
-        rollover_cap: int | None = None,
-    ) -> TokenAccount:
-        """Create the user's account; :class:`AccountExists` if there is one already.
-
-        ``time_zone`` (an IANA name) gives the account a calendar of its own; ``None``
-        follows the policy's. ``rollover_cap`` is how much unspent allowance carries
-        into the next period (default: the policy's ``rollover_cap``).
-        """
-        return self._perform(
-            commands.open_account(
-                self.policy,
-                self.now(),
-                user_id,
-                monthly_limit,
-                reset_anchor,
-                time_zone,
-                rollover_cap,
-            )
-        )
-
-    def ensure_account(
-        self,
-        user_id: str,
-        monthly_limit: int,
-        *,
-        reset_anchor: datetime | None = None,
-        time_zone: str | None = None,
-        rollover_cap: int | None = None,
-    ) -> TokenAccount:
-        """Return the user's account, creating it with these settings if it is missing.
-
-        An existing account is returned as stored: its limit is not changed.
-        """
-        return self._perform(
-            commands.ensure_account(
-                self.policy,
-                self.now(),
-                user_id,
-                monthly_limit,
-                reset_anchor,
-                time_zone,
-                rollover_cap,
-            )
-        )
-
-    def get_account(self, user_id: str) -> TokenAccount:
-        """The account as stored, which may hold a reset that is still pending."""
-        return self._perform(commands.get_account(user_id))
-
-    def status(self, user_id: str) -> TokenStatus:
-        """Usage in the current period; a pending reset is shown but not written."""
-        return self._perform(commands.status(self.policy, self.now(), user_id))
-
-    # writes
-
-    def deduct(
-        self,
-        user_id: str,
-        amount: int,
-        *,
-        feature: str | None = None,
-        context: Mapping[str, Any] | None = None,
-        idempotency_key: str | None = None,
-    ) -> DeductResult:
-        """Spend ``amount`` tokens: the monthly allowance first, then grants, then overage.
-
-        When too few remain, the refusal is recorded as a failed entry and
-        :class:`InsufficientTokens` is raised. A retry with the same
-        ``idempotency_key`` returns (or raises) the original outcome and writes nothing.
-        """
-        return self._perform(
-            commands.deduct(
-                self.policy,
-                self.now(),
-                user_id,
-                amount,
-                feature=feature,
-                context=context,
-                idempotency_key=idempotency_key,
-                thresholds=self.thresholds,
-            )
-        )
-
-    def set_limit(
-        self,
-        user_id: str,
-        monthly_limit: int | None = None,
-        *,
-        overage_limit: int | None = None,
-        rollover_cap: int | None = None,
-    ) -> TokenAccount:
-        """Change the monthly limit, the overage limit and/or the rollover cap now; usage
-        is kept.
-
-        A downgrade below what was already used leaves nothing remaining, never
-        a negative balance. Recorded as a ``limit_change`` entry.
-        """
-        return self._perform(
-            commands.set_limit(
-                self.policy,
-                self.now(),
-                user_id,
-                monthly_limit,
-                overage_limit,
-                rollover_cap,
-                self.thresholds,
-            )
-        )
-
-    def set_time_zone(self, user_id: str, time_zone: str | None) -> TokenAccount:
-        """Count the account's calendar in ``time_zone`` from now on (``None``: the policy's).
-
-        The period in progress keeps its usage and ends at the new zone's next
-        boundary; recorded as a ``limit_change`` entry.
-        """
-        return self._perform(commands.set_time_zone(self.policy, self.now(), user_id, time_zone))
-
-    def set_thresholds(self, user_id: str, thresholds: Iterable[Threshold] | None) -> TokenAccount:
-        """Give the account notification thresholds of its own, in place of the ledger's
-        defaults; ``[]`` for none, ``None`` to go back to the defaults.
-
-        Nothing fires for a threshold the account is already at or above: the next crossing
-        does, after a new period or a refund arms it.
-        """
-        return self._perform(commands.set_thresholds(self.policy, self.now(), user_id, thresholds))
-
-    def grant(
-        self,
-        user_id: str,
-        amount: int,
-        *,
-        expires_at: datetime | None = None,
-        reason: str | None = None,
-        idempotency_key: str | None = None,
-        priority: int = 0,
-    ) -> Transaction:
-        """Add tokens that do not reset monthly (a purchase, a promotion).
-
-        They are spent after the monthly allowance: lowest ``priority`` first, then
-        soonest expiry, then oldest; and stop counting at ``expires_at``. Returns the
-        ``grant`` entry; its ``reference`` is the grant's id.
-        """
-        return self._perform(
-            commands.grant(
-                self.policy,
-                self.now(),
-                user_id,
-                amount,
-                expires_at=expires_at,
-                reason=reason,
-                idempotency_key=idempotency_key,
-                priority=priority,
-            )
-        )
-
-    def void_grant(
-        self,
-        grant_id: str,
-        *,
-        reason: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> Transaction:
-        """Take back what is left of a grant (a charge-back, a mistake), for good.
-
-        Returns the ``void`` entry; a refund never brings back what it paid for.
-        :class:`GrantNotFound` for an unknown id, :class:`GrantVoided` the second time.
-        """
-        return self._perform(
-            commands.void_grant(
-                self.policy,
-                self.now(),
-                grant_id,
-                reason=reason,
-                idempotency_key=idempotency_key,
-            )
-        )
-
-    def reserve(
-        self,
-        user_id: str,
-        amount: int,
-        *,
-        ttl: timedelta = DEFAULT_RESERVATION_TTL,
-        feature: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> Reservation:
-        """Hold ``amount`` tokens for work whose cost is known only afterwards.
-
-        Held tokens are unavailable to other deductions until :meth:`commit`,
-        :meth:`release`, or ``ttl`` passes (the hold then releases itself at
-        the next write). A hold survives a period reset: it is committed
-        against the period it is committed in.
-        """
-        return self._perform(
-            commands.reserve(
-                self.policy,
-                self.now(),
-                user_id,
-                amount,
-                ttl=ttl,
-                feature=feature,
-                idempotency_key=idempotency_key,
-                thresholds=self.thresholds,
-            )
-        )
-
-    def commit(self, reservation_id: str, actual_amount: int) -> DeductResult:
-        """Spend ``actual_amount`` (at most what was reserved) and release the rest."""
-        return self._perform(
-            commands.commit(self.policy, self.now(), reservation_id, actual_amount, self.thresholds)
-        )
-
-    def release(self, reservation_id: str) -> DeductResult:
-        """Give a hold back whole, spending nothing."""
-        return self._perform(commands.release(self.policy, self.now(), reservation_id))
-
-    def refund(
-        self,
-        transaction_id: int,
-        amount: int | None = None,
-        *,
-        reason: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> Transaction:
-        """Reverse all (by default) or part of a successful deduction.
-
-        Never more than is left of it after earlier refunds. Tokens return to
-        this period's usage and to the grants the deduction drew on; a
-        deduction of an ended period (or a grant since expired) is refunded as
-        a new grant that never expires, since that allowance cannot be spent
-        any more. Returns the ``refund`` entry.
-        """
-        return self._perform(
-            commands.refund(
-                self.policy,
-                self.now(),
-                transaction_id,
-                amount,
-                reason=reason,
-                idempotency_key=idempotency_key,
-            )
-        )
-
-    def reset_if_needed(self, user_id: str) -> bool:
-        """Persist a pending reset; the seed's ``reset_user_tokens_if_needed``."""
-        return self._perform(commands.reset_if_needed(self.policy, self.now(), user_id))
-
     def reset_all_stale(
         self,
         *,
@@ -444,106 +183,6 @@ class TokenLedger:
                 reset.progress(reset_count)
             if step.last:
                 return reset_count
-
-    # operations
-
-    def health(self) -> Health:
-        """The guide's health check: every account should be in the current period."""
-        return self._perform(commands.health(self.policy, self.now()))
-
-    def alerts(
-        self,
-        *,
-        stale_after: timedelta = timedelta(days=1),
-        stale_threshold: int = 0,
-        failed_window: timedelta = timedelta(hours=1),
-        failed_threshold: int = 10,
-        usage_ratio: float = 0.9,
-        high_usage_threshold: int | None = None,
-    ) -> AlertReport:
-        """The guide's three monitoring alerts; each triggers when its value exceeds its threshold.
-
-        ``stale_resets`` counts accounts whose reset has been pending for longer
-        than ``stale_after``; ``failed_transactions`` counts refused operations in
-        the last ``failed_window``; ``high_usage`` counts accounts that used more
-        than ``usage_ratio`` of their limit in the current period (the guide only
-        watches it, so by default it has no threshold). See :class:`AlertThresholds`.
-        """
-        return self._perform(
-            commands.alerts(
-                self.policy,
-                self.now(),
-                stale_after=stale_after,
-                stale_threshold=stale_threshold,
-                failed_window=failed_window,
-                failed_threshold=failed_threshold,
-                usage_ratio=usage_ratio,
-                high_usage_threshold=high_usage_threshold,
-            )
-        )
-
-    def reconcile(self, user_id: str | None = None) -> list[Discrepancy]:
-        """Recompute balances from the ledger and list where the stored ones differ.
-
-        Checks one user's account, or every account. Each entry records its
-        effect on usage, grants and holds, so the log alone must add up to what
-        ``user_tokens``, ``token_grants`` and ``token_reservations`` hold. An
-        empty list means the ledger is consistent.
-        """
-        return self._perform(commands.reconcile(user_id))
-
-    # reads
-
-    def history(
-        self,
-        user_id: str | None = None,
-        *,
-        operation_type: OperationType | str | None = None,
-        feature: str | None = None,
-        success: bool | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        before_id: int | None = None,
-        reference: str | None = None,
-        limit: int = 100,
-    ) -> History:
-        """Ledger entries, newest first; page with ``before_id=page[-1].id``."""
-        return self._perform(
-            commands.history(
-                user_id=user_id,
-                operation_type=operation_type,
-                feature=feature,
-                success=success,
-                since=since,
-                until=until,
-                before_id=before_id,
-                reference=reference,
-                limit=limit,
-            )
-        )
-
-    # notifications
-
-    def notifications(self, *, after: int = 0, limit: int = 100) -> list[Notification]:
-        """Notifications of crossed thresholds with an id above ``after``, oldest first.
-
-        Ids grow in the order notifications are committed, so passing the last id seen
-        as ``after`` never skips one. To resume after a restart, keep the position in the
-        ledger: :meth:`notification_cursor` and :meth:`acknowledge_notifications`.
-        """
-        return self._perform(commands.notifications(after, limit))
-
-    def notification_cursor(self, consumer: str) -> int:
-        """The id ``consumer`` last acknowledged (0 at first): read on from there."""
-        return self._perform(commands.notification_cursor(consumer))
-
-    def acknowledge_notifications(self, consumer: str, up_to: int) -> int:
-        """Record that ``consumer`` has handled every notification up to id ``up_to``.
-
-        The cursor never moves back (an older id leaves it as it is), and never past the
-        last notification recorded (:class:`InvalidInput`). Returns where it stands.
-        """
-        return self._perform(commands.acknowledge_notifications(consumer, up_to))
 
     def within(
         self, connection: object, *, schema: str | None = None

@@ -44,12 +44,12 @@ from __future__ import annotations
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from token_ledger import _validation, commands, operations
+from token_ledger import _validation, operations
 from token_ledger._within_drivers import join
 from token_ledger._within_errors import (
     SchemaNotMigrated,
@@ -58,17 +58,11 @@ from token_ledger._within_errors import (
     WriteLockUnavailable,
     sqlite_busy,
 )
-from token_ledger.account import TokenAccount
-from token_ledger.commands import DEFAULT_RESERVATION_TTL, Command
+from token_ledger.calls import LedgerCalls
+from token_ledger.commands import Command
 from token_ledger.errors import TransientStorageError
-from token_ledger.grants import Reservation
-from token_ledger.monitoring import AlertReport, Health
-from token_ledger.reconciliation import Discrepancy
 from token_ledger.repository import TokenRepository, UnitOfWork
-from token_ledger.results import DeductResult, History, TokenStatus
 from token_ledger.storage import RETRY_BASE_DELAY, RETRY_MAX_DELAY, WRITE_ATTEMPTS
-from token_ledger.thresholds import Notification, Threshold
-from token_ledger.transactions import OperationType, Transaction
 
 if TYPE_CHECKING:
     from token_ledger.application import TokenLedger
@@ -107,7 +101,7 @@ class CallerTransaction(TokenRepository, Protocol):
 # The facade
 
 
-class LedgerInTransaction:
+class LedgerInTransaction(LedgerCalls):
     """The ledger's calls, run in savepoints of a transaction the caller owns.
 
     Made by :func:`within` (``ledger.within(connection)``) and usable only
@@ -116,7 +110,10 @@ class LedgerInTransaction:
     row on PostgreSQL, the database's write lock on SQLite) are held until
     the caller's transaction ends. Nothing here retries: a
     :class:`~token_ledger.TransientStorageError` means "run the whole
-    transaction again" (:func:`retrying`).
+    transaction again" (:func:`retrying`). A refused deduction writes its failed
+    entry in your transaction (kept if you commit) and raises
+    :class:`~token_ledger.InsufficientTokens`; your transaction stays usable. The
+    calls are :class:`~token_ledger.TokenLedger`'s (:class:`~token_ledger.calls.LedgerCalls`).
     """
 
     def __init__(
@@ -126,8 +123,14 @@ class LedgerInTransaction:
         before_call: Callable[[], object] | None = None,
     ) -> None:
         self._ledger = ledger
+        self.policy = ledger.policy
+        self.thresholds = ledger.thresholds
         self._transaction: CallerTransaction | None = transaction
         self._before_call = before_call
+
+    def now(self) -> datetime:
+        """The ledger's clock: every call takes it at the moment it is made."""
+        return self._ledger.now()
 
     def _end(self) -> None:
         self._transaction = None
@@ -145,314 +148,6 @@ class LedgerInTransaction:
             target = work if command.writes else transaction
             result = operations.run(command.operation(), target)
         return command.answer(result)
-
-    # accounts
-
-    def open_account(
-        self,
-        user_id: str,
-        monthly_limit: int,
-        *,
-        reset_anchor: datetime | None = None,
-        time_zone: str | None = None,
-        rollover_cap: int | None = None,
-    ) -> TokenAccount:
-        """Create the user's account; :class:`~token_ledger.AccountExists` if there is one."""
-        ledger = self._ledger
-        return self._perform(
-            commands.open_account(
-                ledger.policy,
-                ledger.now(),
-                user_id,
-                monthly_limit,
-                reset_anchor,
-                time_zone,
-                rollover_cap,
-            )
-        )
-
-    def ensure_account(
-        self,
-        user_id: str,
-        monthly_limit: int,
-        *,
-        reset_anchor: datetime | None = None,
-        time_zone: str | None = None,
-        rollover_cap: int | None = None,
-    ) -> TokenAccount:
-        """The user's account, created with these settings if it is missing."""
-        ledger = self._ledger
-        return self._perform(
-            commands.ensure_account(
-                ledger.policy,
-                ledger.now(),
-                user_id,
-                monthly_limit,
-                reset_anchor,
-                time_zone,
-                rollover_cap,
-            )
-        )
-
-    def get_account(self, user_id: str) -> TokenAccount:
-        """The account as stored in this transaction (a reset may be pending)."""
-        return self._perform(commands.get_account(user_id))
-
-    def status(self, user_id: str) -> TokenStatus:
-        """Usage in the current period as this transaction sees it, uncommitted writes included."""
-        ledger = self._ledger
-        return self._perform(commands.status(ledger.policy, ledger.now(), user_id))
-
-    # writes
-
-    def deduct(
-        self,
-        user_id: str,
-        amount: int,
-        *,
-        feature: str | None = None,
-        context: Mapping[str, Any] | None = None,
-        idempotency_key: str | None = None,
-    ) -> DeductResult:
-        """Spend ``amount`` tokens, as :meth:`TokenLedger.deduct <token_ledger.TokenLedger.deduct>`.
-
-        A refusal writes its failed entry in your transaction (kept if you
-        commit) and raises :class:`~token_ledger.InsufficientTokens`; your
-        transaction stays usable.
-        """
-        ledger = self._ledger
-        return self._perform(
-            commands.deduct(
-                ledger.policy,
-                ledger.now(),
-                user_id,
-                amount,
-                feature=feature,
-                context=context,
-                idempotency_key=idempotency_key,
-                thresholds=ledger.thresholds,
-            )
-        )
-
-    def set_limit(
-        self,
-        user_id: str,
-        monthly_limit: int | None = None,
-        *,
-        overage_limit: int | None = None,
-        rollover_cap: int | None = None,
-    ) -> TokenAccount:
-        """Change the monthly limit, the overage limit and/or the rollover cap; usage is kept."""
-        ledger = self._ledger
-        return self._perform(
-            commands.set_limit(
-                ledger.policy,
-                ledger.now(),
-                user_id,
-                monthly_limit,
-                overage_limit,
-                rollover_cap,
-                ledger.thresholds,
-            )
-        )
-
-    def set_time_zone(self, user_id: str, time_zone: str | None) -> TokenAccount:
-        """Count the account's calendar in ``time_zone`` (``None``: the policy's)."""
-        ledger = self._ledger
-        return self._perform(
-            commands.set_time_zone(ledger.policy, ledger.now(), user_id, time_zone)
-        )
-
-    def set_thresholds(self, user_id: str, thresholds: Iterable[Threshold] | None) -> TokenAccount:
-        """The account's own notification thresholds; ``None`` for the ledger's defaults."""
-        ledger = self._ledger
-        return self._perform(
-            commands.set_thresholds(ledger.policy, ledger.now(), user_id, thresholds)
-        )
-
-    def grant(
-        self,
-        user_id: str,
-        amount: int,
-        *,
-        expires_at: datetime | None = None,
-        reason: str | None = None,
-        idempotency_key: str | None = None,
-        priority: int = 0,
-    ) -> Transaction:
-        """Add tokens that do not reset monthly; returns the ``grant`` entry."""
-        ledger = self._ledger
-        return self._perform(
-            commands.grant(
-                ledger.policy,
-                ledger.now(),
-                user_id,
-                amount,
-                expires_at=expires_at,
-                reason=reason,
-                idempotency_key=idempotency_key,
-                priority=priority,
-            )
-        )
-
-    def void_grant(
-        self,
-        grant_id: str,
-        *,
-        reason: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> Transaction:
-        """Take back what is left of a grant, for good; returns the ``void`` entry."""
-        ledger = self._ledger
-        return self._perform(
-            commands.void_grant(
-                ledger.policy,
-                ledger.now(),
-                grant_id,
-                reason=reason,
-                idempotency_key=idempotency_key,
-            )
-        )
-
-    def reserve(
-        self,
-        user_id: str,
-        amount: int,
-        *,
-        ttl: timedelta = DEFAULT_RESERVATION_TTL,
-        feature: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> Reservation:
-        """Hold ``amount`` tokens until :meth:`commit`, :meth:`release` or ``ttl``."""
-        ledger = self._ledger
-        return self._perform(
-            commands.reserve(
-                ledger.policy,
-                ledger.now(),
-                user_id,
-                amount,
-                ttl=ttl,
-                feature=feature,
-                idempotency_key=idempotency_key,
-                thresholds=ledger.thresholds,
-            )
-        )
-
-    def commit(self, reservation_id: str, actual_amount: int) -> DeductResult:
-        """Spend ``actual_amount`` of a hold and release the rest (your transaction stays open)."""
-        ledger = self._ledger
-        return self._perform(
-            commands.commit(
-                ledger.policy, ledger.now(), reservation_id, actual_amount, ledger.thresholds
-            )
-        )
-
-    def release(self, reservation_id: str) -> DeductResult:
-        """Give a hold back whole."""
-        ledger = self._ledger
-        return self._perform(commands.release(ledger.policy, ledger.now(), reservation_id))
-
-    def refund(
-        self,
-        transaction_id: int,
-        amount: int | None = None,
-        *,
-        reason: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> Transaction:
-        """Reverse all (by default) or part of a successful deduction."""
-        ledger = self._ledger
-        return self._perform(
-            commands.refund(
-                ledger.policy,
-                ledger.now(),
-                transaction_id,
-                amount,
-                reason=reason,
-                idempotency_key=idempotency_key,
-            )
-        )
-
-    def reset_if_needed(self, user_id: str) -> bool:
-        """Store the account's pending reset, if any."""
-        ledger = self._ledger
-        return self._perform(commands.reset_if_needed(ledger.policy, ledger.now(), user_id))
-
-    # reads (they see this transaction's uncommitted writes)
-
-    def history(
-        self,
-        user_id: str | None = None,
-        *,
-        operation_type: OperationType | str | None = None,
-        feature: str | None = None,
-        success: bool | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        before_id: int | None = None,
-        reference: str | None = None,
-        limit: int = 100,
-    ) -> History:
-        """Ledger entries, newest first, this transaction's own included."""
-        return self._perform(
-            commands.history(
-                user_id=user_id,
-                operation_type=operation_type,
-                feature=feature,
-                success=success,
-                since=since,
-                until=until,
-                before_id=before_id,
-                reference=reference,
-                limit=limit,
-            )
-        )
-
-    def notifications(self, *, after: int = 0, limit: int = 100) -> list[Notification]:
-        """Notifications with an id above ``after``, this transaction's own included."""
-        return self._perform(commands.notifications(after, limit))
-
-    def notification_cursor(self, consumer: str) -> int:
-        """The id ``consumer`` last acknowledged, as this transaction sees it."""
-        return self._perform(commands.notification_cursor(consumer))
-
-    def acknowledge_notifications(self, consumer: str, up_to: int) -> int:
-        """Move ``consumer``'s cursor to ``up_to``, committed with your transaction."""
-        return self._perform(commands.acknowledge_notifications(consumer, up_to))
-
-    def reconcile(self, user_id: str | None = None) -> list[Discrepancy]:
-        """Where stored balances differ from the log, as this transaction sees both."""
-        return self._perform(commands.reconcile(user_id))
-
-    def health(self) -> Health:
-        """Total, current and stale accounts, as this transaction sees them."""
-        ledger = self._ledger
-        return self._perform(commands.health(ledger.policy, ledger.now()))
-
-    def alerts(
-        self,
-        *,
-        stale_after: timedelta = timedelta(days=1),
-        stale_threshold: int = 0,
-        failed_window: timedelta = timedelta(hours=1),
-        failed_threshold: int = 10,
-        usage_ratio: float = 0.9,
-        high_usage_threshold: int | None = None,
-    ) -> AlertReport:
-        """The guide's three alerts, as this transaction sees the ledger."""
-        ledger = self._ledger
-        return self._perform(
-            commands.alerts(
-                ledger.policy,
-                ledger.now(),
-                stale_after=stale_after,
-                stale_threshold=stale_threshold,
-                failed_window=failed_window,
-                failed_threshold=failed_threshold,
-                usage_ratio=usage_ratio,
-                high_usage_threshold=high_usage_threshold,
-            )
-        )
 
 
 @contextmanager
