@@ -15,6 +15,7 @@ import attrs
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from token_ledger._postgres_rows import WRITE
 from token_ledger._rows import (
     ACCOUNT_COLUMNS,
     GRANT_COLUMNS,
@@ -27,7 +28,9 @@ from token_ledger._rows import (
     TRANSACTION_COLUMNS,
     threshold_guard,
 )
+from token_ledger._usage_sql import postgres_statement
 from token_ledger.operations import DirectDeduction
+from token_ledger.repository import UsageQuery
 from token_ledger.sql import NOTIFICATION_LOCK_KEY
 from token_ledger.thresholds import Threshold
 
@@ -230,6 +233,11 @@ class Statements:
             lock=sql.SQL(" FOR UPDATE" if lock else ""),
             **self._names,
         )
+
+    def usage_query(self, query: UsageQuery) -> tuple[sql.Composed, list[Any]]:
+        """The grouped query of a usage report (:mod:`token_ledger._usage_sql`), its values."""
+        statement, params = postgres_statement(query, WRITE)
+        return sql.SQL(statement).format(**self._names), params
 
     def history_query(self, conditions: Sequence[sql.Composable]) -> sql.Composed:
         return sql.SQL(

@@ -29,9 +29,10 @@ from token_ledger._within_errors import SchemaNotMigrated, TransactionRequired
 from token_ledger.account import TokenAccount
 from token_ledger.errors import SchemaVersionError, StorageError, TransientStorageError
 from token_ledger.postgres import PostgresUnitOfWork, _fetch, _with_balances
-from token_ledger.repository import AccountFilter, HistoryQuery
+from token_ledger.repository import AccountFilter, HistoryQuery, UsageQuery
 from token_ledger.thresholds import Notification
 from token_ledger.transactions import Transaction
+from token_ledger.usage import UsageRow, rows_of
 
 # The types of the columns the library reads, loaded the way psycopg loads them by default.
 LIBRARY_TYPES = (
@@ -225,6 +226,10 @@ class PostgresCallerTransaction:
     def notification_cursor(self, consumer: str) -> int:
         rows = _fetch(self._library, self._sql.cursor_position, (consumer,))
         return 0 if not rows else int(rows[0][0])
+
+    def usage(self, query: UsageQuery) -> list[UsageRow]:
+        statement, params = self._sql.usage_query(query)
+        return rows_of(query, _fetch(self._library, statement, params))
 
     def scan_accounts(
         self, where: AccountFilter, after_user_id: str | None, limit: int

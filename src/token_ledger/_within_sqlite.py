@@ -21,6 +21,7 @@ import attrs
 
 from token_ledger._rows import TRANSACTION_COLUMNS, history_conditions
 from token_ledger._sqlite_migrations import KNOWN_MIGRATIONS, MIGRATION_SET
+from token_ledger._usage_sql import sqlite_usage
 from token_ledger._within_errors import (
     SchemaNotMigrated,
     TransactionRequired,
@@ -29,9 +30,10 @@ from token_ledger._within_errors import (
 )
 from token_ledger.account import TokenAccount
 from token_ledger.errors import SchemaVersionError, StorageError
-from token_ledger.repository import AccountFilter, HistoryQuery
+from token_ledger.repository import AccountFilter, HistoryQuery, UsageQuery
 from token_ledger.sqlite import (
     ROWS,
+    WRITE,
     SQLiteUnitOfWork,
     _select_accounts,
     _translated_errors,
@@ -39,6 +41,7 @@ from token_ledger.sqlite import (
 )
 from token_ledger.thresholds import Notification
 from token_ledger.transactions import Transaction
+from token_ledger.usage import UsageRow
 
 _LEGACY = getattr(sqlite3, "LEGACY_TRANSACTION_CONTROL", -1)  # Python 3.12's constant
 # A write that changes nothing still makes its transaction the writer.
@@ -159,6 +162,9 @@ class SQLiteCallerTransaction:
 
     def notification_cursor(self, consumer: str) -> int:
         return SQLiteUnitOfWork(self._conn).notification_cursor(consumer)
+
+    def usage(self, query: UsageQuery) -> list[UsageRow]:
+        return sqlite_usage(self._conn, query, WRITE)
 
     def scan_accounts(
         self, where: AccountFilter, after_user_id: str | None, limit: int

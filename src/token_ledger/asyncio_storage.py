@@ -35,7 +35,13 @@ from token_ledger.account import TokenAccount
 from token_ledger.errors import StorageError, TransientStorageError
 from token_ledger.grants import Grant, Reservation
 from token_ledger.operations import Operation
-from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs, TokenRepository
+from token_ledger.repository import (
+    AccountFilter,
+    HistoryQuery,
+    StaleCutoffs,
+    TokenRepository,
+    UsageQuery,
+)
 from token_ledger.storage import (
     RETRY_BASE_DELAY,
     RETRY_MAX_DELAY,
@@ -44,6 +50,7 @@ from token_ledger.storage import (
 )
 from token_ledger.thresholds import Notification
 from token_ledger.transactions import Transaction
+from token_ledger.usage import UsageRow
 
 T = TypeVar("T")
 W = TypeVar("W")
@@ -141,6 +148,8 @@ class AsyncReads(Protocol):
     async def notifications(self, after: int, limit: int) -> list[Notification]: ...
 
     async def notification_cursor(self, consumer: str) -> int: ...
+
+    async def usage(self, query: UsageQuery) -> list[UsageRow]: ...
 
     async def scan_accounts(
         self, where: AccountFilter, after_user_id: str | None, limit: int

@@ -9,7 +9,7 @@ Each call here asks :mod:`token_ledger.commands` for its command, once, for both
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,6 +22,7 @@ from token_ledger.reconciliation import Discrepancy
 from token_ledger.results import DeductResult, History, TokenStatus
 from token_ledger.thresholds import Notification, Threshold
 from token_ledger.transactions import OperationType, Transaction
+from token_ledger.usage import UsageReport
 
 if TYPE_CHECKING:
     from token_ledger.commands import Command
@@ -372,6 +373,37 @@ class LedgerCalls:
                 before_id=before_id,
                 reference=reference,
                 limit=limit,
+            )
+        )
+
+    def usage(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        by: str | Sequence[str] = (),
+        user_id: str | None = None,
+        feature: str | None = None,
+        time_zone: str | None = None,
+    ) -> UsageReport:
+        """Tokens spent net of refunds from ``since`` (inclusive) to ``until`` (exclusive),
+        grouped ``by`` any of ``"user"``, ``"feature"`` and ``"day"`` or ``"month"``.
+
+        Counts successful deductions and commits, less refunds, each when it was made;
+        days and months are local to ``time_zone`` (default: the policy's). The database
+        adds the entries up in one grouped query (inside a transaction of yours, its own
+        entries included). Rows come ordered by day or month, then ``user_id``, then
+        ``feature``; see :class:`~token_ledger.usage.UsageRow`.
+        """
+        return self._perform(
+            commands.usage(
+                self.policy,
+                since=since,
+                until=until,
+                by=by,
+                user_id=user_id,
+                feature=feature,
+                time_zone=time_zone,
             )
         )
 

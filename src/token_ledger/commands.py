@@ -25,10 +25,11 @@ from token_ledger.monitoring import AlertReport, AlertThresholds, Health
 from token_ledger.operations import Operation, ResetStep, Spent
 from token_ledger.policy import MonthlyResetPolicy, load_zone
 from token_ledger.reconciliation import Discrepancy
-from token_ledger.repository import MAX_HISTORY_LIMIT, HistoryQuery
+from token_ledger.repository import MAX_HISTORY_LIMIT, HistoryQuery, UsageQuery
 from token_ledger.results import DeductResult, History, TokenStatus
 from token_ledger.thresholds import Notification, Thresholds, check_thresholds
 from token_ledger.transactions import Transaction
+from token_ledger.usage import UsageReport
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -463,6 +464,15 @@ def acknowledge_notifications(consumer: object, up_to: object) -> Command[int, i
     checked = _validation.identifier(consumer, "consumer")
     position = _validation.non_negative_int(up_to, "up_to")
     return _write(lambda: operations.acknowledge_notifications(checked, position))
+
+
+def usage(policy: MonthlyResetPolicy, **filters: Any) -> Command[UsageReport, UsageReport]:
+    """``filters`` are :class:`UsageQuery`'s, which checks each of them; days and months are
+    the policy's unless ``timezone`` names another zone."""
+    if filters.get("timezone") is None:
+        filters["timezone"] = policy.timezone
+    query = UsageQuery(**filters)
+    return _read(lambda: reads.usage(query))
 
 
 # helpers

@@ -18,9 +18,10 @@ import attrs
 from token_ledger._rows import account_conditions, history_conditions, matches
 from token_ledger.account import TokenAccount
 from token_ledger.grants import Grant, Reservation
-from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs
+from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs, UsageQuery
 from token_ledger.thresholds import Notification
 from token_ledger.transactions import Transaction
+from token_ledger.usage import UsageRow, fold_entries
 
 
 class MemoryUnitOfWork:
@@ -192,6 +193,12 @@ class MemoryRepository:
     def notification_cursor(self, consumer: str) -> int:
         with self._lock:
             return self._cursors.get(consumer, 0)
+
+    def usage(self, query: UsageQuery) -> list[UsageRow]:
+        """Added up here, entry by entry: this engine is its own database."""
+        with self._lock:
+            entries = list(self._entries)
+        return fold_entries(query, entries)
 
     def scan_accounts(
         self, where: AccountFilter, after_user_id: str | None, limit: int

@@ -52,9 +52,10 @@ from token_ledger.errors import InvalidInput, StorageError
 from token_ledger.grants import Grant, Reservation
 from token_ledger.operations import CalendarResets, DirectDeduction, ResetStep, Spent
 from token_ledger.reconciliation import Discrepancy
-from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs
+from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs, UsageQuery
 from token_ledger.thresholds import Notification
 from token_ledger.transactions import Transaction
+from token_ledger.usage import UsageRow, rows_of
 
 PostgresTarget = str | psycopg.Connection[Any] | ConnectionPool[Any]
 
@@ -524,6 +525,11 @@ class PostgresRepository:
     def notification_cursor(self, consumer: str) -> int:
         rows = self._alone(self._sql.cursor_position, (consumer,))
         return 0 if not rows else int(rows[0][0])
+
+    def usage(self, query: UsageQuery) -> list[UsageRow]:
+        """One grouped query, by the local day or month (see :mod:`token_ledger._usage_sql`)."""
+        statement, params = self._sql.usage_query(query)
+        return rows_of(query, self._alone(statement, params))
 
     def scan_accounts(
         self, where: AccountFilter, after_user_id: str | None, limit: int

@@ -38,9 +38,10 @@ from token_ledger.errors import InvalidInput, StorageError
 from token_ledger.grants import Grant, Reservation
 from token_ledger.operations import DirectDeduction, Operation, Spent
 from token_ledger.postgres import DEFAULT_POOL_SIZE
-from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs
+from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs, UsageQuery
 from token_ledger.thresholds import Notification
 from token_ledger.transactions import Transaction
+from token_ledger.usage import UsageRow, rows_of
 
 T = TypeVar("T")
 
@@ -267,6 +268,10 @@ class AsyncPostgresReads:
     async def notification_cursor(self, consumer: str) -> int:
         rows = await _fetch(self._conn, self._sql.cursor_position, (consumer,))
         return 0 if not rows else int(rows[0][0])
+
+    async def usage(self, query: UsageQuery) -> list[UsageRow]:
+        statement, params = self._sql.usage_query(query)
+        return rows_of(query, await _fetch(self._conn, statement, params))
 
     async def scan_accounts(
         self, where: AccountFilter, after_user_id: str | None, limit: int

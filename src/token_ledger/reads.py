@@ -26,10 +26,12 @@ from token_ledger.repository import (
     AccountFilter,
     HistoryQuery,
     StaleCutoffs,
+    UsageQuery,
 )
 from token_ledger.results import History, TokenStatus
 from token_ledger.thresholds import Notification
 from token_ledger.transactions import Effects, Transaction
+from token_ledger.usage import UsageReport, UsageRow
 
 SCAN_PAGE_SIZE = 1000
 
@@ -59,6 +61,12 @@ def notifications(after: int, limit: int) -> Operation[list[Notification]]:
 def notification_cursor(consumer: str) -> Operation[int]:
     position: int = yield Call("notification_cursor", (consumer,))
     return position
+
+
+def usage(query: UsageQuery) -> Operation[UsageReport]:
+    """Tokens spent net of refunds, per group: one grouped query of the store."""
+    rows: list[UsageRow] = yield Call("usage", (query,))
+    return UsageReport(rows, query.by)
 
 
 def stale_cutoffs(policy: MonthlyResetPolicy, at: datetime) -> StaleCutoffs:

@@ -18,12 +18,14 @@ from token_ledger import _validation
 from token_ledger.account import TokenAccount
 from token_ledger.errors import InvalidInput
 from token_ledger.grants import Grant, Reservation
+from token_ledger.policy import load_zone
 from token_ledger.thresholds import Notification
 from token_ledger.transactions import OperationType, Transaction
 
 if TYPE_CHECKING:
     from token_ledger.operations import CalendarResets, DirectDeduction, ResetStep, Spent
     from token_ledger.reconciliation import Discrepancy
+    from token_ledger.usage import UsageRow
 
 
 @attrs.frozen
@@ -124,6 +126,69 @@ class HistoryQuery:
         default=None, validator=_checked(_validation.optional_identifier)
     )
     limit: int = attrs.field(default=100, validator=_check_limit)
+
+
+USAGE_GROUPS = ("user", "feature", "day", "month")
+"""What :class:`UsageQuery` groups by, in the order its rows' keys are listed."""
+
+
+def _usage_groups(value: object) -> tuple[str, ...]:
+    """Group keys among :data:`USAGE_GROUPS`, each at most once, ``day`` or ``month``."""
+    keys = (value,) if isinstance(value, str) else value
+    known = ", ".join(USAGE_GROUPS)
+    if not isinstance(keys, tuple | list):
+        raise InvalidInput(f"by must be a group key or a sequence of them ({known}), got {value!r}")
+    for key in keys:
+        if key not in USAGE_GROUPS:
+            raise InvalidInput(f"by takes {known}; got {key!r}")
+    if len(set(keys)) != len(keys):
+        raise InvalidInput(f"by names a group key twice: {value!r}")
+    if "day" in keys and "month" in keys:
+        raise InvalidInput("by takes day or month, not both")
+    return tuple(key for key in USAGE_GROUPS if key in keys)
+
+
+def _usage_zone(_query: object, _attribute: object, value: object) -> None:
+    load_zone(value)  # the policy's check: UnknownTimeZone, an InvalidInput
+
+
+def _until_after_since(query: UsageQuery, _attribute: object, value: datetime | None) -> None:
+    if value is not None and query.since is not None and value <= query.since:
+        raise InvalidInput(
+            f"until must be after since, got since={query.since.isoformat()}"
+            f" until={value.isoformat()}"
+        )
+
+
+@attrs.frozen
+class UsageQuery:
+    """What :meth:`TokenRepository.usage` adds up: tokens spent, net of refunds, by group.
+
+    Entries counted: successful ``deduct`` and ``commit`` entries (``spent``) and ``refund``
+    entries (``refunded``), each in the bucket of its own ``created_at``: a refund counts
+    when it is made, so a day's net can be negative. ``since`` is inclusive and ``until``
+    exclusive, as in :class:`HistoryQuery`; ``by`` holds group keys of :data:`USAGE_GROUPS`
+    (kept in that order); ``day`` and ``month`` are local to ``timezone``. Every field is
+    checked here, once, so that every engine is handed the same, valid question.
+    """
+
+    since: datetime | None = attrs.field(default=None, converter=_since)
+    until: datetime | None = attrs.field(
+        default=None, converter=_until, validator=_until_after_since
+    )
+    by: tuple[str, ...] = attrs.field(default=(), converter=_usage_groups)
+    user_id: str | None = attrs.field(
+        default=None, validator=_checked(_validation.optional_identifier)
+    )
+    feature: str | None = attrs.field(
+        default=None, validator=_checked(_validation.optional_identifier)
+    )
+    timezone: str = attrs.field(default="UTC", validator=_usage_zone)
+
+    @property
+    def bucket(self) -> str | None:
+        """``"day"``, ``"month"``, or ``None`` when the rows are not split in time."""
+        return next((key for key in self.by if key in ("day", "month")), None)
 
 
 class UnitOfWork(Protocol):
@@ -267,6 +332,11 @@ class TokenRepository(Protocol):
 
     def notification_cursor(self, consumer: str) -> int:
         """Where ``consumer`` acknowledged up to; 0 for a consumer never seen."""
+        ...
+
+    def usage(self, query: UsageQuery) -> list[UsageRow]:
+        """Tokens spent net of refunds per group of ``query.by``, added up by the store (one
+        grouped query), in the order of :func:`token_ledger.usage.ordered`."""
         ...
 
     def scan_accounts(

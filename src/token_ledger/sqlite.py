@@ -50,14 +50,22 @@ from token_ledger._sqlite_statements import (
     discrepancies,
     numbered,
 )
+from token_ledger._usage_sql import sqlite_usage
 from token_ledger.account import TokenAccount
 from token_ledger.errors import InvalidInput, StorageError
 from token_ledger.grants import Grant, Reservation
 from token_ledger.operations import CalendarResets, DirectDeduction, ResetStep, Spent
 from token_ledger.reconciliation import Discrepancy
-from token_ledger.repository import SHORTCUT_METHODS, AccountFilter, HistoryQuery, StaleCutoffs
+from token_ledger.repository import (
+    SHORTCUT_METHODS,
+    AccountFilter,
+    HistoryQuery,
+    StaleCutoffs,
+    UsageQuery,
+)
 from token_ledger.thresholds import Notification
 from token_ledger.transactions import Transaction
+from token_ledger.usage import UsageRow
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 SHORTCUTS_SINCE = (3, 35, 0)
@@ -553,6 +561,11 @@ class SQLiteRepository:
     def count_accounts(self) -> int:
         with self._lock, _translated_errors():
             return int(self.db.conn.execute("SELECT count(*) FROM user_tokens").fetchone()[0])
+
+    def usage(self, query: UsageQuery) -> list[UsageRow]:
+        """One grouped query (see :mod:`token_ledger._usage_sql`)."""
+        with self._lock, _translated_errors():
+            return sqlite_usage(self.db.conn, query, WRITE)
 
     def scan_accounts(
         self, where: AccountFilter, after_user_id: str | None, limit: int
