@@ -46,6 +46,7 @@ pytest.register_assert_rewrite(
             "resets",
             "returned_values",
             "unit_of_work",
+            "usage",
             "values",
         )
     )
@@ -70,6 +71,7 @@ from token_ledger.testing.contract.repository_port import RepositoryPortContract
 from token_ledger.testing.contract.resets import ResetsContract  # noqa: E402
 from token_ledger.testing.contract.returned_values import ReturnedValuesContract  # noqa: E402
 from token_ledger.testing.contract.unit_of_work import UnitOfWorkContract  # noqa: E402
+from token_ledger.testing.contract.usage import UsageContract  # noqa: E402
 
 __all__ = [
     "START",
@@ -90,6 +92,7 @@ __all__ = [
     "ResetsContract",
     "ReturnedValuesContract",
     "UnitOfWorkContract",
+    "UsageContract",
 ]
 
 
@@ -102,6 +105,7 @@ class RepositoryContract(
     EntitlementsContract,
     ResetsContract,
     HistoryContract,
+    UsageContract,
     MonitoringContract,
     NotificationsContract,
     ReturnedValuesContract,
