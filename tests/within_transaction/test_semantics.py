@@ -78,11 +78,12 @@ def test_reads_inside_see_the_transactions_own_writes_and_others_see_them_at_com
             [e.id for e in tokens.history("u1")],
             tokens.reconcile("u1"),
             tokens.health().total_users,
+            [(row.feature, row.tokens) for row in tokens.usage(by="feature")],
         )
-        outside = engine.ledger.status("u1").monthly_used
+        outside = (engine.ledger.status("u1").monthly_used, engine.ledger.usage())
 
-    assert inside == (7, 7, [spent.transaction.id], [], 1)
-    assert outside == 0
+    assert inside == (7, 7, [spent.transaction.id], [], 1, [("order", 7)])
+    assert outside == (0, [])
     assert engine.ledger.status("u1").monthly_used == 7
     conn.close()
 
@@ -158,6 +159,7 @@ def every_call(tokens: TokenLedger | LedgerInTransaction, now: datetime) -> list
     seen.append([e.amount for e in tokens.history("u1", operation_type=OperationType.REFUND)])
     seen.append(tokens.alerts().triggered)
     seen.append(tokens.health().total_users)
+    seen.append(tokens.usage(by=("user", "feature", "day")))
     seen += [tokens.status("u1"), tokens.status("u2"), tokens.reconcile(), tokens.reconcile("u2")]
     return seen
 
