@@ -17,6 +17,7 @@ The rooms, each small enough to read at one sitting:
 - :mod:`~token_ledger.cli.operations`: ``init``, ``reset`` and the operator's checklist;
 - :mod:`~token_ledger.cli.entries`: the log, ``history`` and ``export``;
 - :mod:`~token_ledger.cli.notices`: threshold notifications;
+- :mod:`~token_ledger.cli.usage`: ``usage``, the report of tokens spent;
 - :mod:`~token_ledger.cli.sql`: the optional SQL.
 
 This module imports the command modules, which register their commands on the root group.
@@ -31,6 +32,7 @@ from token_ledger.cli import (  # noqa: F401 - register commands
     notices,
     operations,
     sql,
+    usage,
 )
 from token_ledger.cli.entries import ENTRY_COLUMNS, EXPORT_PAGE_SIZE
 from token_ledger.cli.root import cli, main

@@ -79,6 +79,7 @@ class UsageContract(ContractBase):
         released = ledger.reserve("b", 5, feature="chat")
         ledger.release(released.id)  # nothing spent
         ledger.grant("a", 100)  # not usage
+        assert chat.transaction.id is not None
         ledger.refund(chat.transaction.id, 3)  # counted on the 11th, when it was made
         clock.set(JAN_10 + timedelta(days=2))
         ledger.deduct("a", 2, feature="chat")
