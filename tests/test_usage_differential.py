@@ -3,8 +3,8 @@
 The entries go in through the port (``append_transactions``), so a history can hold any mix
 of operation types, refusals, features, huge amounts and instants; the same entries go to
 every engine in the same order, and each generated query must then be answered alike. The
-instants cluster around New York's and Berlin's spring-forward days, with some anywhere from
-1972 to 2100 (before 1970 PostgreSQL's time zone database and Python's differ for some zones).
+instants cluster around New York's and Berlin's spring-forward days and a new year, with some
+anywhere from 1972 to 2100 (before 1970 PostgreSQL's time zone database and Python's differ for some zones).
 """
 
 from __future__ import annotations
@@ -33,7 +33,11 @@ ZONES = (
     "America/New_York",
     "Europe/Berlin",
 )
-DAYS = (datetime(2026, 3, 8, tzinfo=UTC), datetime(2026, 3, 29, tzinfo=UTC))
+DAYS = (
+    datetime(2026, 3, 8, tzinfo=UTC),
+    datetime(2026, 3, 29, tzinfo=UTC),
+    datetime(2027, 1, 1, tzinfo=UTC),
+)
 
 near_a_change = st.builds(
     lambda day, offset: day + offset,

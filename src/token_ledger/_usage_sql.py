@@ -42,6 +42,13 @@ FIGURES = (
 # Instants are stored as 'YYYY-MM-DD HH:MM:SS.ffffff+00:00' in UTC (token_ledger.sqlite).
 QUARTER_HOUR = "substr(created_at, 1, 14) || (CAST(substr(created_at, 15, 2) AS INTEGER) / 15)"
 """The UTC quarter-hour of an instant as SQLite stores it: ``YYYY-MM-DD HH:q``, q in 0..3."""
+MONTH_OR_QUARTER_HOUR = (
+    "CASE WHEN substr(created_at, 9, 2) BETWEEN '02' AND '27' THEN substr(created_at, 1, 7)"
+    f" ELSE {QUARTER_HOUR} END"
+)
+"""For months: an instant of the 2nd to the 27th of a UTC month is in that month in every
+zone (offsets are less than a day), so only the days around a month's end are split into
+quarter-hours, ``YYYY-MM`` the rest."""
 UTC_BUCKETS = {"day": "substr(created_at, 1, 10)", "month": "substr(created_at, 1, 7) || '-01'"}
 UTC_ZONES = frozenset({"UTC", "Etc/UTC", "GMT", "Etc/GMT"})
 """Zone names whose offset is 0 at every instant: SQLite groups their days by the stored text."""
@@ -76,7 +83,10 @@ def sqlite_statement(query: UsageQuery, writer: RowWriter) -> tuple[str, list[An
     """The grouped query for SQLite: by quarter-hour when :func:`sqlite_folds`."""
     columns = _keys(query)
     if query.bucket is not None:
-        columns.append(QUARTER_HOUR if sqlite_folds(query) else UTC_BUCKETS[query.bucket])
+        if not sqlite_folds(query):
+            columns.append(UTC_BUCKETS[query.bucket])
+        else:
+            columns.append(QUARTER_HOUR if query.bucket == "day" else MONTH_OR_QUARTER_HOUR)
     return _grouped(columns, query, writer, [])
 
 

@@ -208,7 +208,8 @@ def fold_quarter_hours(query: UsageQuery, rows: Iterable[Sequence[Any]]) -> list
 
     Each row is the group columns of ``query.by`` other than ``day``/``month`` (in the order
     of :data:`~token_ledger.repository.USAGE_GROUPS`), the quarter-hour as
-    ``YYYY-MM-DD HH:q`` (``q`` from 0 to 3), then spent, refunded, deductions, refunds.
+    ``YYYY-MM-DD HH:q`` (``q`` from 0 to 3; for months, the 2nd to 27th of a UTC month may
+    come as ``YYYY-MM``), then spent, refunded, deductions, refunds.
     A quarter-hour falls on one local date in every zone whose offsets are multiples of 15
     minutes (every zone since the 1970s: +05:45, +12:45, half-hour DST); one that does not
     raises :class:`Straddles`.
@@ -222,7 +223,9 @@ def fold_quarter_hours(query: UsageQuery, rows: Iterable[Sequence[Any]]) -> list
     for row in rows:
         text = row[at]
         local = starts.get(text)
-        if local is None:
+        if local is None and len(text) == len("YYYY-MM"):  # a whole UTC month's middle
+            local = starts[text] = date(int(text[0:4]), int(text[5:7]), 1)
+        elif local is None:
             start = datetime(
                 int(text[0:4]),
                 int(text[5:7]),
