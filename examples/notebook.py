@@ -69,5 +69,37 @@ assert [(row["operation_type"], row["amount"], row["success"]) for row in rows] 
 ]
 ledger.history("alice")
 
+# %% [markdown]
+# ## Usage per day and feature
+#
+# `usage` adds up the tokens spent, net of refunds, by user, feature, day or month;
+# the database does the adding, in one grouped query. Days are those of the ledger's
+# time zone (UTC here). With matplotlib installed (`pip install "token-ledger[charts]"`)
+# the next cell draws them, a line per feature; the one after shows them as a table.
+
+# %%
+for day in range(3):
+    clock.advance(timedelta(days=1))
+    ledger.deduct("alice", 2 + day, feature="chat")
+    ledger.deduct("alice", 5, feature="literature_search")
+
+usage = ledger.usage(by=("feature", "day"))
+try:
+    import matplotlib.pyplot as plt
+except ImportError:
+    plt = None  # the table below is all there is without matplotlib
+if plt is not None:
+    figure, axes = plt.subplots(figsize=(7, 3))
+    days = sorted({row.day for row in usage})
+    for feature in sorted({row.feature for row in usage}):
+        tokens = {row.day: row.tokens for row in usage if row.feature == feature}
+        axes.plot(days, [tokens.get(day, 0) for day in days], marker="o", label=feature)
+    axes.set(title="Tokens per day", ylabel="tokens")
+    axes.legend()
+    figure.autofmt_xdate()
+
+# %%
+ledger.usage(by=("feature", "day"))  # and as a table
+
 # %%
 ledger.close()

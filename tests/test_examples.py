@@ -45,3 +45,16 @@ def test_importing_the_package_does_not_import_psycopg() -> None:
     )
 
     assert completed.stdout.strip() == "False"
+
+
+def test_importing_the_package_does_not_import_matplotlib() -> None:
+    """The usage chart of the notebook example is the only user of the ``charts`` extra."""
+    code = (
+        "import sys, token_ledger, token_ledger.usage, token_ledger.cli;"
+        " print('matplotlib' in sys.modules)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+
+    assert completed.stdout.strip() == "False"

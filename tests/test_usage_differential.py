@@ -4,7 +4,8 @@ The entries go in through the port (``append_transactions``), so a history can h
 of operation types, refusals, features, huge amounts and instants; the same entries go to
 every engine in the same order, and each generated query must then be answered alike. The
 instants cluster around New York's and Berlin's spring-forward days and a new year, with some
-anywhere from 1972 to 2100 (before 1970 PostgreSQL's time zone database and Python's differ for some zones).
+anywhere from 1972 to 2100 (before 1970, PostgreSQL's time zone database and Python's differ
+for some zones).
 """
 
 from __future__ import annotations
