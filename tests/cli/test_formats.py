@@ -19,6 +19,7 @@ TABLE_COMMANDS = [
     ("health",),
     ("alerts",),
     ("history",),
+    ("usage", "--by", "feature"),
 ]
 
 
@@ -45,7 +46,7 @@ def test_every_command_that_prints_a_table_has_fmt() -> None:
         "account clear-thresholds",
     ]
     assert sorted(command_with_fmt(cli)) == sorted(
-        [*tables, "alerts", "reconcile", "history", "notifications"]
+        [*tables, "alerts", "reconcile", "history", "notifications", "usage"]
     )
 
 
