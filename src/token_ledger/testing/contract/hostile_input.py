@@ -146,6 +146,14 @@ VALID: dict[str, Callable[[Prepared], dict[str, Any]]] = {
     "notifications": lambda p: {"after": 0, "limit": 100},
     "notification_cursor": lambda p: {"consumer": "c"},
     "acknowledge_notifications": lambda p: {"consumer": "c", "up_to": 0},
+    "usage": lambda p: {
+        "since": None,
+        "until": None,
+        "by": ("user", "feature", "day"),
+        "user_id": None,
+        "feature": None,
+        "timezone": None,
+    },
 }
 
 BAD_TEXT = ["", "   ", 7, b"u1", ["u1"], "x" * 256, "a\x00b", "\ud800", "u\udfff1"]
@@ -185,6 +193,7 @@ BAD_RATIOS = [math.nan, -0.1, 1.5, True, "0.9", None]
 BAD_FLAGS = ["yes", 1, 0, "false", [True]]
 BAD_OPERATION_TYPES = ["steal", "", 5, ["deduct"]]
 BAD_THRESHOLDS = ["80%", [80], 80, [Threshold(80), None], b"80", Threshold(80)]
+BAD_GROUPS = ["week", "", ("day", "month"), ("user", "user"), 5, None, [["user"]], b"user"]
 
 BAD_ZONES = ["", "Mars/Olympus", "utc", "../etc/passwd", "/etc/localtime", "a\x00b", "\ud800", 5]
 BAD_PRIORITIES = [True, 1.0, "1", None, 2**31, -(2**31) - 1]
@@ -196,7 +205,7 @@ OPTIONAL_ID_ARGUMENTS = ("feature", "idempotency_key", "reference")
 def _cases() -> Iterator[tuple[str, str, object, type[Exception]]]:
     for method, valid in VALID.items():
         for argument in valid(Prepared(None, 0, "h")):  # type: ignore[arg-type]
-            optional_user = method in ("history", "reconcile")
+            optional_user = method in ("history", "reconcile", "usage")
             if argument in ID_ARGUMENTS:
                 bad: list[tuple[object, type[Exception]]] = [(v, InvalidInput) for v in BAD_TEXT]
                 if not optional_user:
@@ -261,6 +270,10 @@ def _cases() -> Iterator[tuple[str, str, object, type[Exception]]]:
                 bad += [(None, InvalidAmount), (10_001, InvalidInput)]
             elif argument == "progress":
                 bad = [(5, InvalidInput), ("print", InvalidInput)]
+            elif argument == "by":
+                bad = [(v, InvalidInput) for v in BAD_GROUPS]
+            elif argument == "timezone":
+                bad = [(v, UnknownTimeZone) for v in BAD_ZONES]
             else:  # pragma: no cover - a new argument needs its bad values here
                 raise AssertionError(f"no bad values for {method}({argument}=...)")
             for value, error in bad:
