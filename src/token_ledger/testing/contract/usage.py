@@ -61,7 +61,7 @@ class UsageContract(ContractBase):
     """``usage()``: what it counts, how it groups and orders, what it refuses."""
 
     @pytest.fixture
-    def spent(self, ledger: TokenLedger, clock: MovableClock) -> TokenLedger:
+    def spent_in_january(self, ledger: TokenLedger, clock: MovableClock) -> TokenLedger:
         """Two users over three days of January (UTC): deductions, a commit, refunds, a
         refusal, a released hold and a grant, of which only spending and refunds count."""
         clock.set(JAN_10)
@@ -85,8 +85,8 @@ class UsageContract(ContractBase):
         ledger.deduct("a", 2, feature="chat")
         return ledger
 
-    def test_usage_nets_refunds_per_feature_and_day(self, spent: TokenLedger) -> None:
-        report = spent.usage(by=("feature", "day"))
+    def test_usage_nets_refunds_per_feature_and_day(self, spent_in_january: TokenLedger) -> None:
+        report = spent_in_january.usage(by=("feature", "day"))
 
         assert figures(report) == [
             {"feature": None, "day": "2026-01-10", "tokens": 1, "spent": 1, "refunded": 0,
@@ -104,21 +104,21 @@ class UsageContract(ContractBase):
         assert report.by == ("feature", "day")
 
     def test_usage_without_groups_is_one_total_and_of_nothing_is_empty(
-        self, spent: TokenLedger
+        self, spent_in_january: TokenLedger
     ) -> None:
-        assert figures(spent.usage()) == [
+        assert figures(spent_in_january.usage()) == [
             {"tokens": 41, "spent": 44, "refunded": 3, "deductions": 6, "refunds": 1}
         ]
-        assert spent.usage(since=datetime(2026, 2, 1, tzinfo=UTC)) == []
-        assert spent.usage(user_id="nobody", by="day") == []
+        assert spent_in_january.usage(since=datetime(2026, 2, 1, tzinfo=UTC)) == []
+        assert spent_in_january.usage(user_id="nobody", by="day") == []
 
-    def test_usage_per_user_with_filters(self, spent: TokenLedger) -> None:
+    def test_usage_per_user_with_filters(self, spent_in_january: TokenLedger) -> None:
         """``since`` inclusive, ``until`` exclusive; ``user_id`` and ``feature`` filter."""
-        window = spent.usage(
+        window = spent_in_january.usage(
             by="user", since=JAN_10 + timedelta(days=1), until=JAN_10 + timedelta(days=2)
         )
-        chat = spent.usage(by=("user", "feature"), feature="chat")
-        of_b = spent.usage(by=("user", "month"), user_id="b")
+        chat = spent_in_january.usage(by=("user", "feature"), feature="chat")
+        of_b = spent_in_january.usage(by=("user", "month"), user_id="b")
 
         assert [(r.user_id, r.tokens, r.deductions, r.refunds) for r in window] == [("a", 17, 1, 1)]
         assert [(r.user_id, r.feature, r.tokens) for r in chat] == [
@@ -241,15 +241,15 @@ class UsageContract(ContractBase):
     )
     def test_usage_refuses_bad_input_with_its_typed_error(
         self,
-        spent: TokenLedger,
+        spent_in_january: TokenLedger,
         call: Callable[[TokenLedger], object],
         error: type[TokenLedgerError],
     ) -> None:
         with pytest.raises(error):
-            call(spent)
+            call(spent_in_january)
 
     def test_the_port_answers_a_usage_query_with_ordered_rows(
-        self, repository: TokenRepository, spent: TokenLedger
+        self, repository: TokenRepository, spent_in_january: TokenLedger
     ) -> None:
         rows = repository.usage(UsageQuery(by=("user", "day"), until=JAN_10 + timedelta(days=1)))
 
