@@ -77,7 +77,7 @@ def queries(draw: st.DrawFn) -> UsageQuery:
         by=by,
         user_id=draw(st.one_of(st.none(), st.sampled_from(["a", "é"]))),
         feature=draw(st.one_of(st.none(), st.sampled_from(["chat", "ü"]))),
-        timezone=draw(st.sampled_from(ZONES)),
+        time_zone=draw(st.sampled_from(ZONES)),
     )
 
 

@@ -76,7 +76,7 @@ def _keys(query: UsageQuery) -> list[str]:
 def sqlite_folds(query: UsageQuery) -> bool:
     """Whether SQLite's rows are quarter-hours, for :func:`~token_ledger.usage.fold_quarter_hours`
     (rather than the report's own groups)."""
-    return query.bucket is not None and query.timezone not in UTC_ZONES
+    return query.bucket is not None and query.time_zone not in UTC_ZONES
 
 
 def sqlite_statement(query: UsageQuery, writer: RowWriter) -> tuple[str, list[Any]]:
@@ -91,12 +91,12 @@ def sqlite_statement(query: UsageQuery, writer: RowWriter) -> tuple[str, list[An
 
 
 def postgres_statement(query: UsageQuery, writer: RowWriter) -> tuple[str, list[Any]]:
-    """The grouped query for PostgreSQL, by the local day or month of ``query.timezone``."""
+    """The grouped query for PostgreSQL, by the local day or month of ``query.time_zone``."""
     columns = _keys(query)
     params: list[Any] = []
     if query.bucket is not None:
         columns.append(POSTGRES_BUCKETS[query.bucket].format(zone=writer.mark))
-        params.append(query.timezone)
+        params.append(query.time_zone)
     return _grouped(columns, query, writer, params)
 
 

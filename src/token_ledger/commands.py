@@ -468,9 +468,9 @@ def acknowledge_notifications(consumer: object, up_to: object) -> Command[int, i
 
 def usage(policy: MonthlyResetPolicy, **filters: Any) -> Command[UsageReport, UsageReport]:
     """``filters`` are :class:`UsageQuery`'s, which checks each of them; days and months are
-    the policy's unless ``timezone`` names another zone."""
-    if filters.get("timezone") is None:
-        filters["timezone"] = policy.timezone
+    the policy's unless ``time_zone`` names another zone."""
+    if filters.get("time_zone") is None:
+        filters["time_zone"] = policy.timezone
     query = UsageQuery(**filters)
     return _read(lambda: reads.usage(query))
 

@@ -168,7 +168,7 @@ class UsageQuery:
     entries (``refunded``), each in the bucket of its own ``created_at``: a refund counts
     when it is made, so a day's net can be negative. ``since`` is inclusive and ``until``
     exclusive, as in :class:`HistoryQuery`; ``by`` holds group keys of :data:`USAGE_GROUPS`
-    (kept in that order); ``day`` and ``month`` are local to ``timezone``. Every field is
+    (kept in that order); ``day`` and ``month`` are local to ``time_zone``. Every field is
     checked here, once, so that every engine is handed the same, valid question.
     """
 
@@ -183,7 +183,7 @@ class UsageQuery:
     feature: str | None = attrs.field(
         default=None, validator=_checked(_validation.optional_identifier)
     )
-    timezone: str = attrs.field(default="UTC", validator=_usage_zone)
+    time_zone: str = attrs.field(default="UTC", validator=_usage_zone)
 
     @property
     def bucket(self) -> str | None:

@@ -179,7 +179,7 @@ class LocalDates:
     """The local date (of a day, or of a month's 1st) that instants fall on, in one zone."""
 
     def __init__(self, query: UsageQuery) -> None:
-        self._zone = load_zone(query.timezone)
+        self._zone = load_zone(query.time_zone)
         self._month = query.bucket == "month"
 
     def of(self, instant: datetime) -> date:

@@ -44,7 +44,7 @@ BAD_QUERIES: list[tuple[str, Callable[[TokenLedger], object], type[TokenLedgerEr
     ("empty range", lambda ledger: ledger.usage(since=JAN_10, until=JAN_10), InvalidInput),
     (
         "unknown zone",
-        lambda ledger: ledger.usage(by="day", timezone="Mars/Olympus"),
+        lambda ledger: ledger.usage(by="day", time_zone="Mars/Olympus"),
         UnknownTimeZone,
     ),
     ("empty user", lambda ledger: ledger.usage(user_id=""), InvalidInput),
@@ -140,7 +140,7 @@ class UsageContract(ContractBase):
 
         local = ledger.usage(by="day")
         months = ledger.usage(by="month")
-        in_utc = ledger.usage(by="day", timezone="UTC")
+        in_utc = ledger.usage(by="day", time_zone="UTC")
 
         assert [(r.day, r.tokens) for r in local] == [(date(2026, 1, 31), 1), (date(2026, 2, 1), 2)]
         assert [(r.month, r.tokens) for r in months] == [
@@ -165,7 +165,7 @@ class UsageContract(ContractBase):
             clock.set(instant)
             ledger.deduct("a", tokens)
 
-        report = ledger.usage(by="day", timezone="America/New_York")
+        report = ledger.usage(by="day", time_zone="America/New_York")
 
         assert [(r.day, r.tokens) for r in report] == [
             (date(2026, 3, 7), 1),
@@ -190,7 +190,7 @@ class UsageContract(ContractBase):
             clock.set(instant)
             ledger.deduct("a", tokens)
 
-        report = ledger.usage(by="day", timezone="Africa/Monrovia")
+        report = ledger.usage(by="day", time_zone="Africa/Monrovia")
 
         assert [(r.day, r.tokens) for r in report] == [
             (date(1960, 6, 9), 1),
