@@ -28,7 +28,7 @@ BEGIN
     EXCEPTION WHEN undefined_table OR invalid_schema_name THEN
         v_version := NULL;
     END;
-    IF v_version IS NULL OR v_version < 3 THEN
+    IF v_version IS NULL OR v_version < 4 THEN
         RAISE EXCEPTION 'token-ledger''s tables are missing, or older than this SQL'
             USING HINT = 'Open the ledger once with this token-ledger (TokenLedger.postgres or'
                 ' token-ledger init) in the same schema, then install the SQL.';
