@@ -43,6 +43,14 @@ def test_sixteen_processes_racing_across_thresholds_record_each_crossing_once(
         for user_id, limit in LIMITS.items()
         for _ in range(limit if user_id != "hot" else 40)  # three times what is left
     ]
+    # As many 1-token asks as each account has left: whatever order the processes run
+    # in, every account then ends with nothing left (were any left, each of those asks
+    # would have succeeded and spent it), so every threshold is crossed exactly once.
+    asks += [
+        (user_id, 1, None)
+        for user_id, limit in LIMITS.items()
+        for _ in range(limit if user_id != "hot" else 50)
+    ]
     rng.shuffle(asks)
     plans = [asks[worker::WORKERS] for worker in range(WORKERS)]
 
