@@ -527,3 +527,21 @@ def test_installed_default_thresholds_are_the_ledgers(
     assert "'80%,nothing_left'::text" in postgres_script(
         thresholds=[Threshold.nothing_left(), Threshold(80)]
     )
+
+
+def test_a_stray_update_of_a_balance_over_a_write_off_never_takes_it_below_zero(
+    postgres_database: Database, sql_schema: str, pg: psycopg.Connection[Any]
+) -> None:
+    """Found by the shortcut tests: a writer lowering grant_balance on a row whose reset
+    also writes off an expired grant broke the CHECK; the balance stops at 0 instead."""
+    with ledger(postgres_database, sql_schema, LONG_AGO) as old:
+        old.open_account("u1", monthly_limit=50)
+        old.grant("u1", 1, expires_at=LONG_AGO() + timedelta(days=1))
+
+    pg.execute("UPDATE user_tokens SET grant_balance = greatest(0, grant_balance - 1)")
+
+    (balance,) = pg.execute("SELECT grant_balance FROM user_tokens").fetchone() or (None,)
+    assert balance == 0
+    assert [
+        row[0] for row in pg.execute("SELECT operation_type FROM token_transactions ORDER BY id")
+    ] == ["grant", "reset", "expire"]

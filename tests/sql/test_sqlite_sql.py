@@ -268,3 +268,25 @@ def test_a_reset_by_the_trigger_writes_off_what_expired_as_the_library_does(
         "SELECT operation_type FROM token_transactions WHERE created_at >= '2026-02' ORDER BY id"
     )
     assert sql.execute(kinds).fetchall() == [("reset",), ("expire",), ("release",)]
+
+
+def test_a_stray_update_of_a_balance_over_a_write_off_never_takes_it_below_zero(
+    tmp_path: Path,
+) -> None:
+    """Found by the shortcut tests: a writer lowering grant_balance on a row whose reset
+    also writes off an expired grant broke the CHECK; the balance stops at 0 instead."""
+    path = tmp_path / "tokens.db"
+    with TokenLedger.sqlite(path, clock=LONG_AGO) as old:
+        old.open_account("u1", monthly_limit=50)
+        old.grant("u1", 1, expires_at=LONG_AGO() + timedelta(days=1))
+    with closing(connect(path)) as conn:
+        install_sqlite_sql(conn)
+        now = format_instant(system_clock())
+        conn.execute(
+            "UPDATE user_tokens SET grant_balance = max(0, grant_balance - 1), updated_at = ?",
+            (now,),
+        )
+
+        assert conn.execute("SELECT grant_balance FROM user_tokens").fetchall() == [(0,)]
+        kinds = conn.execute("SELECT operation_type FROM token_transactions ORDER BY id")
+        assert [kind for (kind,) in kinds] == ["grant", "reset", "expire"]

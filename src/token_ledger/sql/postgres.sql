@@ -349,9 +349,12 @@ BEGIN
     v_after := @schema@.token_ledger_settle(v_before, v_now);
     NEW.monthly_tokens_used := CASE WHEN TG_OP = 'INSERT' THEN 0
         ELSE greatest(NEW.monthly_tokens_used - OLD.monthly_tokens_used, 0) END;
-    NEW.grant_balance := NEW.grant_balance + (v_after.grant_balance - v_before.grant_balance);
+    -- The write-offs on top of the writer's own change, never below 0: a stray UPDATE
+    -- of a balance cannot break its CHECK.
+    NEW.grant_balance :=
+        greatest(NEW.grant_balance + (v_after.grant_balance - v_before.grant_balance), 0);
     NEW.reserved_tokens :=
-        NEW.reserved_tokens + (v_after.reserved_tokens - v_before.reserved_tokens);
+        greatest(NEW.reserved_tokens + (v_after.reserved_tokens - v_before.reserved_tokens), 0);
     NEW.last_monthly_reset := v_start;
     NEW.updated_at := v_now;
     RETURN NEW;

@@ -58,6 +58,8 @@ CROSS JOIN (
     FROM token_ledger_now
 ) AS c;
 
+-- What expired is written off the balances, never below 0: a writer's own change of a
+-- balance on top of a write-off (a stray UPDATE) cannot break their CHECKs.
 -- SQLite leaves the row that a BEFORE trigger changes undefined, so these run
 -- AFTER the write: a row written into a month that has ended gets the reset
 -- entry TokenLedger writes, then, as TokenLedger settles an account, the
@@ -108,13 +110,14 @@ BEGIN
     UPDATE user_tokens SET
         monthly_tokens_used = 0,
         last_monthly_reset = substr(NEW.updated_at, 1, 7) || '-01 00:00:00.000000+00:00',
-        grant_balance = grant_balance - (
+        grant_balance = max(grant_balance - (
             SELECT coalesce(sum(g.remaining), 0) FROM token_grants AS g
             WHERE g.user_id = NEW.user_id AND g.remaining > 0 AND g.expires_at <= NEW.updated_at),
-        reserved_tokens = reserved_tokens - (
+            0),
+        reserved_tokens = max(reserved_tokens - (
             SELECT coalesce(sum(h.amount), 0) FROM token_reservations AS h
             WHERE h.user_id = NEW.user_id AND h.status = 'held'
-                AND h.expires_at <= NEW.updated_at)
+                AND h.expires_at <= NEW.updated_at), 0)
     WHERE user_id = NEW.user_id;
     UPDATE token_grants SET remaining = 0
     WHERE user_id = NEW.user_id AND remaining > 0 AND expires_at <= NEW.updated_at;
@@ -186,12 +189,12 @@ BEGIN
         monthly_tokens_used = max(NEW.monthly_tokens_used - OLD.monthly_tokens_used, 0),
         last_monthly_reset = w.period_start,
         updated_at = w.now,
-        grant_balance = grant_balance - (
+        grant_balance = max(grant_balance - (
             SELECT coalesce(sum(g.remaining), 0) FROM token_grants AS g
-            WHERE g.user_id = NEW.user_id AND g.remaining > 0 AND g.expires_at <= w.now),
-        reserved_tokens = reserved_tokens - (
+            WHERE g.user_id = NEW.user_id AND g.remaining > 0 AND g.expires_at <= w.now), 0),
+        reserved_tokens = max(reserved_tokens - (
             SELECT coalesce(sum(h.amount), 0) FROM token_reservations AS h
-            WHERE h.user_id = NEW.user_id AND h.status = 'held' AND h.expires_at <= w.now)
+            WHERE h.user_id = NEW.user_id AND h.status = 'held' AND h.expires_at <= w.now), 0)
     FROM (
         SELECT now, substr(now, 1, 7) || '-01 00:00:00.000000+00:00' AS period_start
         FROM (
