@@ -244,6 +244,15 @@ class SQLiteSQLWorld:
         ).fetchone()
         return bool(row[0])
 
+    def _holds_grants(self, user_id: str) -> bool:
+        """A plain SQL deduction spends the allowance only (SQLite has no deduct_tokens): an
+        account holding grants, such as the rollover of a cap lowered since to 0, is spent
+        through the library."""
+        row = self.conn.execute(
+            "SELECT grant_balance > 0 FROM user_tokens WHERE user_id = ?", (user_id,)
+        ).fetchone()
+        return bool(row[0])
+
     def _library(self) -> LibraryWorld:
         assert self.library is not None
         return self.library
@@ -279,7 +288,7 @@ class SQLiteSQLWorld:
         self, user_id: str, amount: int, feature: str | None, key: str | None, now: datetime
     ) -> None:
         assert key is None
-        if self.left_to_the_library(user_id):
+        if self.left_to_the_library(user_id) or self._holds_grants(user_id):
             self._library().deduct(user_id, amount, feature, key, now)
             return
         params = {"user": user_id, "amount": amount, "feature": feature, **self.at(now)}
