@@ -322,7 +322,7 @@ def threshold_guard(thresholds: Sequence[Threshold], amount: str) -> str:
     )
 
 
-class KnownAnchors:
+class KnownOffCalendar:
     """User ids seen off the ledger's calendar (a ``reset_anchor`` or a ``time_zone``): a
     one-statement deduction never covers them.
 

@@ -503,10 +503,7 @@ def _new_account(
 
 def _optional_time_zone(value: object) -> str | None:
     """An IANA zone name that this machine knows, or ``None`` for the policy's zone."""
-    if value is None:
-        return None
-    load_zone(value)
-    return value  # type: ignore[return-value]  # load_zone accepts only str
+    return None if value is None else load_zone(value).key
 
 
 def _settle(

@@ -35,7 +35,8 @@ def load_zone(name: object) -> ZoneInfo:
         raise UnknownTimeZone(f"unknown time zone {name!r}") from error
 
 
-def _check_timezone(_instance: object, _attribute: object, value: object) -> None:
+def check_time_zone(_instance: object, _attribute: object, value: object) -> None:
+    """The attrs validator of a zone name, for every value that holds one."""
     load_zone(value)
 
 
@@ -63,7 +64,7 @@ class MonthlyResetPolicy:
     previous (clamped) start would drift from the 31st to the 28th for ever.
     """
 
-    timezone: str = attrs.field(default="UTC", validator=_check_timezone)
+    timezone: str = attrs.field(default="UTC", validator=check_time_zone)
     months: int = attrs.field(default=1, validator=_check_months)
     rollover_cap: int = attrs.field(default=0, validator=_check_rollover_cap)
     """The ``rollover_cap`` of accounts opened without one: how much of a period's unspent

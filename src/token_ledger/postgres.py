@@ -46,7 +46,12 @@ from token_ledger._postgres_rows import (
     sql_conditions,
 )
 from token_ledger._postgres_statements import Statements, direct_deduction
-from token_ledger._rows import ACCOUNT_FIELDS, KnownAnchors, account_conditions, history_conditions
+from token_ledger._rows import (
+    ACCOUNT_FIELDS,
+    KnownOffCalendar,
+    account_conditions,
+    history_conditions,
+)
 from token_ledger.account import TokenAccount
 from token_ledger.errors import InvalidInput, StorageError
 from token_ledger.grants import Grant, Reservation
@@ -253,7 +258,7 @@ class PostgresRepository:
     def __init__(self, target: PostgresTarget, *, schema: str = "public") -> None:
         self._schema = _validation.schema_name(schema)
         self._sql = Statements(self._schema)
-        self._anchored = KnownAnchors()
+        self._off_calendar = KnownOffCalendar()
         self._lock = threading.Lock()
         self._owned_pool: ConnectionPool[Any] | None = None
         if isinstance(target, str):
@@ -378,7 +383,7 @@ class PostgresRepository:
         managers: this is the hot path, and they cost a tenth of the client's time.
         """
         user_id = deduction.user_id
-        if user_id in self._anchored:
+        if user_id in self._off_calendar:
             return None
         statement, params = direct_deduction(self._sql, deduction, hinted=True)
         source = self._source
@@ -406,7 +411,7 @@ class PostgresRepository:
         entry_id, balance_after, overage_limit, anchored = row
         if entry_id is None:
             if anchored:
-                self._anchored.add(user_id)
+                self._off_calendar.add(user_id)
             return None
         return deduction.spent(entry_id, balance_after, overage_limit)
 

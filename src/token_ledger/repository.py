@@ -18,7 +18,7 @@ from token_ledger import _validation
 from token_ledger.account import TokenAccount
 from token_ledger.errors import InvalidInput
 from token_ledger.grants import Grant, Reservation
-from token_ledger.policy import load_zone
+from token_ledger.policy import check_time_zone
 from token_ledger.thresholds import Notification
 from token_ledger.transactions import OperationType, Transaction
 
@@ -148,10 +148,6 @@ def _usage_groups(value: object) -> tuple[str, ...]:
     return tuple(key for key in USAGE_GROUPS if key in keys)
 
 
-def _usage_zone(_query: object, _attribute: object, value: object) -> None:
-    load_zone(value)  # the policy's check: UnknownTimeZone, an InvalidInput
-
-
 def _until_after_since(query: UsageQuery, _attribute: object, value: datetime | None) -> None:
     if value is not None and query.since is not None and value <= query.since:
         raise InvalidInput(
@@ -183,7 +179,7 @@ class UsageQuery:
     feature: str | None = attrs.field(
         default=None, validator=_checked(_validation.optional_identifier)
     )
-    time_zone: str = attrs.field(default="UTC", validator=_usage_zone)
+    time_zone: str = attrs.field(default="UTC", validator=check_time_zone)
 
     @property
     def bucket(self) -> str | None:
