@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 
+from token_ledger import windows
 from token_ledger.account import TokenAccount
 from token_ledger.grants import Grant, Reservation
 from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs
@@ -38,11 +39,13 @@ ACCOUNT_FIELDS = (
     "time_zone",
     "rollover_cap",
     "notification_thresholds",
+    "organisation_id",
+    "spending_windows",
 )
 ACCOUNT_COLUMNS = ", ".join(ACCOUNT_FIELDS)
 TRANSACTION_COLUMNS = (
     "id, user_id, operation_type, amount, created_at, balance_after, success, feature,"
-    " operation_context, idempotency_key, effects, reference"
+    " operation_context, idempotency_key, effects, reference, member_entry_id"
 )
 # An entry is written without its id, which the database assigns.
 NEW_TRANSACTION_COLUMNS = TRANSACTION_COLUMNS.removeprefix("id, ")
@@ -100,6 +103,8 @@ class RowReader:
             time_zone=row[10],
             rollover_cap=row[11],
             thresholds=decode(row[12]),
+            organisation_id=row[13],
+            windows=windows.decode(row[14]),
         )
 
     def notification(self, row: Sequence[Any]) -> Notification:
@@ -130,6 +135,7 @@ class RowReader:
             idempotency_key=row[9],
             effects=Effects.from_dict(self.document(row[10])),
             reference=row[11],
+            member_entry_id=row[12],
         )
 
     def grant(self, row: Sequence[Any]) -> Grant:
@@ -218,6 +224,8 @@ class RowWriter:
             account.time_zone,
             account.rollover_cap,
             encode(account.thresholds),
+            account.organisation_id,
+            windows.encode(account.windows),
         )
 
     def notification_row(self, note: Notification) -> tuple[Any, ...]:
@@ -246,6 +254,7 @@ class RowWriter:
             entry.idempotency_key,
             self.document(entry.effects.to_dict()),
             entry.reference,
+            entry.member_entry_id,
         )
 
     def grant_row(self, grant: Grant) -> tuple[Any, ...]:

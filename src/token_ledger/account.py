@@ -10,12 +10,13 @@ import attrs
 from token_ledger import settling
 from token_ledger._validation import positive_int
 from token_ledger.change import Change, context_instant, entry_of, stamped
-from token_ledger.errors import GrantVoided
+from token_ledger.errors import GrantVoided, ReservationsHeld
 from token_ledger.grants import Grant, Reservation
 from token_ledger.policy import MonthlyResetPolicy, Period
 from token_ledger.spending import spend
 from token_ledger.thresholds import Threshold
 from token_ledger.transactions import Effects, OperationType
+from token_ledger.windows import SpendingWindow, with_caps
 
 __all__ = ["Change", "TokenAccount", "check_monthly_limit"]
 
@@ -57,6 +58,10 @@ class TokenAccount:
     :func:`~token_ledger.settling.reset`)."""
     thresholds: tuple[Threshold, ...] | None = None
     """The account's own notification thresholds; ``None``: the ledger's defaults."""
+    organisation_id: str | None = None
+    """The account whose budget this one spends from too (:mod:`token_ledger.organisations`)."""
+    windows: tuple[SpendingWindow, ...] = ()
+    """Caps for hours, days or weeks inside the period (:mod:`token_ledger.windows`)."""
 
     @classmethod
     def open(
@@ -69,6 +74,8 @@ class TokenAccount:
         *,
         time_zone: str | None = None,
         rollover_cap: int = 0,
+        organisation_id: str | None = None,
+        window_caps: dict[str, int] | None = None,
     ) -> TokenAccount:
         """A new account whose first period is the one containing ``now``."""
         return cls(
@@ -81,6 +88,8 @@ class TokenAccount:
             reset_anchor=reset_anchor,
             time_zone=time_zone,
             rollover_cap=rollover_cap,
+            organisation_id=organisation_id,
+            windows=with_caps((), window_caps or {}),
         )
 
     @property
@@ -99,9 +108,17 @@ class TokenAccount:
 
     @property
     def spendable(self) -> int:
-        """What one more deduction may take: allowance, grants and overage, less holds."""
+        """What one more deduction may take: allowance, grants and overage, less holds,
+        and no more than any window has left (of an account settled at the instant)."""
         total = self.monthly_remaining + self.grant_balance + self.overage_remaining
-        return max(0, total - self.reserved_tokens)
+        room = total - self.reserved_tokens
+        for window in self.windows:
+            room = min(room, window.remaining(self.reserved_tokens))
+        return max(0, room)
+
+    def calendar_zone(self, policy: MonthlyResetPolicy) -> str:
+        """The zone its periods and windows are counted in."""
+        return self.time_zone or policy.timezone
 
     def current_period(self, policy: MonthlyResetPolicy, now: datetime) -> Period:
         """The period at ``now``, which never starts before the stored one.
@@ -134,9 +151,10 @@ class TokenAccount:
     def as_of(self, policy: MonthlyResetPolicy, now: datetime) -> Change:
         """The account as it is at ``now``: reset if a period boundary was crossed
         (exactly one ``reset`` entry however many periods were skipped), expired
-        grants written off and expired holds released."""
+        grants written off, expired holds released and ended windows started again."""
         reset = settling.reset(self, policy, now)
-        return reset.then(settling.expire(reset.account, now))
+        expired = reset.then(settling.expire(reset.account, now))
+        return expired.then(settling.roll_windows(expired.account, policy, now))
 
     # spending
 
@@ -274,6 +292,62 @@ class TokenAccount:
                 "previous_limit": before.monthly_limit,
                 "previous_time_zone": before.time_zone,
                 "time_zone": time_zone,
+            },
+        )
+        return current.then(Change(account, (entry,)))
+
+    @stamped
+    def with_window_caps(
+        self, policy: MonthlyResetPolicy, now: datetime, caps: dict[str, int]
+    ) -> Change:
+        """Settle, then cap the windows in ``caps`` (the others are no longer capped).
+
+        A window that stays keeps what it has used; a new one counts from now.
+        """
+        current = self.as_of(policy, now)
+        before = current.account
+        windows = settling.roll_windows_of(with_caps(before.windows, caps), before, policy, now)
+        if windows == before.windows:
+            return current
+        account = attrs.evolve(before, windows=windows, updated_at=now)
+        entry = entry_of(
+            self,
+            account,
+            OperationType.LIMIT_CHANGE,
+            account.monthly_limit,
+            now,
+            operation_context={
+                "previous_limit": before.monthly_limit,
+                "previous_window_caps": {w.unit: w.cap for w in before.windows},
+                "window_caps": dict(caps),
+            },
+        )
+        return current.then(Change(account, (entry,)))
+
+    @stamped
+    def in_organisation(
+        self, policy: MonthlyResetPolicy, now: datetime, organisation_id: str | None
+    ) -> Change:
+        """Settle, then spend from ``organisation_id``'s budget from now on (``None``: from
+        no organisation's). What was spent stays spent where it was: the earlier
+        organisation keeps its usage and takes its refunds. Refused while the account
+        holds reservations, which its organisations hold a share of
+        (:class:`~token_ledger.errors.ReservationsHeld`)."""
+        current = self.as_of(policy, now)
+        before = current.account
+        if before.holds:
+            raise ReservationsHeld(self.user_id, len(before.holds))
+        account = attrs.evolve(before, organisation_id=organisation_id, updated_at=now)
+        entry = entry_of(
+            self,
+            account,
+            OperationType.LIMIT_CHANGE,
+            account.monthly_limit,
+            now,
+            operation_context={
+                "previous_limit": before.monthly_limit,
+                "previous_organisation": before.organisation_id,
+                "organisation": organisation_id,
             },
         )
         return current.then(Change(account, (entry,)))

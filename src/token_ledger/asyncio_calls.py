@@ -52,6 +52,8 @@ class AsyncLedgerCalls:
         reset_anchor: datetime | None = None,
         time_zone: str | None = None,
         rollover_cap: int | None = None,
+        organisation_id: str | None = None,
+        window_caps: Mapping[str, int] | None = None,
     ) -> TokenAccount:
         """Create the user's account; :class:`AccountExists` if there is one already."""
         return await self._perform(
@@ -63,6 +65,8 @@ class AsyncLedgerCalls:
                 reset_anchor,
                 time_zone,
                 rollover_cap,
+                organisation_id,
+                window_caps,
             )
         )
 
@@ -74,6 +78,8 @@ class AsyncLedgerCalls:
         reset_anchor: datetime | None = None,
         time_zone: str | None = None,
         rollover_cap: int | None = None,
+        organisation_id: str | None = None,
+        window_caps: Mapping[str, int] | None = None,
     ) -> TokenAccount:
         """Return the user's account, creating it with these settings if it is missing."""
         return await self._perform(
@@ -85,6 +91,8 @@ class AsyncLedgerCalls:
                 reset_anchor,
                 time_zone,
                 rollover_cap,
+                organisation_id,
+                window_caps,
             )
         )
 
@@ -146,6 +154,31 @@ class AsyncLedgerCalls:
         """Count the account's calendar in ``time_zone``; see :meth:`TokenLedger.set_time_zone`."""
         return await self._perform(
             commands.set_time_zone(self.policy, self.now(), user_id, time_zone)
+        )
+
+    async def move_to_organisation(self, user_id: str, organisation_id: str | None) -> TokenAccount:
+        """Make the account a member of ``organisation_id`` from now on (``None``: of none).
+
+        Its spending from then on must fit the organisation's budget too, and is recorded
+        against it; what it spent before stays spent, and refunded, where it was. Refused
+        while it holds reservations (:class:`ReservationsHeld`), or when the organisation
+        is one of its own members or the path would pass ``MAX_DEPTH`` accounts
+        (:class:`InvalidInput`). Recorded as a ``limit_change`` entry.
+        """
+        return await self._perform(
+            commands.move_to_organisation(self.policy, self.now(), user_id, organisation_id)
+        )
+
+    async def set_window_caps(
+        self, user_id: str, window_caps: Mapping[str, int] | None
+    ) -> TokenAccount:
+        """Cap what the account may spend per ``"hour"``, ``"day"`` and/or ``"week"``, in its
+        own zone, within its period: ``{"day": 1000}``; ``None`` or ``{}`` for no caps.
+
+        A window that stays keeps what it has used; recorded as a ``limit_change`` entry.
+        """
+        return await self._perform(
+            commands.set_window_caps(self.policy, self.now(), user_id, window_caps)
         )
 
     async def set_thresholds(

@@ -53,6 +53,8 @@ class LedgerCalls:
         reset_anchor: datetime | None = None,
         time_zone: str | None = None,
         rollover_cap: int | None = None,
+        organisation_id: str | None = None,
+        window_caps: Mapping[str, int] | None = None,
     ) -> TokenAccount:
         """Create the user's account; :class:`AccountExists` if there is one already.
 
@@ -69,6 +71,8 @@ class LedgerCalls:
                 reset_anchor,
                 time_zone,
                 rollover_cap,
+                organisation_id,
+                window_caps,
             )
         )
 
@@ -80,6 +84,8 @@ class LedgerCalls:
         reset_anchor: datetime | None = None,
         time_zone: str | None = None,
         rollover_cap: int | None = None,
+        organisation_id: str | None = None,
+        window_caps: Mapping[str, int] | None = None,
     ) -> TokenAccount:
         """Return the user's account, creating it with these settings if it is missing.
 
@@ -94,6 +100,8 @@ class LedgerCalls:
                 reset_anchor,
                 time_zone,
                 rollover_cap,
+                organisation_id,
+                window_caps,
             )
         )
 
@@ -168,6 +176,31 @@ class LedgerCalls:
         boundary; recorded as a ``limit_change`` entry.
         """
         return self._perform(commands.set_time_zone(self.policy, self.now(), user_id, time_zone))
+
+    def move_to_organisation(self, user_id: str, organisation_id: str | None) -> TokenAccount:
+        """Make the account a member of ``organisation_id`` from now on (``None``: of none).
+
+        Its spending from then on must fit the organisation's budget too, and is recorded
+        against it; what it spent before stays spent, and refunded, where it was. Refused
+        while it holds reservations (:class:`ReservationsHeld`), or when the organisation
+        is one of its own members or the path would pass ``MAX_DEPTH`` accounts
+        (:class:`InvalidInput`). Recorded as a ``limit_change`` entry.
+        """
+        return self._perform(
+            commands.move_to_organisation(self.policy, self.now(), user_id, organisation_id)
+        )
+
+    def set_window_caps(
+        self, user_id: str, window_caps: Mapping[str, int] | None
+    ) -> TokenAccount:
+        """Cap what the account may spend per ``"hour"``, ``"day"`` and/or ``"week"``, in its
+        own zone, within its period: ``{"day": 1000}``; ``None`` or ``{}`` for no caps.
+
+        A window that stays keeps what it has used; recorded as a ``limit_change`` entry.
+        """
+        return self._perform(
+            commands.set_window_caps(self.policy, self.now(), user_id, window_caps)
+        )
 
     def set_thresholds(self, user_id: str, thresholds: Iterable[Threshold] | None) -> TokenAccount:
         """Give the account notification thresholds of its own, in place of the ledger's

@@ -30,6 +30,7 @@ from token_ledger.results import DeductResult, History, TokenStatus
 from token_ledger.thresholds import Notification, Thresholds, check_thresholds
 from token_ledger.transactions import Transaction
 from token_ledger.usage import UsageReport
+from token_ledger.windows import check_window_caps
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -111,9 +112,19 @@ def open_account(
     reset_anchor: object,
     time_zone: object = None,
     rollover_cap: object = None,
+    organisation_id: object = None,
+    window_caps: object = None,
 ) -> Command[TokenAccount, TokenAccount]:
     account = _new_account(
-        policy, now, user_id, monthly_limit, reset_anchor, time_zone, rollover_cap
+        policy,
+        now,
+        user_id,
+        monthly_limit,
+        reset_anchor,
+        time_zone,
+        rollover_cap,
+        organisation_id,
+        window_caps,
     )
     return _write(lambda: operations.open_account(account))
 
@@ -126,9 +137,19 @@ def ensure_account(
     reset_anchor: object,
     time_zone: object = None,
     rollover_cap: object = None,
+    organisation_id: object = None,
+    window_caps: object = None,
 ) -> Command[TokenAccount, TokenAccount]:
     account = _new_account(
-        policy, now, user_id, monthly_limit, reset_anchor, time_zone, rollover_cap
+        policy,
+        now,
+        user_id,
+        monthly_limit,
+        reset_anchor,
+        time_zone,
+        rollover_cap,
+        organisation_id,
+        window_caps,
     )
     return _write(lambda: operations.ensure_account(account))
 
@@ -222,6 +243,23 @@ def set_time_zone(
     user = _validation.identifier(user_id, "user_id")
     zone = _optional_time_zone(time_zone)
     return _write(lambda: operations.set_time_zone(policy, now, user, zone))
+
+
+def move_to_organisation(
+    policy: MonthlyResetPolicy, now: datetime, user_id: object, organisation_id: object
+) -> Command[TokenAccount, TokenAccount]:
+    user = _validation.identifier(user_id, "user_id")
+    organisation = _validation.optional_identifier(organisation_id, "organisation_id")
+    return _write(lambda: operations.move_to_organisation(policy, now, user, organisation))
+
+
+def set_window_caps(
+    policy: MonthlyResetPolicy, now: datetime, user_id: object, caps: object
+) -> Command[TokenAccount, TokenAccount]:
+    """Caps per window unit; ``None`` or ``{}`` caps no window."""
+    user = _validation.identifier(user_id, "user_id")
+    checked = check_window_caps(caps)
+    return _write(lambda: operations.set_window_caps(policy, now, user, checked))
 
 
 def set_thresholds(
@@ -486,6 +524,8 @@ def _new_account(
     reset_anchor: object,
     time_zone: object,
     rollover_cap: object,
+    organisation_id: object,
+    window_caps: object,
 ) -> TokenAccount:
     user = _validation.identifier(user_id, "user_id")
     limit = check_monthly_limit(monthly_limit)
@@ -497,7 +537,15 @@ def _new_account(
         else _validation.non_negative_int(rollover_cap, "rollover_cap")
     )
     return TokenAccount.open(
-        user, limit, policy, now, anchor, time_zone=zone, rollover_cap=rollover
+        user,
+        limit,
+        policy,
+        now,
+        anchor,
+        time_zone=zone,
+        rollover_cap=rollover,
+        organisation_id=_validation.optional_identifier(organisation_id, "organisation_id"),
+        window_caps=check_window_caps(window_caps),
     )
 
 

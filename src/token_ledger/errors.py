@@ -134,3 +134,16 @@ class TransientStorageError(StorageError):
 
 class SchemaVersionError(StorageError):
     """The database was written by a newer token-ledger than this one."""
+
+
+class ReservationsHeld(TokenLedgerError):
+    """An account cannot move to another organisation while it holds reservations: its
+    organisation holds a share of each. Commit or release them first."""
+
+    def __init__(self, user_id: str, count: int) -> None:
+        super().__init__(
+            f"account {user_id!r} holds {count} reservation(s), which its organisation holds"
+            " a share of: commit or release them before it moves"
+        )
+        self.user_id = user_id
+        self.count = count

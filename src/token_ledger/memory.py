@@ -18,6 +18,7 @@ import attrs
 from token_ledger._rows import account_conditions, history_conditions, matches
 from token_ledger.account import TokenAccount
 from token_ledger.grants import Grant, Reservation
+from token_ledger.organisations import MAX_DEPTH
 from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs, UsageQuery
 from token_ledger.thresholds import Notification
 from token_ledger.transactions import Transaction
@@ -40,6 +41,19 @@ class MemoryUnitOfWork:
     def load_account(self, user_id: str) -> TokenAccount | None:
         staged = self.accounts.get(user_id)
         return staged if staged is not None else self._repository._accounts.get(user_id)
+
+    def load_path(self, user_id: str) -> list[TokenAccount]:
+        path: list[TokenAccount] = []
+        account = self.load_account(user_id)
+        while account is not None and len(path) < MAX_DEPTH:
+            path.insert(0, account)
+            above = account.organisation_id
+            account = None if above is None else self.load_account(above)
+        return path
+
+    def members_of(self, user_id: str) -> list[str]:
+        merged = {**self._repository._accounts, **self.accounts}
+        return sorted(a.user_id for a in merged.values() if a.organisation_id == user_id)
 
     def insert_account(self, account: TokenAccount) -> bool:
         if self.load_account(account.user_id) is not None:
@@ -74,6 +88,13 @@ class MemoryUnitOfWork:
             _detached(entry)
             for entry in (*self._repository._entries, *self.entries)
             if entry.reference == reference
+        ]
+
+    def entries_mirroring(self, entry_id: int) -> list[Transaction]:
+        return [
+            _detached(entry)
+            for entry in (*self._repository._entries, *self.entries)
+            if entry.member_entry_id == entry_id
         ]
 
     def find_reservation(self, reservation_id: str) -> Reservation | None:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from token_ledger import refunds, reservations
+from token_ledger import organisations, refunds, reservations
 from token_ledger.account import Change, TokenAccount
 from token_ledger.change import context_instant
 from token_ledger.errors import (
@@ -37,6 +37,7 @@ from token_ledger.errors import (
 from token_ledger.grants import Grant, Reservation
 from token_ledger.policy import MonthlyResetPolicy
 from token_ledger.repository import StaleCutoffs, TokenRepository, UnitOfWork
+from token_ledger.spending import spend
 from token_ledger.thresholds import Notification, Thresholds, crossed, in_effect
 from token_ledger.transactions import Effects, OperationType, Transaction, replay
 
@@ -216,6 +217,26 @@ def _voided_sources(spent: Transaction, account: TokenAccount) -> Operation[list
     return voided
 
 
+def _crossings(
+    policy: MonthlyResetPolicy,
+    now: datetime,
+    defaults: Thresholds,
+    before: TokenAccount,
+    change: Change,
+    entry_id: int | None,
+) -> list[Notification]:
+    """A notification for each threshold ``change`` crossed, naming entry ``entry_id``."""
+    after = change.account
+    thresholds = in_effect(after, defaults)
+    if not thresholds or not any(t.reached(after) for t in thresholds):
+        return []  # the usual write: nothing reached, no need to settle again
+    settled = before.as_of(policy, now).account
+    return [
+        Notification.of(threshold, after, now, entry_id)
+        for threshold in crossed(thresholds, settled, after)
+    ]
+
+
 def _store_noting(
     policy: MonthlyResetPolicy,
     now: datetime,
@@ -226,15 +247,53 @@ def _store_noting(
     """:func:`_store`, and a notification for each threshold the change crossed, recorded
     in the same unit of work and naming the change's last entry."""
     stored = yield from _store(before, change)
-    after = change.account
-    thresholds = in_effect(after, defaults)
-    if not thresholds or not any(t.reached(after) for t in thresholds):
-        return stored  # the usual write: nothing reached, no need to settle again
-    settled = before.as_of(policy, now).account
-    fired = crossed(thresholds, settled, after)
-    if fired:
-        entry_id = stored[-1].id if stored else None
-        notes = [Notification.of(threshold, after, now, entry_id) for threshold in fired]
+    notes = _crossings(policy, now, defaults, before, change, stored[-1].id if stored else None)
+    if notes:
+        yield Call("append_notifications", (notes,))
+    return stored
+
+
+def _load_path(user_id: str) -> Operation[list[TokenAccount]]:
+    """The account and the organisations above it, root first, locked in that order."""
+    path: list[TokenAccount] = yield Call("load_path", (user_id,))
+    if not path:
+        raise AccountNotFound(user_id)
+    organisations.check_path(path)
+    return path
+
+
+def _store_path(
+    policy: MonthlyResetPolicy,
+    now: datetime,
+    defaults: Thresholds,
+    path: Sequence[TokenAccount],
+    changes: Sequence[Change],
+) -> Operation[list[Transaction]]:
+    """:func:`_store_noting` for every account on a path: the member's change last, each
+    organisation's share linked to the member's entry. The member's entries come back."""
+    if len(path) == 1:
+        return (yield from _store_noting(policy, now, defaults, path[0], changes[0]))
+    accounts = [c.account for before, c in zip(path, changes, strict=True) if c.account != before]
+    if accounts:
+        yield Call("save_accounts", (accounts,))
+    grants = [grant for change in changes for grant in change.grants]
+    if grants:
+        yield Call("save_grants", (grants,))
+    holds = [hold for change in changes for hold in change.reservations]
+    if holds:
+        yield Call("save_reservations", (holds,))
+    member = changes[-1]
+    stored: list[Transaction] = yield Call("append_transactions", (member.entries,))
+    link = stored[-1].id if stored else None
+    notes = _crossings(policy, now, defaults, path[-1], member, link)
+    for before, change in zip(path[:-1], changes[:-1], strict=False):
+        if not change.entries:
+            continue
+        shares: list[Transaction] = yield Call(
+            "append_transactions", (organisations.linked(change.entries, link),)
+        )
+        notes += _crossings(policy, now, defaults, before, change, shares[-1].id)
+    if notes:
         yield Call("append_notifications", (notes,))
     return stored
 
@@ -242,7 +301,16 @@ def _store_noting(
 # the operations
 
 
+def _lock_organisation(account: TokenAccount) -> Operation[None]:
+    """Lock the path of the organisation a new account joins, which must exist."""
+    if account.organisation_id is None:
+        return
+    above = yield from _load_path(account.organisation_id)
+    organisations.check_move(account.user_id, above, 0)
+
+
 def open_account(account: TokenAccount) -> Operation[TokenAccount]:
+    yield from _lock_organisation(account)
     inserted = yield Call("insert_account", (account,))
     if not inserted:
         raise AccountExists(account.user_id)
@@ -250,10 +318,56 @@ def open_account(account: TokenAccount) -> Operation[TokenAccount]:
 
 
 def ensure_account(account: TokenAccount) -> Operation[TokenAccount]:
+    yield from _lock_organisation(account)
     inserted = yield Call("insert_account", (account,))
     if inserted:
         return account
     return (yield from _load(account.user_id))
+
+
+def move_to_organisation(
+    policy: MonthlyResetPolicy, now: datetime, user_id: str, organisation_id: str | None
+) -> Operation[TokenAccount]:
+    """Make ``user_id`` a member of ``organisation_id`` (``None``: of none) from now on.
+
+    The new organisation's path is locked first, root first, then the member: the
+    order every writer on that path takes.
+    """
+    if organisation_id is not None:
+        above = yield from _load_path(organisation_id)
+        height = yield from _height_below(user_id)
+        organisations.check_move(user_id, above, height)
+    account = yield from _load(user_id)
+    if account.organisation_id == organisation_id:
+        return account.as_of(policy, now).account
+    change = account.in_organisation(policy, now, organisation_id)
+    yield from _store(account, change)
+    return change.account
+
+
+def _height_below(user_id: str) -> Operation[int]:
+    """How many levels of members the account has under it (0: none)."""
+    height = 0
+    level = [user_id]
+    while level:
+        below: list[str] = []
+        for member in level:
+            below += yield Call("members_of", (member,))
+        if below:
+            height += 1
+            if height >= organisations.MAX_DEPTH:
+                return height
+        level = below
+    return height
+
+
+def set_window_caps(
+    policy: MonthlyResetPolicy, now: datetime, user_id: str, caps: dict[str, int]
+) -> Operation[TokenAccount]:
+    account = yield from _load(user_id)
+    change = account.with_window_caps(policy, now, caps)
+    yield from _store(account, change)
+    return change.account
 
 
 def deduct(
@@ -267,7 +381,8 @@ def deduct(
     idempotency_key: str | None,
     thresholds: Thresholds = (),
 ) -> Operation[Spent]:
-    account = yield from _load(user_id)
+    path = yield from _load_path(user_id)
+    account = path[-1]
     prior = yield from _prior(idempotency_key, OperationType.DEDUCT, user_id, amount, feature)
     if prior is not None:
         return Spent(prior, prior.balance_after)
@@ -279,8 +394,15 @@ def deduct(
         context=dict(context),
         idempotency_key=idempotency_key,
     )
-    stored = yield from _store_noting(policy, now, thresholds, account, change)
-    return Spent(stored[-1], change.account.spendable)
+    changes = organisations.shared(
+        path,
+        change,
+        policy,
+        now,
+        lambda organisation: organisation.deduct(policy, now, amount, feature=feature),
+    )
+    stored = yield from _store_path(policy, now, thresholds, path, changes)
+    return Spent(stored[-1], organisations.spendable(changes))
 
 
 def set_limits(
@@ -385,7 +507,8 @@ def reserve(
     idempotency_key: str | None,
     thresholds: Thresholds = (),
 ) -> Operation[Spent]:
-    account = yield from _load(hold.user_id)
+    path = yield from _load_path(hold.user_id)
+    account = path[-1]
     prior = yield from _prior(
         idempotency_key, OperationType.RESERVE, hold.user_id, hold.amount, hold.feature
     )
@@ -393,8 +516,21 @@ def reserve(
         spent = Spent(prior, prior.balance_after)
     else:
         change = reservations.reserve(account, policy, now, hold, idempotency_key=idempotency_key)
-        stored = yield from _store_noting(policy, now, thresholds, account, change)
-        spent = Spent(stored[-1], change.account.spendable)
+        changes = organisations.shared(
+            path,
+            change,
+            policy,
+            now,
+            lambda organisation: reservations.reserve(
+                organisation,
+                policy,
+                now,
+                organisations.share_of_hold(hold, organisation.user_id),
+                idempotency_key=None,
+            ),
+        )
+        stored = yield from _store_path(policy, now, thresholds, path, changes)
+        spent = Spent(stored[-1], organisations.spendable(changes))
     reference = spent.entry.reference
     if not reference:
         return spent
@@ -413,10 +549,50 @@ def settle(
     found: Reservation | None = yield Call("find_reservation", (reservation_id,))
     if found is None:
         raise ReservationNotFound(reservation_id)
-    account = yield from _load(found.user_id)
-    change = reservations.settle_hold(account, policy, now, found, actual)
-    stored = yield from _store_noting(policy, now, thresholds, account, change)
-    return Spent(stored[-1], change.account.spendable)
+    if organisations.is_share(found):
+        raise InvalidInput(
+            f"reservation {reservation_id!r} is organisation {found.user_id!r}'s share of a"
+            " member's hold: commit or release the member's reservation"
+        )
+    path = yield from _load_path(found.user_id)
+    change = reservations.settle_hold(path[-1], policy, now, found, actual)
+    changes = organisations.shared(
+        path,
+        change,
+        policy,
+        now,
+        lambda organisation: _settle_share(organisation, policy, now, found, actual),
+    )
+    stored = yield from _store_path(policy, now, thresholds, path, changes)
+    return Spent(stored[-1], organisations.spendable(changes))
+
+
+def _settle_share(
+    organisation: TokenAccount,
+    policy: MonthlyResetPolicy,
+    now: datetime,
+    member_hold: Reservation,
+    actual: int | None,
+) -> Change:
+    """An organisation's share of a commit or release: of its share of the hold, or, when
+    that was released already (a write with a later clock saw it expire), the commit
+    spent from its budget as a deduction would be."""
+    share = organisations.share_of_hold(member_hold, organisation.user_id)
+    if any(hold.id == share.id for hold in organisation.holds):
+        return reservations.settle_hold(organisation, policy, now, share, actual)
+    current = organisation.as_of(policy, now)
+    if actual is None:
+        return current
+    spent = spend(
+        current.account,
+        OperationType.COMMIT,
+        actual,
+        now,
+        feature=member_hold.feature,
+        reference=share.id,
+        operation_context={"reserved": member_hold.amount},
+    )
+    return current.then(spent)
 
 
 def refund(
@@ -431,15 +607,47 @@ def refund(
     spent: Transaction | None = yield Call("find_transaction", (transaction_id,))
     if spent is None:
         raise TransactionNotFound(transaction_id)
+    if spent.member_entry_id is not None:
+        raise InvalidInput(
+            f"entry #{transaction_id} is organisation {spent.user_id!r}'s share of entry"
+            f" #{spent.member_entry_id}: refund that entry, which gives back both"
+        )
+    # the organisations that took a share, root first, then the member: the lock order
+    shares: list[Transaction] = yield Call("entries_mirroring", (transaction_id,))
+    payers = []
+    for share in shares:
+        payers.append((yield from _load(share.user_id)))
     account = yield from _load(spent.user_id)
     prior = yield from _prior(
         idempotency_key, OperationType.REFUND, spent.user_id, amount, spent.feature
     )
     if prior is not None:
         return prior
-    referencing = yield Call("entries_referencing", (str(transaction_id),))
+    change = yield from _refund_of(
+        policy, now, account, spent, amount, reason=reason, idempotency_key=idempotency_key
+    )
+    changes = []
+    for payer, share in zip(payers, shares, strict=True):
+        back = yield from _refund_of(policy, now, payer, share, change.last_entry.amount, reason=reason)
+        changes.append(back)
+    shared = [*(organisations.mark(c, spent.user_id) for c in changes), change]
+    stored = yield from _store_path(policy, now, (), [*payers, account], shared)
+    return stored[-1]
+
+
+def _refund_of(
+    policy: MonthlyResetPolicy,
+    now: datetime,
+    account: TokenAccount,
+    spent: Transaction,
+    amount: int | None,
+    *,
+    reason: str | None,
+    idempotency_key: str | None = None,
+) -> Operation[Change]:
+    referencing = yield Call("entries_referencing", (str(spent.id),))
     voided = yield from _voided_sources(spent, account)
-    change = refunds.refund(
+    return refunds.refund(
         account,
         policy,
         now,
@@ -451,7 +659,6 @@ def refund(
         idempotency_key=idempotency_key,
         voided_grant_ids=voided,
     )
-    return (yield from _store(account, change))[-1]
 
 
 def reset(policy: MonthlyResetPolicy, now: datetime, user_id: str) -> Operation[bool]:

@@ -19,6 +19,7 @@ from token_ledger.account import TokenAccount
 from token_ledger.errors import AccountNotFound
 from token_ledger.monitoring import AlertReport, AlertThresholds, Health
 from token_ledger.operations import Call, Operation
+from token_ledger.organisations import MAX_DEPTH
 from token_ledger.policy import MonthlyResetPolicy
 from token_ledger.reconciliation import Discrepancy, discrepancies, effects_of
 from token_ledger.repository import (
@@ -46,7 +47,16 @@ def account(user_id: str) -> Operation[TokenAccount]:
 
 
 def status(policy: MonthlyResetPolicy, now: datetime, user_id: str) -> Operation[TokenStatus]:
-    return TokenStatus.of((yield from account(user_id)), policy, now)
+    found = yield from account(user_id)
+    above: list[TokenAccount] = []
+    organisation_id = found.organisation_id
+    while organisation_id is not None and len(above) < MAX_DEPTH:
+        organisation: TokenAccount | None = yield Call("get_account", (organisation_id,))
+        if organisation is None:
+            break
+        above.append(organisation)
+        organisation_id = organisation.organisation_id
+    return TokenStatus.of(found, policy, now, tuple(above))
 
 
 def history(query: HistoryQuery) -> Operation[History]:

@@ -14,6 +14,7 @@ from token_ledger.change import Change, entry_of, stamped
 from token_ledger.errors import InvalidAmount, InvalidInput
 from token_ledger.grants import Grant
 from token_ledger.transactions import Effects, OperationType, Transaction
+from token_ledger.windows import given_back
 
 if TYPE_CHECKING:
     from token_ledger.account import TokenAccount
@@ -154,6 +155,7 @@ def refund(
         monthly_tokens_used=account.monthly_tokens_used - plan.usage,
         grants=(*(returned.get(g.id, g) for g in account.grants), *credited),
         grant_balance=account.grant_balance + sum(n for _, n in plan.grants) + plan.credit,
+        windows=given_back(account.windows, amount, spent.created_at),
         updated_at=now,
     )
     entry = entry_of(

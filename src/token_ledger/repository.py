@@ -198,6 +198,17 @@ class UnitOfWork(Protocol):
         """The account with its live grants (``remaining > 0``) and held reservations."""
         ...
 
+    def load_path(self, user_id: str) -> list[TokenAccount]:
+        """The account and the organisations above it, root first, each as
+        ``load_account`` returns it and locked in that order (root first); ``[]`` when the
+        account does not exist. A path longer than
+        :data:`~token_ledger.organisations.MAX_DEPTH` is cut there."""
+        ...
+
+    def members_of(self, user_id: str) -> list[str]:
+        """The ids of the accounts whose ``organisation_id`` is ``user_id``, read, not locked."""
+        ...
+
     def insert_account(self, account: TokenAccount) -> bool:
         """Store a new account; ``False`` (and no write) if the user already has one."""
         ...
@@ -221,6 +232,11 @@ class UnitOfWork(Protocol):
         ...
 
     def find_reservation(self, reservation_id: str) -> Reservation | None: ...
+
+    def entries_mirroring(self, entry_id: int) -> list[Transaction]:
+        """The organisations' shares of a member's entry (``member_entry_id = entry_id``),
+        by id: root first."""
+        ...
 
     def find_grant(self, grant_id: str) -> Grant | None:
         """The grant's row, whatever is left of it: spent, expired and voided ones too."""

@@ -17,6 +17,7 @@ import attrs
 from token_ledger.change import Change, context_instant, entry_of
 from token_ledger.grants import Grant, ReservationStatus
 from token_ledger.transactions import Effects, OperationType
+from token_ledger.windows import SpendingWindow, roll
 
 if TYPE_CHECKING:
     from token_ledger.account import TokenAccount
@@ -152,3 +153,22 @@ def expire(account: TokenAccount, now: datetime) -> Change:
         tuple(attrs.evolve(grant, remaining=0) for grant in expired_grants),
         tuple(attrs.evolve(hold, status=ReservationStatus.EXPIRED) for hold in expired_holds),
     )
+
+
+def roll_windows(account: TokenAccount, policy: MonthlyResetPolicy, now: datetime) -> Change:
+    """Start again each window that has ended; no entry records it, as nothing was spent."""
+    if not account.windows:
+        return Change(account)
+    windows = roll_windows_of(account.windows, account, policy, now)
+    if windows == account.windows:
+        return Change(account)
+    return Change(attrs.evolve(account, windows=windows, updated_at=now))
+
+
+def roll_windows_of(
+    windows: tuple[SpendingWindow, ...],
+    account: TokenAccount,
+    policy: MonthlyResetPolicy,
+    now: datetime,
+) -> tuple[SpendingWindow, ...]:
+    return roll(windows, now, account.calendar_zone(policy))

@@ -14,6 +14,7 @@ import attrs
 from token_ledger.change import Change, entry_of
 from token_ledger.grants import Grant
 from token_ledger.transactions import Effects, OperationType
+from token_ledger.windows import counted
 
 if TYPE_CHECKING:
     from token_ledger.account import TokenAccount
@@ -29,8 +30,9 @@ def spend(
     **entry_fields: Any,
 ) -> Change:
     """Take ``amount`` from the monthly allowance, then from grants in their spending
-    order (:meth:`Grant.spending_order`), then from overage; or, when more is asked
-    for than is spendable, record the refusal as a failed entry.
+    order (:meth:`Grant.spending_order`), then from overage, counting it in every
+    window; or, when more is asked for than is spendable, record the refusal as a
+    failed entry.
 
     ``base`` is added to the entry's effects: a commit also releases its hold.
     """
@@ -56,6 +58,7 @@ def spend(
         monthly_tokens_used=before.monthly_tokens_used + usage,
         grant_balance=before.grant_balance - (amount - usage),
         grants=tuple(g for g in (changed.get(g.id, g) for g in before.grants) if g.remaining > 0),
+        windows=counted(before.windows, amount),
         updated_at=now,
     )
     spent = Effects(usage=usage, grants=taken)

@@ -104,6 +104,9 @@ class Transaction:
     id: int | None = None
     effects: Effects = attrs.field(factory=Effects)
     reference: str | None = None
+    member_entry_id: int | None = None
+    """On an organisation's entry, the member's entry it records the organisation's share
+    of (a member's deduction is spent from every budget above it, each with an entry)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values, for exports and APIs."""
@@ -120,6 +123,7 @@ class Transaction:
             "balance_after": self.balance_after,
             "effects": self.effects.to_dict(),
             "reference": self.reference,
+            "member_entry_id": self.member_entry_id,
         }
 
 
