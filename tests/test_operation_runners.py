@@ -101,7 +101,7 @@ def test_a_deduction_states_each_call_it_makes(repository: TokenRepository) -> N
     )
 
     assert log == [
-        "load_account",
+        "load_path",
         "find_by_idempotency_key",
         "save_accounts",
         "append_transactions",
@@ -111,7 +111,7 @@ def test_a_deduction_states_each_call_it_makes(repository: TokenRepository) -> N
         repository,
         ops.deduct(POLICY, NOW, "u1", 5, feature="chat", context={}, idempotency_key="k"),
     )
-    assert log == ["load_account", "find_by_idempotency_key"]
+    assert log == ["load_path", "find_by_idempotency_key"]
     assert replayed.entry == spent.entry
 
 

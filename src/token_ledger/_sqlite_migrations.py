@@ -144,6 +144,24 @@ def _add_notifications(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+@_migration("0005_organisations_and_spending_windows")
+def _add_organisations(db: sqlite_utils.Database) -> None:
+    for statement in (
+        # the account whose budget this one spends from too; the library opens members
+        # only under an organisation that exists, and never deletes an account
+        "ALTER TABLE user_tokens ADD COLUMN organisation_id TEXT REFERENCES user_tokens (user_id)",
+        # NULL: no window caps; else JSON, see token_ledger.windows.encode
+        "ALTER TABLE user_tokens ADD COLUMN spending_windows TEXT",
+        "CREATE INDEX idx_user_tokens_organisation ON user_tokens (organisation_id)"
+        " WHERE organisation_id IS NOT NULL",
+        # on an organisation's entry: the member's entry it records the share of
+        "ALTER TABLE token_transactions ADD COLUMN member_entry_id INTEGER",
+        "CREATE INDEX idx_token_transactions_member_entry ON token_transactions"
+        " (member_entry_id) WHERE member_entry_id IS NOT NULL",
+    ):
+        db.execute(statement)
+
+
 def refuse_newer_schema(db: sqlite_utils.Database) -> None:
     """Refuse a database that a newer token-ledger migrated: its tables are not ours to use."""
     unknown = {m.name for m in migrations.applied(db)} - KNOWN_MIGRATIONS

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 
-from token_ledger._rows import NEW_TRANSACTION_COLUMNS, threshold_guard
+from token_ledger._rows import ACCOUNT_FIELDS, NEW_TRANSACTION_COLUMNS, threshold_guard
 from token_ledger.thresholds import Threshold
 
 
@@ -25,9 +25,15 @@ def numbered(where: str, first: int) -> str:
 # it is now already; such a row takes the full path. A key stored already makes the
 # entry's INSERT fail on the unique index, and the transaction is rolled back: in the
 # write lock nobody else can store it meanwhile, and SQLite reuses the rowid.
+DIRECTLY_DEDUCTIBLE = (
+    "(reset_anchor IS NULL AND time_zone IS NULL AND organisation_id IS NULL"
+    " AND spending_windows IS NULL)"
+)
+"""An account the one-statement deduction may ever apply to: on the ledger's calendar,
+spending from no organisation's budget, without windows."""
 _DIRECT_GUARD = (
     "UPDATE user_tokens SET monthly_tokens_used = monthly_tokens_used + ?1, updated_at = ?2"
-    " WHERE user_id = ?3 AND reset_anchor IS NULL AND time_zone IS NULL"
+    f" WHERE user_id = ?3 AND {DIRECTLY_DEDUCTIBLE}"
     " AND last_monthly_reset = ?4"
     " AND grant_balance = 0 AND reserved_tokens = 0 AND updated_at <> ?2"
     " AND ?1 <= monthly_limit - monthly_tokens_used"
@@ -45,17 +51,30 @@ def direct_deduction(thresholds: tuple[Threshold, ...]) -> str:
 DIRECT_DEDUCTION = direct_deduction(())
 DIRECT_ENTRY = (
     f"INSERT INTO token_transactions ({NEW_TRANSACTION_COLUMNS})"
-    " VALUES (?, 'deduct', ?, ?, ?, 1, ?, ?, ?, ?, NULL)"
+    " VALUES (?, 'deduct', ?, ?, ?, 1, ?, ?, ?, ?, NULL, NULL)"
+)
+
+_PATH_COLUMNS = ", ".join(f"t.{column}" for column in ACCOUNT_FIELDS)
+# The account and the organisations above it, root first: the depth walked up is
+# bounded (?2), so that a cycle written by hand cannot loop.
+PATH = (
+    "WITH RECURSIVE path (user_id, depth) AS ("
+    " SELECT user_id, 0 FROM user_tokens WHERE user_id = ?1"
+    " UNION ALL SELECT u.organisation_id, p.depth + 1 FROM path p"
+    " JOIN user_tokens u ON u.user_id = p.user_id"
+    " WHERE u.organisation_id IS NOT NULL AND p.depth + 1 < ?2)"
+    f" SELECT {_PATH_COLUMNS} FROM path p"
+    " JOIN user_tokens t ON t.user_id = p.user_id ORDER BY p.depth DESC"
 )
 
 
-# An account the bulk reset can reset in SQL: no anchor, zone of its own, rollover, grant
-# or hold, and instants in the library's own form (the entry quotes last_monthly_reset;
+# An account the bulk reset can reset in SQL: no anchor, zone of its own, rollover, grant,
+# hold or window, and instants in the library's own form (the entry quotes last_monthly_reset;
 # updated_at is compared).
 _CANONICAL = "'____-__-__ __:__:__.______+00:00'"
 RESET_IN_SQL = (
     "(reset_anchor IS NULL AND time_zone IS NULL AND rollover_cap = 0"
-    " AND grant_balance = 0 AND reserved_tokens = 0"
+    " AND grant_balance = 0 AND reserved_tokens = 0 AND spending_windows IS NULL"
     f" AND last_monthly_reset LIKE {_CANONICAL} AND updated_at LIKE {_CANONICAL})"
 )
 # A run of such accounts' reset entries, in user_id order, and their new rows. ?1 is now,
@@ -68,7 +87,7 @@ RUN_ENTRIES = (
     " substr(last_monthly_reset, 1, 10) || 'T' || substr(last_monthly_reset, 12),"
     " 'period_start', ?2), NULL,"
     " CASE WHEN monthly_tokens_used = 0 THEN '{{}}'"
-    " ELSE json_object('usage', -monthly_tokens_used) END, NULL"
+    " ELSE json_object('usage', -monthly_tokens_used) END, NULL, NULL"
     " FROM user_tokens {where} AND user_id <= ? AND " + RESET_IN_SQL + " ORDER BY user_id"
 )
 RUN_ACCOUNTS = (

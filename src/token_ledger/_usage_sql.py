@@ -23,6 +23,7 @@ from token_ledger.repository import UsageQuery
 from token_ledger.transactions import Transaction
 from token_ledger.usage import (
     KEY_COLUMNS,
+    ORGANISATION_ENTRIES,
     Straddles,
     UsageRow,
     fold_entries,
@@ -62,11 +63,20 @@ POSTGRES_BUCKETS = {
 def _grouped(
     columns: list[str], query: UsageQuery, writer: RowWriter, params: list[Any]
 ) -> tuple[str, list[Any]]:
+    source, source_params = _source(query, writer)
     texts, values = writer.conditions(usage_conditions(query))
     selected = ", ".join([*columns, FIGURES])
     group = f" GROUP BY {', '.join(str(n) for n in range(1, len(columns) + 1))}" if columns else ""
-    statement = f"SELECT {selected} FROM {{token_transactions}} WHERE {' AND '.join(texts)}{group}"
-    return statement, [*params, *values]
+    statement = f"SELECT {selected} FROM {source} WHERE {' AND '.join(texts)}{group}"
+    return statement, [*params, *source_params, *values]
+
+
+def _source(query: UsageQuery, writer: RowWriter) -> tuple[str, list[Any]]:
+    """The table a report reads: the entries, or an organisation's
+    (:data:`~token_ledger.usage.ORGANISATION_ENTRIES`)."""
+    if query.organisation is None:
+        return "{token_transactions}", []
+    return ORGANISATION_ENTRIES.replace("{mark}", writer.mark), [query.organisation]
 
 
 def _keys(query: UsageQuery) -> list[str]:
@@ -123,11 +133,12 @@ def sqlite_usage(conn: sqlite3.Connection, query: UsageQuery, writer: RowWriter)
 
 def _entries(conn: sqlite3.Connection, query: UsageQuery, writer: RowWriter) -> list[Transaction]:
     """The entries the report counts, with the columns it reads."""
+    source, source_params = _source(query, writer)
     texts, values = writer.conditions(usage_conditions(query))
     rows = conn.execute(
-        "SELECT user_id, operation_type, amount, created_at, feature FROM token_transactions"
-        f" WHERE {' AND '.join(texts)}",
-        values,
+        f"SELECT user_id, operation_type, amount, created_at, feature FROM {source}"
+        f" WHERE {' AND '.join(texts)}".format(token_transactions="token_transactions"),
+        [*source_params, *values],
     )
     return [
         Transaction(user, kind, amount, datetime.fromisoformat(at), 0, feature=feature)

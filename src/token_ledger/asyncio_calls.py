@@ -362,6 +362,7 @@ class AsyncLedgerCalls:
         user_id: str | None = None,
         feature: str | None = None,
         time_zone: str | None = None,
+        organisation: str | None = None,
     ) -> UsageReport:
         """Tokens spent net of refunds from ``since`` (inclusive) to ``until`` (exclusive),
         grouped ``by`` any of ``"user"``, ``"feature"`` and ``"day"`` or ``"month"``.
@@ -371,6 +372,10 @@ class AsyncLedgerCalls:
         adds the entries up in one grouped query (inside a transaction of yours, its own
         entries included). Rows come ordered by day or month, then ``user_id``, then
         ``feature``; see :class:`~token_ledger.usage.UsageRow`.
+
+        Tokens count once, for the account that spent them. ``organisation`` reports what
+        that organisation's budget paid instead: its own spending and its shares of its
+        members' (by ``"user"``: per member, as they were members then).
         """
         return await self._perform(
             commands.usage(
@@ -381,6 +386,7 @@ class AsyncLedgerCalls:
                 user_id=user_id,
                 feature=feature,
                 time_zone=time_zone,
+                organisation=organisation,
             )
         )
 

@@ -190,9 +190,7 @@ class LedgerCalls:
             commands.move_to_organisation(self.policy, self.now(), user_id, organisation_id)
         )
 
-    def set_window_caps(
-        self, user_id: str, window_caps: Mapping[str, int] | None
-    ) -> TokenAccount:
+    def set_window_caps(self, user_id: str, window_caps: Mapping[str, int] | None) -> TokenAccount:
         """Cap what the account may spend per ``"hour"``, ``"day"`` and/or ``"week"``, in its
         own zone, within its period: ``{"day": 1000}``; ``None`` or ``{}`` for no caps.
 
@@ -418,6 +416,7 @@ class LedgerCalls:
         user_id: str | None = None,
         feature: str | None = None,
         time_zone: str | None = None,
+        organisation: str | None = None,
     ) -> UsageReport:
         """Tokens spent net of refunds from ``since`` (inclusive) to ``until`` (exclusive),
         grouped ``by`` any of ``"user"``, ``"feature"`` and ``"day"`` or ``"month"``.
@@ -427,6 +426,10 @@ class LedgerCalls:
         adds the entries up in one grouped query (inside a transaction of yours, its own
         entries included). Rows come ordered by day or month, then ``user_id``, then
         ``feature``; see :class:`~token_ledger.usage.UsageRow`.
+
+        Tokens count once, for the account that spent them. ``organisation`` reports what
+        that organisation's budget paid instead: its own spending and its shares of its
+        members' (by ``"user"``: per member, as they were members then).
         """
         return self._perform(
             commands.usage(
@@ -437,6 +440,7 @@ class LedgerCalls:
                 user_id=user_id,
                 feature=feature,
                 time_zone=time_zone,
+                organisation=organisation,
             )
         )
 

@@ -22,7 +22,7 @@ from token_ledger.organisations import MAX_DEPTH
 from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs, UsageQuery
 from token_ledger.thresholds import Notification
 from token_ledger.transactions import Transaction
-from token_ledger.usage import UsageRow, fold_entries
+from token_ledger.usage import UsageRow, fold_entries, organisation_entries
 
 
 class MemoryUnitOfWork:
@@ -219,6 +219,8 @@ class MemoryRepository:
         """Added up here, entry by entry: this engine is its own database."""
         with self._lock:
             entries = list(self._entries)
+        if query.organisation is not None:
+            entries = organisation_entries(entries, query.organisation)
         return fold_entries(query, entries)
 
     def scan_accounts(

@@ -628,7 +628,9 @@ def refund(
     )
     changes = []
     for payer, share in zip(payers, shares, strict=True):
-        back = yield from _refund_of(policy, now, payer, share, change.last_entry.amount, reason=reason)
+        back = yield from _refund_of(
+            policy, now, payer, share, change.last_entry.amount, reason=reason
+        )
         changes.append(back)
     shared = [*(organisations.mark(c, spent.user_id) for c in changes), change]
     stored = yield from _store_path(policy, now, (), [*payers, account], shared)

@@ -22,6 +22,7 @@ cannot move (its organisations hold a share of each).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -67,7 +68,7 @@ def is_share(reservation: Reservation) -> bool:
 def check_path(path: Sequence[TokenAccount]) -> None:
     """Refuse a path whose links changed between its reading and its locking (a member
     moved meanwhile): a race, which running the unit of work again resolves."""
-    for above, below in zip(path, path[1:], strict=False):
+    for above, below in itertools.pairwise(path):
         if below.organisation_id != above.user_id:
             raise TransientStorageError(
                 f"{below.user_id!r} moved while its organisations were being locked"
@@ -78,9 +79,7 @@ def check_path(path: Sequence[TokenAccount]) -> None:
         )
 
 
-def check_move(
-    member_id: str, above: Sequence[TokenAccount], height_below: int
-) -> None:
+def check_move(member_id: str, above: Sequence[TokenAccount], height_below: int) -> None:
     """A move that would make a cycle, or a path longer than :data:`MAX_DEPTH`, is refused.
 
     ``above`` is the new organisation's path, root first; ``height_below`` how many
@@ -127,7 +126,10 @@ def shared(
         balance_after=settled.account.monthly_remaining,
         operation_context={**entry.operation_context, "refused_by": above[refusing].user_id},
     )
-    return [*(Change(account) for account in above), settled.then(Change(settled.account, (refused,)))]
+    return [
+        *(Change(account) for account in above),
+        settled.then(Change(settled.account, (refused,))),
+    ]
 
 
 def mark(share: Change, member_id: str) -> Change:

@@ -164,8 +164,11 @@ class UsageQuery:
     entries (``refunded``), each in the bucket of its own ``created_at``: a refund counts
     when it is made, so a day's net can be negative. ``since`` is inclusive and ``until``
     exclusive, as in :class:`HistoryQuery`; ``by`` holds group keys of :data:`USAGE_GROUPS`
-    (kept in that order); ``day`` and ``month`` are local to ``time_zone``. Every field is
-    checked here, once, so that every engine is handed the same, valid question.
+    (kept in that order); ``day`` and ``month`` are local to ``time_zone``. Tokens are
+    counted where they were spent, once: an organisation's shares of its members' spending
+    (entries with a ``member_entry_id``) are left out, unless ``organisation`` asks for
+    what that budget paid. Every field is checked here, once, so that every engine is
+    handed the same, valid question.
     """
 
     since: datetime | None = attrs.field(default=None, converter=_since)
@@ -180,6 +183,11 @@ class UsageQuery:
         default=None, validator=_checked(_validation.optional_identifier)
     )
     time_zone: str = attrs.field(default="UTC", validator=check_time_zone)
+    organisation: str | None = attrs.field(
+        default=None, validator=_checked(_validation.optional_identifier)
+    )
+    """Count what this account's budget paid instead: its own spending and its shares of
+    its members', each under the member's ``user_id`` (the one who spent, then)."""
 
     @property
     def bucket(self) -> str | None:

@@ -43,6 +43,8 @@ from token_ledger._sqlite_migrations import migrations, refuse_newer_schema
 from token_ledger._sqlite_statements import (
     DIRECT_DEDUCTION,
     DIRECT_ENTRY,
+    DIRECTLY_DEDUCTIBLE,
+    PATH,
     RESET_IN_SQL,
     RUN_ACCOUNTS,
     RUN_ENTRIES,
@@ -55,6 +57,7 @@ from token_ledger.account import TokenAccount
 from token_ledger.errors import InvalidInput, StorageError
 from token_ledger.grants import Grant, Reservation
 from token_ledger.operations import CalendarResets, DirectDeduction, ResetStep, Spent
+from token_ledger.organisations import MAX_DEPTH
 from token_ledger.reconciliation import Discrepancy
 from token_ledger.repository import (
     SHORTCUT_METHODS,
@@ -163,8 +166,8 @@ def _select_accounts(
 SAVE_ACCOUNT = (
     "UPDATE user_tokens SET monthly_limit = ?2, monthly_tokens_used = ?3,"
     " last_monthly_reset = ?4, updated_at = ?6, overage_limit = ?8, grant_balance = ?9,"
-    " reserved_tokens = ?10, time_zone = ?11, rollover_cap = ?12, notification_thresholds = ?13"
-    " WHERE user_id = ?1"
+    " reserved_tokens = ?10, time_zone = ?11, rollover_cap = ?12, notification_thresholds = ?13,"
+    " organisation_id = ?14, spending_windows = ?15 WHERE user_id = ?1"
 )
 NOTIFICATIONS_AFTER = (
     f"SELECT {NOTIFICATION_COLUMNS} FROM token_notifications WHERE id > ? ORDER BY id LIMIT ?"
@@ -185,10 +188,28 @@ class SQLiteUnitOfWork:
         ).fetchone()
         return None if row is None else _with_balances(self._conn, [ROWS.account(row)])[0]
 
+    def load_path(self, user_id: str) -> list[TokenAccount]:
+        """Read in the write lock, which every writer takes first, so nothing moves
+        meanwhile and the order of reading is free: the account first, as most have no
+        organisation above them."""
+        account = self.load_account(user_id)
+        if account is None or account.organisation_id is None:
+            return [] if account is None else [account]
+        rows = self._conn.execute(PATH, (account.organisation_id, MAX_DEPTH - 1)).fetchall()
+        above = _with_balances(self._conn, [ROWS.account(row) for row in rows])
+        return [*above, account]
+
+    def members_of(self, user_id: str) -> list[str]:
+        rows = self._conn.execute(
+            "SELECT user_id FROM user_tokens WHERE organisation_id = ? ORDER BY user_id",
+            (user_id,),
+        ).fetchall()
+        return [row[0] for row in rows]
+
     def insert_account(self, account: TokenAccount) -> bool:
         cursor = self._conn.execute(
             f"INSERT INTO user_tokens ({ACCOUNT_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (user_id) DO NOTHING",
             WRITE.account_row(account),
         )
@@ -205,7 +226,7 @@ class SQLiteUnitOfWork:
         for entry in entries:
             cursor = self._conn.execute(
                 f"INSERT INTO token_transactions ({NEW_TRANSACTION_COLUMNS})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 WRITE.entry_row(entry),
             )
             stored.append(attrs.evolve(entry, id=cursor.lastrowid))
@@ -237,6 +258,14 @@ class SQLiteUnitOfWork:
         rows = self._conn.execute(
             f"SELECT {TRANSACTION_COLUMNS} FROM token_transactions WHERE reference = ? ORDER BY id",
             (reference,),
+        ).fetchall()
+        return [ROWS.transaction(row) for row in rows]
+
+    def entries_mirroring(self, entry_id: int) -> list[Transaction]:
+        rows = self._conn.execute(
+            f"SELECT {TRANSACTION_COLUMNS} FROM token_transactions WHERE member_entry_id = ?"
+            " ORDER BY id",
+            (entry_id,),
         ).fetchall()
         return [ROWS.transaction(row) for row in rows]
 
@@ -420,8 +449,7 @@ class SQLiteRepository:
                     row = cursor.execute(statement, guard).fetchone()
                     if row is None:
                         anchored = cursor.execute(
-                            "SELECT reset_anchor IS NOT NULL OR time_zone IS NOT NULL"
-                            " FROM user_tokens WHERE user_id = ?",
+                            f"SELECT NOT {DIRECTLY_DEDUCTIBLE} FROM user_tokens WHERE user_id = ?",
                             (deduction.user_id,),
                         ).fetchone()
                         cursor.execute("ROLLBACK")

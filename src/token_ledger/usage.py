@@ -122,7 +122,34 @@ def usage_conditions(query: UsageQuery) -> list[Condition]:
     filters = HistoryQuery(
         user_id=query.user_id, feature=query.feature, since=query.since, until=query.until
     )
-    return [counted, *history_conditions(filters)]
+    if query.organisation is not None:  # the rows are those of ORGANISATION_ENTRIES
+        return [counted, *history_conditions(filters)]
+    spent_here = Condition(
+        "member_entry_id IS NULL", (), lambda entry: entry.member_entry_id is None
+    )
+    return [counted, spent_here, *history_conditions(filters)]
+
+
+ORGANISATION_ENTRIES = (
+    "(SELECT s.id, COALESCE(m.user_id, s.user_id) AS user_id, s.operation_type, s.amount,"
+    " s.created_at, s.feature, s.success FROM {token_transactions} s"
+    " LEFT JOIN {token_transactions} m ON m.id = s.member_entry_id"
+    " WHERE s.user_id = {mark}) AS organisation_entries"
+)
+"""The entries of an organisation's budget, each share under the ``user_id`` of the member
+whose entry it is a share of: what a report with ``organisation`` counts."""
+
+
+def organisation_entries(entries: Sequence[Transaction], organisation: str) -> list[Transaction]:
+    """:data:`ORGANISATION_ENTRIES` of ``entries``, for an engine that adds up in Python."""
+    by_id = {entry.id: entry for entry in entries}
+    return [
+        attrs.evolve(entry, user_id=by_id[entry.member_entry_id].user_id)
+        if entry.member_entry_id in by_id
+        else entry
+        for entry in entries
+        if entry.user_id == organisation
+    ]
 
 
 Key = tuple[str | None, str | None, date | None]

@@ -63,12 +63,13 @@ def _local_midnight(day: date, zone: tzinfo | None) -> datetime:
     return datetime.combine(day, time(0), tzinfo=zone).astimezone(timezone.utc)
 
 
-def _check_unit(_window: object, _attribute: object, value: object) -> None:
+def _check_unit(_window: object, _attribute: object, value: str) -> None:
+    """``value`` is whatever the caller passed: it is checked here, at run time."""
     if value not in WINDOW_UNITS:
         raise InvalidInput(f"a window is one of {', '.join(WINDOW_UNITS)}; got {value!r}")
 
 
-def _check_cap(_window: object, _attribute: object, value: object) -> None:
+def _check_cap(_window: object, _attribute: object, value: int) -> None:
     positive_int(value, "a window's cap")
 
 
@@ -133,12 +134,10 @@ def check_window_caps(value: object) -> dict[str, int]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise InvalidInput(
-            f"window_caps must map {', '.join(WINDOW_UNITS)} to caps, got {value!r}"
-        )
+        raise InvalidInput(f"window_caps must map {', '.join(WINDOW_UNITS)} to caps, got {value!r}")
     caps: dict[str, int] = {}
     for unit, cap in value.items():
-        _check_unit(None, None, unit)
+        _check_unit(None, None, unit)  # any key: checked at run time
         caps[unit] = positive_int(cap, f"the {unit} cap")
     return {unit: caps[unit] for unit in WINDOW_UNITS if unit in caps}
 

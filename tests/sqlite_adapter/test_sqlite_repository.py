@@ -35,6 +35,8 @@ def test_a_file_is_created_in_wal_mode_with_the_seed_tables(tmp_path: Path) -> N
         "time_zone",
         "rollover_cap",
         "notification_thresholds",
+        "organisation_id",
+        "spending_windows",
     ]
     assert {c.name for c in db.table("token_transactions").columns} == {
         "id",
@@ -49,6 +51,7 @@ def test_a_file_is_created_in_wal_mode_with_the_seed_tables(tmp_path: Path) -> N
         "balance_after",
         "effects",
         "reference",
+        "member_entry_id",
     }
     assert {"token_grants", "token_reservations"} <= set(db.table_names())
 

@@ -102,7 +102,7 @@ def test_an_anchored_account_is_tried_once_then_goes_to_the_full_path_at_once(
     assert first_words(first)[:4] == [
         "BEGIN IMMEDIATE",
         "UPDATE user_tokens",
-        "SELECT reset_anchor",
+        "SELECT NOT",
         "ROLLBACK",
     ]
     assert first_words(second)[:2] == ["BEGIN IMMEDIATE", "SELECT user_id,"]

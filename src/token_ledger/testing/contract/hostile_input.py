@@ -72,6 +72,8 @@ VALID: dict[str, Callable[[Prepared], dict[str, Any]]] = {
         "reset_anchor": None,
         "time_zone": None,
         "rollover_cap": None,
+        "organisation_id": None,
+        "window_caps": None,
     },
     "ensure_account": lambda p: {
         "user_id": "u2",
@@ -79,6 +81,8 @@ VALID: dict[str, Callable[[Prepared], dict[str, Any]]] = {
         "reset_anchor": None,
         "time_zone": None,
         "rollover_cap": None,
+        "organisation_id": None,
+        "window_caps": None,
     },
     "get_account": lambda p: {"user_id": "u1"},
     "status": lambda p: {"user_id": "u1"},
@@ -96,6 +100,8 @@ VALID: dict[str, Callable[[Prepared], dict[str, Any]]] = {
         "rollover_cap": None,
     },
     "set_time_zone": lambda p: {"user_id": "u1", "time_zone": "Europe/Berlin"},
+    "move_to_organisation": lambda p: {"user_id": "u1", "organisation_id": None},
+    "set_window_caps": lambda p: {"user_id": "u1", "window_caps": {"day": 40}},
     "grant": lambda p: {
         "user_id": "u1",
         "amount": 1,
@@ -153,6 +159,7 @@ VALID: dict[str, Callable[[Prepared], dict[str, Any]]] = {
         "user_id": None,
         "feature": None,
         "time_zone": None,
+        "organisation": None,
     },
 }
 
@@ -196,10 +203,30 @@ BAD_THRESHOLDS = ["80%", [80], 80, [Threshold(80), None], b"80", Threshold(80)]
 BAD_GROUPS = ["week", "", ("day", "month"), ("user", "user"), 5, None, [["user"]], b"user"]
 
 BAD_ZONES = ["", "Mars/Olympus", "utc", "../etc/passwd", "/etc/localtime", "a\x00b", "\ud800", 5]
+BAD_WINDOW_CAPS: list[tuple[object, type[Exception]]] = [
+    ({"month": 5}, InvalidInput),
+    ({"Day": 5}, InvalidInput),
+    ({5: 5}, InvalidInput),
+    (["day"], InvalidInput),
+    ("day=5", InvalidInput),
+    ({"day": 0}, InvalidAmount),
+    ({"day": -1}, InvalidAmount),
+    ({"day": "5"}, InvalidAmount),
+    ({"day": True}, InvalidAmount),
+    ({"day": 1.0}, InvalidAmount),
+    ({"day": None}, InvalidAmount),
+    ({"day": 2**63}, InvalidAmount),
+]
 BAD_PRIORITIES = [True, 1.0, "1", None, 2**31, -(2**31) - 1]
 
 ID_ARGUMENTS = ("user_id", "reservation_id", "grant_id", "consumer")
-OPTIONAL_ID_ARGUMENTS = ("feature", "idempotency_key", "reference")
+OPTIONAL_ID_ARGUMENTS = (
+    "feature",
+    "idempotency_key",
+    "reference",
+    "organisation_id",
+    "organisation",
+)
 
 
 def _cases() -> Iterator[tuple[str, str, object, type[Exception]]]:
@@ -272,6 +299,8 @@ def _cases() -> Iterator[tuple[str, str, object, type[Exception]]]:
                 bad = [(5, InvalidInput), ("print", InvalidInput)]
             elif argument == "by":
                 bad = [(v, InvalidInput) for v in BAD_GROUPS]
+            elif argument == "window_caps":
+                bad = list(BAD_WINDOW_CAPS)
             else:  # pragma: no cover - a new argument needs its bad values here
                 raise AssertionError(f"no bad values for {method}({argument}=...)")
             for value, error in bad:
