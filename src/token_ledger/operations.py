@@ -335,9 +335,11 @@ def move_to_organisation(
     """
     if organisation_id is not None:
         above = yield from _load_path(organisation_id)
+    account = yield from _load(user_id)
+    if organisation_id is not None:
+        # read once the member is locked: who joins it meanwhile waits for that lock
         height = yield from _height_below(user_id)
         organisations.check_move(user_id, above, height)
-    account = yield from _load(user_id)
     if account.organisation_id == organisation_id:
         return account.as_of(policy, now).account
     change = account.in_organisation(policy, now, organisation_id)
@@ -573,16 +575,16 @@ def _settle_share(
     now: datetime,
     member_hold: Reservation,
     actual: int | None,
-) -> Change:
+) -> Change | None:
     """An organisation's share of a commit or release: of its share of the hold, or, when
     that was released already (a write with a later clock saw it expire), the commit
-    spent from its budget as a deduction would be."""
+    spent from its budget as a deduction would be, and for a release no part at all."""
     share = organisations.share_of_hold(member_hold, organisation.user_id)
     if any(hold.id == share.id for hold in organisation.holds):
         return reservations.settle_hold(organisation, policy, now, share, actual)
-    current = organisation.as_of(policy, now)
     if actual is None:
-        return current
+        return None
+    current = organisation.as_of(policy, now)
     spent = spend(
         current.account,
         OperationType.COMMIT,

@@ -101,35 +101,43 @@ def shared(
     change: Change,
     policy: MonthlyResetPolicy,
     now: datetime,
-    share: Callable[[TokenAccount], Change],
+    share: Callable[[TokenAccount], Change | None],
 ) -> list[Change]:
     """The changes of every account on ``path`` (root first) for the member's ``change``.
 
-    ``share`` computes an organisation's share of it. When the member's change
+    ``share`` computes an organisation's share of it: a change whose last entry records
+    the share, or ``None`` when the organisation takes no part. When the member's change
     succeeded but an organisation cannot take its share, the member's entry becomes a
-    refusal naming that organisation (``refused_by``), and no organisation changes.
+    refusal naming that organisation (``refused_by``), and no organisation spends. The
+    organisations are settled either way, so that what is returned shows each as it is.
     """
     above = path[:-1]
+    settled = [account.as_of(policy, now) for account in above]
     if not above or not change.entries or not change.last_entry.success:
-        return [*(Change(account) for account in above), change]
+        return [*settled, change]
     shares = [share(account) for account in above]
-    refusing = next((i for i, s in enumerate(shares) if not s.last_entry.success), None)
+    refusing = next(
+        (i for i, s in enumerate(shares) if s is not None and not s.last_entry.success), None
+    )
     if refusing is None:
         member = path[-1].user_id
-        return [*(mark(s, member) for s in shares), change]
-    settled = path[-1].as_of(policy, now)
+        return [
+            *(
+                settle if part is None else mark(part, member)
+                for settle, part in zip(settled, shares, strict=True)
+            ),
+            change,
+        ]
+    own = path[-1].as_of(policy, now)
     entry = change.last_entry
     refused = attrs.evolve(
         entry,
         success=False,
         effects=Effects(),
-        balance_after=settled.account.monthly_remaining,
+        balance_after=own.account.monthly_remaining,
         operation_context={**entry.operation_context, "refused_by": above[refusing].user_id},
     )
-    return [
-        *(Change(account) for account in above),
-        settled.then(Change(settled.account, (refused,))),
-    ]
+    return [*settled, own.then(Change(own.account, (refused,)))]
 
 
 def mark(share: Change, member_id: str) -> Change:
@@ -143,10 +151,14 @@ def mark(share: Change, member_id: str) -> Change:
 
 
 def linked(entries: Sequence[Transaction], member_entry_id: int | None) -> list[Transaction]:
-    """A share's entries, its last one linked to the member's stored entry."""
-    if not entries or member_entry_id is None:
-        return list(entries)
-    return [*entries[:-1], attrs.evolve(entries[-1], member_entry_id=member_entry_id)]
+    """An organisation's entries, its share (the one that names the member) linked to the
+    member's stored entry."""
+    return [
+        attrs.evolve(entry, member_entry_id=member_entry_id)
+        if "member" in entry.operation_context and entry.member_entry_id is None
+        else entry
+        for entry in entries
+    ]
 
 
 def spendable(changes: Sequence[Change]) -> int:
