@@ -25,6 +25,7 @@ from token_ledger.errors import (
     NaiveDatetime,
     ReservationClosed,
     ReservationNotFound,
+    ReservationsHeld,
     SchemaVersionError,
     StorageError,
     TokenLedgerError,
@@ -36,10 +37,11 @@ from token_ledger.grants import Grant, Reservation, ReservationStatus
 from token_ledger.monitoring import Alert, AlertReport, AlertThresholds, Health
 from token_ledger.policy import MonthlyResetPolicy, Period
 from token_ledger.reconciliation import Discrepancy
-from token_ledger.results import DeductResult, History, TokenStatus
+from token_ledger.results import DeductResult, History, TokenStatus, WindowStatus
 from token_ledger.sql import install_postgres_sql, install_sqlite_sql
 from token_ledger.thresholds import Notification, Threshold
 from token_ledger.transactions import OperationType, Transaction
+from token_ledger.windows import SpendingWindow
 
 if TYPE_CHECKING:  # imported on first use at run time: see __getattr__ below
     from token_ledger.asyncio_application import AsyncTokenLedger
@@ -88,7 +90,9 @@ __all__ = [
     "ReservationClosed",
     "ReservationNotFound",
     "ReservationStatus",
+    "ReservationsHeld",
     "SchemaVersionError",
+    "SpendingWindow",
     "StorageError",
     "Threshold",
     "TokenAccount",
@@ -99,6 +103,7 @@ __all__ = [
     "TransactionNotFound",
     "TransientStorageError",
     "UnknownTimeZone",
+    "WindowStatus",
     "install_postgres_sql",
     "install_sqlite_sql",
     "system_clock",
