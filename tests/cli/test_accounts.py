@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from cli.helpers import Run, assert_error
 from token_ledger import TokenLedger, TokenStatus
 from token_ledger.cli import cli
+from token_ledger.windows import WINDOW_UNITS
 
 SEED_STATUS = ["monthlyUsed", "monthlyLimit", "monthlyRemaining"]
 
@@ -79,6 +80,8 @@ def test_account_create_json_is_the_user_tokens_row(run: Run, ledger: TokenLedge
         "time_zone": None,
         "rollover_cap": 0,
         "thresholds": None,
+        "organisation_id": None,
+        "windows": [],
         "reset_pending": False,
     }
 
@@ -145,20 +148,32 @@ def test_status_table_shows_every_field_of_token_status(run: Run, ledger: TokenL
     result = run("status", "u1")
 
     assert result.stdout.splitlines() == [
-        "user_id            u1",
-        "monthly_used       51",
-        "monthly_limit      50",
-        "monthly_remaining  0",
-        f"period_start       {current.period_start.isoformat(sep=' ')}",
-        f"next_reset         {current.next_reset.isoformat(sep=' ')}",
-        "grant_balance      0",
-        "reserved           2",
-        "overage_limit      9",
-        "overage_used       1",
-        "total_remaining    6",
+        "user_id                 u1",
+        "monthly_used            51",
+        "monthly_limit           50",
+        "monthly_remaining       0",
+        f"period_start            {current.period_start.isoformat(sep=' ')}",
+        f"next_reset              {current.next_reset.isoformat(sep=' ')}",
+        "grant_balance           0",
+        "reserved                2",
+        "overage_limit           9",
+        "overage_used            1",
+        "total_remaining         6",
+        "hour_window             -",
+        "day_window              -",
+        "week_window             -",
+        "organisation_id         -",
+        "organisation_remaining  -",
+        "available               6",
     ]
     shown = [line.split()[0] for line in result.stdout.splitlines()]
-    assert shown == [field.name for field in attrs.fields(TokenStatus)]
+    assert shown == [
+        name
+        for field in attrs.fields(TokenStatus)
+        for name in (
+            [f"{unit}_window" for unit in WINDOW_UNITS] if field.name == "windows" else [field.name]
+        )
+    ]
 
 
 def test_status_json_is_the_seed_response_then_every_other_field(
@@ -182,6 +197,10 @@ def test_status_json_is_the_seed_response_then_every_other_field(
         "overageLimit": 9,
         "overageUsed": 1,
         "totalRemaining": 6,
+        "windows": [],
+        "organisationId": None,
+        "organisationRemaining": None,
+        "available": 6,
     }
     assert len(fields) == len(attrs.fields(TokenStatus))
 

@@ -106,6 +106,12 @@ def test_a_postgres_url_opens_the_ledger_with_token_ledger_postgres(
         (("reset",), "give either USER or --all (see 'token-ledger reset --help')"),
         (("reset", "u1", "--all"), "give either USER or --all"),
         (("reset", "u1", "--batch-size", "5"), "--batch-size goes with --all"),
+        (
+            ("account", "create", "u1", "--limit", "5", "--window-cap", "day"),
+            "Invalid value for '--window-cap': 'day' is not UNIT=CAP",
+        ),
+        (("account", "set-window-caps", "u1"), "Missing argument 'UNIT=CAP...'"),
+        (("account", "move", "u1"), "Missing argument 'ORG'"),
     ],
 )
 def test_a_wrong_command_line_is_one_line_and_exit_2(
@@ -122,6 +128,13 @@ def test_a_wrong_command_line_is_one_line_and_exit_2(
         (("deduct", "u1", "0"), "amount must be between 1 and"),
         (("account", "set-limit", "u1", "0"), "monthly_limit must be between 1 and"),
         (("account", "create", "", "--limit", "5"), "user_id must be a non-empty string"),
+        (("account", "create", "u2", "--limit", "5", "--organisation", "ghost"), "'ghost'"),
+        (("account", "set-window-caps", "u1", "day=0"), "the day cap must be between 1 and"),
+        (("account", "move", "u1", "ghost"), "no token account for user 'ghost'"),
+        (("account", "move", "ghost", "u1"), "no token account for user 'ghost'"),
+        (("account", "move", "u1", "u1"), "'u1' cannot join 'u1'"),
+        (("account", "leave-organisation", "ghost"), "no token account for user 'ghost'"),
+        (("account", "clear-window-caps", "ghost"), "no token account for user 'ghost'"),
         (("reset", "--all", "--batch-size", "0"), "batch_size must be between 1 and"),
         (("history", "--limit", "10001"), "limit must be at most 10000"),
         (("--timezone", "Mars/Olympus", "status", "u1"), "unknown time zone 'Mars/Olympus'"),

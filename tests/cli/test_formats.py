@@ -15,6 +15,7 @@ TABLE_COMMANDS = [
     ("account", "create", "u2", "--limit", "5"),
     ("account", "show", "u1"),
     ("account", "set-limit", "u1", "20"),
+    ("account", "set-window-caps", "u1", "day=5"),
     ("status", "u1"),
     ("health",),
     ("alerts",),
@@ -44,6 +45,10 @@ def test_every_command_that_prints_a_table_has_fmt() -> None:
         "health",
         "account set-thresholds",
         "account clear-thresholds",
+        "account move",
+        "account leave-organisation",
+        "account set-window-caps",
+        "account clear-window-caps",
     ]
     assert sorted(command_with_fmt(cli)) == sorted(
         [*tables, "alerts", "reconcile", "history", "notifications", "usage"]

@@ -18,7 +18,7 @@ from token_ledger.cli import ENTRY_COLUMNS, EXPORT_PAGE_SIZE
 
 CSV_HEADER = (
     "id,user_id,operation_type,amount,feature,operation_context,success,created_at,"
-    "idempotency_key,balance_after,effects,reference\n"
+    "idempotency_key,balance_after,effects,reference,member_entry_id\n"
 )
 
 
@@ -36,6 +36,7 @@ def as_json(entry: Transaction) -> dict[str, object]:
         "balance_after": entry.balance_after,
         "effects": entry.effects.to_dict(),
         "reference": entry.reference,
+        "member_entry_id": entry.member_entry_id,
     }
 
 
@@ -71,10 +72,11 @@ def test_history_is_a_table_newest_first(run: Run, entries: list[Transaction]) -
         "success",
         "balance_after",
         "feature",
+        "member_entry_id",
         "operation_context",
     ]
     assert [int(line.split()[0]) for line in lines[2:]] == [entry.id for entry in entries]
-    assert lines[-1].split()[-3:] == ["search", '{"q":', '"x"}']
+    assert lines[-1].split()[-4:] == ["search", "-", '{"q":', '"x"}']
     assert result.stderr == ""
 
 
@@ -149,6 +151,7 @@ def test_export_csv_writes_a_header_and_every_entry(run: Run, entries: list[Tran
         "balance_after": "7",
         "effects": '{"usage":3}',
         "reference": "",
+        "member_entry_id": "",
     }
     assert rows[-2]["success"] == "false"
     assert rows[-2]["effects"] == "{}"

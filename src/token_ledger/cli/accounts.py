@@ -1,13 +1,15 @@
-"""One user's account: ``account create|show|set-limit``, ``status``, and the moves of tokens.
+"""One user's account: ``account create|show|set-...``, ``status``, and the moves of tokens.
 
 ``deduct`` spends, ``grant`` adds tokens that do not reset, ``refund`` gives back a deduction:
 each is one library call on one account, printed as the account's fields or one line of text.
 Here too is how an account and its status are shown, as the seed's JSON (``monthlyUsed``...)
-and as the library names the fields.
+and as the library names the fields; in a table, each window cap is a row of its own
+(``hour_window``, ``day_window``, ``week_window``, ``-`` for a unit without a cap).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -20,8 +22,8 @@ from token_ledger.application import TokenLedger
 from token_ledger.cli import values
 from token_ledger.cli.output import (
     RECORD_FORMAT,
+    cell,
     echo_json,
-    echo_record,
     echo_table,
     fmt_option,
     json_option,
@@ -29,7 +31,9 @@ from token_ledger.cli.output import (
 )
 from token_ledger.cli.root import cli, open_ledger
 from token_ledger.errors import InsufficientTokens
+from token_ledger.results import WindowStatus
 from token_ledger.thresholds import Threshold
+from token_ledger.windows import WINDOW_UNITS, SpendingWindow
 
 
 def _status_fields(current: TokenStatus) -> dict[str, object]:
@@ -42,14 +46,49 @@ def _camel_case(name: str) -> str:
     return first + "".join(word.capitalize() for word in others)
 
 
+def _camel_cased(fields: Mapping[str, object]) -> dict[str, object]:
+    return {_camel_case(name): value for name, value in fields.items()}
+
+
 def _status_json(current: TokenStatus) -> dict[str, object]:
-    """The seed's status JSON (``monthlyUsed``...), then every other field, camel-cased alike."""
-    fields = {_camel_case(name): value for name, value in _status_fields(current).items()}
+    """The seed's status JSON (``monthlyUsed``...), then every other field, camel-cased alike;
+    ``windows`` a list of objects named alike (``resetsAt``)."""
+    fields = _camel_cased(_status_fields(current))
+    fields["windows"] = [_camel_cased(attrs.asdict(window)) for window in current.windows]
     return {**current.to_dict(), **fields}
 
 
+def _window_rows(shown: Mapping[str, str]) -> list[tuple[str, object]]:
+    """A row for each unit, whether capped or not (``-``), so a table always has the same
+    rows: ``day_window  200 of 300 used, ...``."""
+    return [(f"{unit}_window", shown.get(unit)) for unit in WINDOW_UNITS]
+
+
+def _window_status(window: WindowStatus) -> str:
+    return (
+        f"{window.used} of {window.cap} used, {window.remaining} remaining,"
+        f" until {cell(window.resets_at)}"
+    )
+
+
+def _status_rows(current: TokenStatus) -> list[tuple[str, object]]:
+    """The rows of the status table: its fields, the windows one row each."""
+    rows: list[tuple[str, object]] = []
+    for name, value in _status_fields(current).items():
+        if name == "windows":
+            rows += _window_rows({w.unit: _window_status(w) for w in current.windows})
+        else:
+            rows.append((name, value))
+    return rows
+
+
 def _account_fields(ledger: TokenLedger, account: TokenAccount) -> dict[str, object]:
-    """The stored ``user_tokens`` row; ``reset_pending`` when the next write will reset it."""
+    """The stored ``user_tokens`` row; ``reset_pending`` when the next write will reset it.
+
+    ``windows`` are the stored ``spending_windows``: each window's cap, and what was used
+    in the window from ``start`` (``null`` before anything was spent), which stands for 0
+    once that window has ended, as ``monthly_tokens_used`` does for an ended period.
+    """
     return {
         "user_id": account.user_id,
         "monthly_limit": account.monthly_limit,
@@ -64,8 +103,30 @@ def _account_fields(ledger: TokenLedger, account: TokenAccount) -> dict[str, obj
         "time_zone": account.time_zone,
         "rollover_cap": account.rollover_cap,
         "thresholds": None if account.thresholds is None else [t.key for t in account.thresholds],
+        "organisation_id": account.organisation_id,
+        "windows": [attrs.asdict(window) for window in account.windows],
         "reset_pending": account.is_stale(ledger.policy, ledger.now()),
     }
+
+
+def _stored_window(window: SpendingWindow) -> str:
+    used = f"{window.used} of {window.cap} used"
+    return used if window.start is None else f"{used} since {cell(window.start)}"
+
+
+def _echo_account(ledger: TokenLedger, account: TokenAccount, as_json: bool, fmt: str) -> None:
+    """The account as ``--json`` or as a record, its windows one row each."""
+    fields = _account_fields(ledger, account)
+    if as_json:
+        echo_json(fields)
+        return
+    rows: list[tuple[str, object]] = []
+    for name, value in fields.items():
+        if name == "windows":
+            rows += _window_rows({w.unit: _stored_window(w) for w in account.windows})
+        else:
+            rows.append((name, value))
+    echo_table(rows, fmt=fmt)
 
 
 # the account
@@ -96,6 +157,20 @@ def account() -> None:
     help="Unspent allowance, up to this many tokens, carries into the next period.",
 )
 @click.option(
+    "--organisation",
+    "organisation_id",
+    metavar="ORG",
+    help="Make USER a member of the account ORG: it spends from ORG's budget too.",
+)
+@click.option(
+    "--window-cap",
+    "window_caps",
+    multiple=True,
+    callback=values.window_caps,
+    metavar="UNIT=CAP",
+    help="At most CAP tokens per hour, day or week (in the account's zone); repeatable.",
+)
+@click.option(
     "--exist-ok", is_flag=True, help="Show an existing account, as stored, instead of refusing."
 )
 @json_option
@@ -106,6 +181,8 @@ def account_create(
     reset_anchor: datetime | None,
     time_zone: str | None,
     rollover_cap: int | None,
+    organisation_id: str | None,
+    window_caps: dict[str, int],
     exist_ok: bool,
     as_json: bool,
     fmt: str,
@@ -119,8 +196,10 @@ def account_create(
         reset_anchor=reset_anchor,
         time_zone=time_zone,
         rollover_cap=rollover_cap,
+        organisation_id=organisation_id,
+        window_caps=window_caps or None,
     )
-    echo_record(_account_fields(ledger, opened), as_json, fmt)
+    _echo_account(ledger, opened, as_json, fmt)
 
 
 @account.command("show")
@@ -130,7 +209,7 @@ def account_create(
 def account_show(user: str, as_json: bool, fmt: str) -> None:
     """USER's stored row; compare with `status`, which applies a pending reset."""
     ledger = open_ledger()
-    echo_record(_account_fields(ledger, ledger.get_account(user)), as_json, fmt)
+    _echo_account(ledger, ledger.get_account(user), as_json, fmt)
 
 
 @account.command("set-limit")
@@ -152,7 +231,7 @@ def account_set_limit(
     usage."""
     ledger = open_ledger()
     updated = ledger.set_limit(user, limit, overage_limit=overage, rollover_cap=rollover_cap)
-    echo_record(_account_fields(ledger, updated), as_json, fmt)
+    _echo_account(ledger, updated, as_json, fmt)
 
 
 @account.command("set-time-zone")
@@ -166,7 +245,7 @@ def account_set_time_zone(user: str, zone: str | None, as_json: bool, fmt: str) 
     This period keeps its usage and ends at ZONE's next month boundary."""
     ledger = open_ledger()
     updated = ledger.set_time_zone(user, zone)
-    echo_record(_account_fields(ledger, updated), as_json, fmt)
+    _echo_account(ledger, updated, as_json, fmt)
 
 
 @account.command("set-thresholds")
@@ -184,7 +263,7 @@ def account_set_thresholds(
         raise click.UsageError("give the thresholds (such as 80% nothing_left) or --none")
     ledger = open_ledger()
     updated = ledger.set_thresholds(user, [Threshold.parse(key) for key in thresholds])
-    echo_record(_account_fields(ledger, updated), as_json, fmt)
+    _echo_account(ledger, updated, as_json, fmt)
 
 
 @account.command("clear-thresholds")
@@ -194,7 +273,57 @@ def account_set_thresholds(
 def account_clear_thresholds(user: str, as_json: bool, fmt: str) -> None:
     """Give USER the ledger's default thresholds again (--thresholds)."""
     ledger = open_ledger()
-    echo_record(_account_fields(ledger, ledger.set_thresholds(user, None)), as_json, fmt)
+    _echo_account(ledger, ledger.set_thresholds(user, None), as_json, fmt)
+
+
+@account.command("move")
+@click.argument("user")
+@click.argument("organisation", metavar="ORG")
+@json_option
+@fmt_option(RECORD_FORMAT)
+def account_move(user: str, organisation: str, as_json: bool, fmt: str) -> None:
+    """Make USER a member of the account ORG from now on: it spends from ORG's budget too.
+
+    What USER spent before stays spent, and is refunded, where it was. Refused while
+    USER holds reservations, or when ORG is one of USER's own members."""
+    ledger = open_ledger()
+    _echo_account(ledger, ledger.move_to_organisation(user, organisation), as_json, fmt)
+
+
+@account.command("leave-organisation")
+@click.argument("user")
+@json_option
+@fmt_option(RECORD_FORMAT)
+def account_leave_organisation(user: str, as_json: bool, fmt: str) -> None:
+    """Make USER a member of no organisation from now on: it spends from its own budget only.
+
+    Refused while USER holds reservations."""
+    ledger = open_ledger()
+    _echo_account(ledger, ledger.move_to_organisation(user, None), as_json, fmt)
+
+
+@account.command("set-window-caps")
+@click.argument("user")
+@click.argument("caps", nargs=-1, required=True, callback=values.window_caps, metavar="UNIT=CAP...")
+@json_option
+@fmt_option(RECORD_FORMAT)
+def account_set_window_caps(user: str, caps: dict[str, int], as_json: bool, fmt: str) -> None:
+    """Cap what USER may spend per hour, day and/or week (day=1000 hour=200), in its own
+    zone; a unit not given is no longer capped.
+
+    A window that stays keeps what it has used."""
+    ledger = open_ledger()
+    _echo_account(ledger, ledger.set_window_caps(user, caps), as_json, fmt)
+
+
+@account.command("clear-window-caps")
+@click.argument("user")
+@json_option
+@fmt_option(RECORD_FORMAT)
+def account_clear_window_caps(user: str, as_json: bool, fmt: str) -> None:
+    """Take away USER's hour, day and week caps: its period's allowance is its only cap."""
+    ledger = open_ledger()
+    _echo_account(ledger, ledger.set_window_caps(user, None), as_json, fmt)
 
 
 # spending and giving
@@ -210,7 +339,7 @@ def status(user: str, as_json: bool, fmt: str) -> None:
     if as_json:
         echo_json(_status_json(current))
     else:
-        echo_table(list(_status_fields(current).items()), fmt=fmt)
+        echo_table(_status_rows(current), fmt=fmt)
 
 
 @cli.command()

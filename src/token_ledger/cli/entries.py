@@ -89,7 +89,7 @@ def history(limit: int, before_id: int | None, as_json: bool, fmt: str, **filter
         return
     columns = (
         *("id", "created_at", "user_id", "operation_type", "amount", "success"),
-        *("balance_after", "feature", "operation_context"),
+        *("balance_after", "feature", "member_entry_id", "operation_context"),
     )
     echo_table([[getattr(entry, c) for c in columns] for entry in page], columns, fmt)
     if len(page) == limit:

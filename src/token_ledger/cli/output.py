@@ -74,7 +74,8 @@ def fmt_option(default: str) -> Callable[[Decorated], Decorated]:
 # tables
 
 
-def _cell(value: object) -> str:
+def cell(value: object) -> str:
+    """A value as a table shows it: ``-`` for none, ``yes``/``no``, instants to the second."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -109,7 +110,7 @@ def echo_table(
     if not columns:
         return
     align = ["right" if _is_numeric([row[i] for row in rows]) else "left" for i in range(columns)]
-    cells = [[_cell(value) for value in row] for row in rows]
+    cells = [[cell(value) for value in row] for row in rows]
     click.echo(tabulate(cells, list(headers), tablefmt=fmt, colalign=align, disable_numparse=True))
 
 

@@ -1,4 +1,5 @@
-"""Values typed on the command line: instants, durations, JSON objects, the ``--db`` target.
+"""Values typed on the command line: instants, durations, JSON objects, window caps, the
+``--db`` target.
 
 Each is an option callback (which every click since 8.2 runs alike) that turns the text into
 the value the library takes, or refuses it with a ``click.BadParameter`` naming the option.
@@ -17,6 +18,7 @@ import click
 
 from token_ledger.errors import InvalidInput
 from token_ledger.thresholds import Threshold, check_thresholds
+from token_ledger.windows import WINDOW_UNITS
 
 DURATION_UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 
@@ -65,6 +67,33 @@ def json_object(
     if not isinstance(parsed, dict):
         raise click.BadParameter(f"must be a JSON object such as '{{\"test\": true}}', got {value}")
     return parsed
+
+
+def window_caps(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> dict[str, int]:
+    """Caps written ``UNIT=CAP`` (``day=1000 hour=200``), each unit once.
+
+    What does not parse is refused here, as a mistyped integer is; a cap that parses is
+    the library's to check (``day=0`` is refused as ``--limit 0`` is).
+    """
+    caps: dict[str, int] = {}
+    for text in value:
+        unit, equals, cap = text.partition("=")
+        unit = unit.strip()
+        if not equals or unit not in WINDOW_UNITS:
+            raise click.BadParameter(
+                f"{text!r} is not UNIT=CAP with UNIT one of {', '.join(WINDOW_UNITS)},"
+                " such as day=1000"
+            )
+        try:
+            tokens = int(cap)
+        except ValueError:
+            raise click.BadParameter(f"{text!r}: {cap!r} is not a whole number of tokens") from None
+        if unit in caps:
+            raise click.BadParameter(f"{unit} is given twice ({text!r})")
+        caps[unit] = tokens
+    return caps
 
 
 def database(ctx: click.Context, param: click.Parameter, value: str) -> str:
