@@ -345,3 +345,23 @@ def test_a_deduction_past_a_window_cap_is_refused(run: Run, ledger: TokenLedger)
 
     assert run("deduct", "u1", "4").exit_code == 0
     assert_error(run("deduct", "u1", "2"), 1, "user 'u1' asked for 2 tokens but has 1 remaining")
+
+
+def test_usage_counts_a_members_tokens_once_and_organisation_reports_its_budget(
+    run: Run, ledger: TokenLedger
+) -> None:
+    ledger.open_account("org", monthly_limit=1000)
+    ledger.open_account("u1", monthly_limit=50, organisation_id="org")
+    ledger.open_account("u2", monthly_limit=50)
+    ledger.deduct("org", 4)
+    ledger.deduct("u1", 7)
+    ledger.deduct("u2", 2)
+
+    def tokens(*args: str) -> dict[str, int]:
+        result = run("usage", "--by", "user", *args, "--json")
+        assert result.exit_code == 0, result.stderr
+        return {row["user_id"]: row["tokens"] for row in json.loads(result.stdout)}
+
+    assert tokens() == {"org": 4, "u1": 7, "u2": 2}
+    assert tokens("--organisation", "org") == {"org": 4, "u1": 7}
+    assert tokens("--organisation", "u2") == {"u2": 2}

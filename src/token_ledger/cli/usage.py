@@ -1,5 +1,8 @@
 """``usage``: tokens spent net of refunds, by user, feature, day or month.
 
+Tokens count once, for the account that spent them; ``--organisation`` reports what one
+organisation's budget paid instead, its members' spending among it.
+
 One call of ``TokenLedger.usage``, printed as a table (``--fmt``), one line of JSON
 (``--json``) or CSV with a header (``--csv``). Days and months are those of the ledger's
 ``--timezone``.
@@ -44,6 +47,11 @@ def _groups(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) 
 )
 @click.option("--user", "user_id", help="Only this user's usage.")
 @click.option("--feature", help="Only this feature's usage.")
+@click.option(
+    "--organisation",
+    metavar="ORG",
+    help="What ORG's budget paid instead: its own spending and its shares of its members'.",
+)
 @json_option
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV with a header row instead of text.")
 @fmt_option(TABLE_FORMAT)
@@ -53,6 +61,7 @@ def usage(
     by: tuple[str, ...],
     user_id: str | None,
     feature: str | None,
+    organisation: str | None,
     as_json: bool,
     as_csv: bool,
     fmt: str,
@@ -61,7 +70,14 @@ def usage(
     ctx = click.get_current_context()
     if as_csv and (as_json or ctx.get_parameter_source("fmt") is ParameterSource.COMMANDLINE):
         raise click.UsageError("give one of --csv, --json and --fmt", ctx)
-    report = open_ledger().usage(since=since, until=until, by=by, user_id=user_id, feature=feature)
+    report = open_ledger().usage(
+        since=since,
+        until=until,
+        by=by,
+        user_id=user_id,
+        feature=feature,
+        organisation=organisation,
+    )
     rows = report.to_dicts()
     if as_json:
         echo_json(rows)
