@@ -569,11 +569,22 @@ def _deducted(spent: Spent) -> DeductResult:
     """The result of a spending write, or the refusal its failed entry records."""
     entry = spent.entry
     if not entry.success:
-        raise InsufficientTokens(entry.user_id, entry.amount, spent.remaining)
+        raise _refusal(spent)
     return DeductResult(True, entry.balance_after, entry)
 
 
 def _reserved(spent: Spent) -> Reservation:
     if not spent.entry.success or spent.reservation is None:
-        raise InsufficientTokens(spent.entry.user_id, spent.entry.amount, spent.remaining)
+        raise _refusal(spent)
     return spent.reservation
+
+
+def _refusal(spent: Spent) -> InsufficientTokens:
+    entry = spent.entry
+    refused_by = entry.operation_context.get("refused_by")
+    return InsufficientTokens(
+        entry.user_id,
+        entry.amount,
+        spent.remaining,
+        refused_by if isinstance(refused_by, str) else None,
+    )

@@ -93,13 +93,18 @@ class InsufficientTokens(TokenLedgerError):
     operators can see it in the "failed transactions" alert.
     """
 
-    def __init__(self, user_id: str, requested: int, remaining: int) -> None:
-        super().__init__(
-            f"user {user_id!r} asked for {requested} tokens but has {remaining} remaining"
-        )
+    def __init__(
+        self, user_id: str, requested: int, remaining: int, refused_by: str | None = None
+    ) -> None:
+        message = f"user {user_id!r} asked for {requested} tokens but has {remaining} remaining"
+        if refused_by is not None:
+            message += f": organisation {refused_by!r} has too few left"
+        super().__init__(message)
         self.user_id = user_id
         self.requested = requested
         self.remaining = remaining
+        self.refused_by = refused_by
+        """The organisation whose budget refused a member's spending, if it was one."""
 
 
 class IdempotencyConflict(TokenLedgerError):
@@ -141,9 +146,10 @@ class ReservationsHeld(TokenLedgerError):
     organisation holds a share of each. Commit or release them first."""
 
     def __init__(self, user_id: str, count: int) -> None:
+        held = "a reservation" if count == 1 else f"{count} reservations"
         super().__init__(
-            f"account {user_id!r} holds {count} reservation(s), which its organisation holds"
-            " a share of: commit or release them before it moves"
+            f"account {user_id!r} holds {held}: commit or release them before it moves"
+            " (the organisations above an account hold a share of each of its holds)"
         )
         self.user_id = user_id
         self.count = count

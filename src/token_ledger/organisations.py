@@ -85,6 +85,8 @@ def check_move(member_id: str, above: Sequence[TokenAccount], height_below: int)
     ``above`` is the new organisation's path, root first; ``height_below`` how many
     levels the member's own members add under it.
     """
+    if above[-1].user_id == member_id:
+        raise InvalidInput(f"{member_id!r} cannot be its own organisation")
     if any(account.user_id == member_id for account in above):
         raise InvalidInput(
             f"{member_id!r} cannot join {above[-1].user_id!r}, which is one of its own members"

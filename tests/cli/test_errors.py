@@ -132,7 +132,7 @@ def test_a_wrong_command_line_is_one_line_and_exit_2(
         (("account", "set-window-caps", "u1", "day=0"), "the day cap must be between 1 and"),
         (("account", "move", "u1", "ghost"), "no token account for user 'ghost'"),
         (("account", "move", "ghost", "u1"), "no token account for user 'ghost'"),
-        (("account", "move", "u1", "u1"), "'u1' cannot join 'u1'"),
+        (("account", "move", "u1", "u1"), "'u1' cannot be its own organisation"),
         (("account", "leave-organisation", "ghost"), "no token account for user 'ghost'"),
         (("account", "clear-window-caps", "ghost"), "no token account for user 'ghost'"),
         (("reset", "--all", "--batch-size", "0"), "batch_size must be between 1 and"),

@@ -197,7 +197,7 @@ def test_an_account_holding_reservations_cannot_move(
 
     result = run("account", *args)
 
-    assert_error(result, 1, "account 'u1' holds 1 reservation(s)")
+    assert_error(result, 1, "account 'u1' holds a reservation")
     assert ledger.get_account("u1").organisation_id == "org-a"
 
 
