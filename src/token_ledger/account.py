@@ -17,6 +17,7 @@ from token_ledger.spending import spend
 from token_ledger.thresholds import Threshold
 from token_ledger.transactions import Effects, OperationType
 from token_ledger.windows import SpendingWindow, with_caps
+from token_ledger.windows import in_zone as windows_in_zone
 
 __all__ = ["Change", "TokenAccount", "check_monthly_limit"]
 
@@ -89,7 +90,7 @@ class TokenAccount:
             time_zone=time_zone,
             rollover_cap=rollover_cap,
             organisation_id=organisation_id,
-            windows=with_caps((), window_caps or {}),
+            windows=with_caps((), window_caps or {}, now),
         )
 
     @property
@@ -276,12 +277,17 @@ class TokenAccount:
 
         The period in progress keeps its usage and ends at the new zone's next
         boundary: its start moves to where the new zone's current period starts, so
-        a change of zone never resets an allowance, nor gives a second one.
+        a change of zone never resets an allowance, nor gives a second one. Windows
+        likewise keep what they used until the new zone's next boundary.
         """
         current = self.as_of(policy, now)
         before = current.account
         moved = attrs.evolve(before, time_zone=time_zone, updated_at=now)
-        account = attrs.evolve(moved, last_monthly_reset=moved.period_at(policy, now).start)
+        account = attrs.evolve(
+            moved,
+            last_monthly_reset=moved.period_at(policy, now).start,
+            windows=windows_in_zone(before.windows, now, moved.calendar_zone(policy)),
+        )
         entry = entry_of(
             self,
             account,
@@ -306,7 +312,7 @@ class TokenAccount:
         """
         current = self.as_of(policy, now)
         before = current.account
-        windows = settling.roll_windows_of(with_caps(before.windows, caps), before, policy, now)
+        windows = with_caps(before.windows, caps, now)
         if windows == before.windows:
             return current
         account = attrs.evolve(before, windows=windows, updated_at=now)

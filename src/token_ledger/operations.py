@@ -387,7 +387,7 @@ def deduct(
     account = path[-1]
     prior = yield from _prior(idempotency_key, OperationType.DEDUCT, user_id, amount, feature)
     if prior is not None:
-        return Spent(prior, prior.balance_after)
+        return Spent(prior, organisations.replayed_remaining(prior))
     change = account.deduct(
         policy,
         now,
@@ -515,7 +515,7 @@ def reserve(
         idempotency_key, OperationType.RESERVE, hold.user_id, hold.amount, hold.feature
     )
     if prior is not None:
-        spent = Spent(prior, prior.balance_after)
+        spent = Spent(prior, organisations.replayed_remaining(prior))
     else:
         change = reservations.reserve(account, policy, now, hold, idempotency_key=idempotency_key)
         changes = organisations.shared(

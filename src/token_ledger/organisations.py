@@ -110,7 +110,8 @@ def shared(
     ``share`` computes an organisation's share of it: a change whose last entry records
     the share, or ``None`` when the organisation takes no part. When the member's change
     succeeded but an organisation cannot take its share, the member's entry becomes a
-    refusal naming that organisation (``refused_by``), and no organisation spends. The
+    refusal naming that organisation (``refused_by``) and what the path had left
+    (``available``), and no organisation spends. The
     organisations are settled either way, so that what is returned shows each as it is.
     """
     above = path[:-1]
@@ -137,9 +138,22 @@ def shared(
         success=False,
         effects=Effects(),
         balance_after=own.account.monthly_remaining,
-        operation_context={**entry.operation_context, "refused_by": above[refusing].user_id},
+        operation_context={
+            **entry.operation_context,
+            "refused_by": above[refusing].user_id,
+            "available": min(own.account.spendable, *(s.account.spendable for s in settled)),
+        },
     )
     return [*settled, own.then(Change(own.account, (refused,)))]
+
+
+def replayed_remaining(entry: Transaction) -> int:
+    """What a retry of a spending write reports as left: what the refusal of a member by
+    its organisation said (its ``available``), else the entry's ``balance_after``."""
+    available = entry.operation_context.get("available")
+    if not entry.success and "refused_by" in entry.operation_context and isinstance(available, int):
+        return available
+    return entry.balance_after
 
 
 def mark(share: Change, member_id: str) -> Change:

@@ -49,12 +49,12 @@ def window_start(unit: str, at: datetime, time_zone: str) -> datetime:
     return _local_midnight(day, local.tzinfo)
 
 
-def window_end(unit: str, start: datetime, time_zone: str) -> datetime:
-    """Where the window starting at ``start`` ends: the next one's start (a local day
-    lasts 23 or 25 hours across a DST change)."""
+def window_end(unit: str, at: datetime, time_zone: str) -> datetime:
+    """Where the window containing ``at`` ends: the next one's start (a local day lasts 23
+    or 25 hours across a DST change)."""
     if unit == "hour":
-        return start + timedelta(hours=1)
-    local = start.astimezone(load_zone(time_zone))
+        return window_start(unit, at, time_zone) + timedelta(hours=1)
+    local = at.astimezone(load_zone(time_zone))
     days = 7 if unit == "week" else 1
     return _local_midnight(local.date() + timedelta(days=days), local.tzinfo)
 
@@ -77,8 +77,9 @@ def _check_cap(_window: object, _attribute: object, value: int) -> None:
 class SpendingWindow:
     """One cap of an account: at most ``cap`` tokens per ``unit``.
 
-    ``used`` belongs to the window starting at ``start`` (``None``: nothing was spent
-    in any window yet); once that window has ended, it stands for 0.
+    ``used`` is what was spent since ``start``: the start of the window it counts in,
+    or, for a window capped while it was running, the instant it was capped (``None``: not
+    counted yet). Once that window has ended, it stands for 0.
     """
 
     unit: str = attrs.field(validator=_check_unit)
@@ -143,13 +144,28 @@ def check_window_caps(value: object) -> dict[str, int]:
 
 
 def with_caps(
-    windows: Iterable[SpendingWindow], caps: Mapping[str, int]
+    windows: Iterable[SpendingWindow], caps: Mapping[str, int], now: datetime
 ) -> tuple[SpendingWindow, ...]:
-    """Windows capped at ``caps``, keeping what the windows that stay have used."""
+    """Windows capped at ``caps``, keeping what the windows that stay have used; a new one
+    counts from ``now``, so what was spent earlier in its window is neither counted nor
+    given back by a refund."""
     kept = {window.unit: window for window in windows}
     return tuple(
-        attrs.evolve(kept[unit], cap=cap) if unit in kept else SpendingWindow(unit, cap)
+        attrs.evolve(kept[unit], cap=cap) if unit in kept else SpendingWindow(unit, cap, 0, now)
         for unit, cap in caps.items()
+    )
+
+
+def in_zone(
+    windows: tuple[SpendingWindow, ...], now: datetime, time_zone: str
+) -> tuple[SpendingWindow, ...]:
+    """The (rolled) windows counted in ``time_zone`` from ``now`` on: each keeps what it
+    used, and starts again at the new zone's next boundary rather than at once."""
+    return tuple(
+        w
+        if w.start is None
+        else attrs.evolve(w, start=max(w.start, window_start(w.unit, now, time_zone)))
+        for w in windows
     )
 
 
