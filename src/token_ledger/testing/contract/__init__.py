@@ -42,12 +42,14 @@ pytest.register_assert_rewrite(
             "hostile_input",
             "monitoring",
             "notifications",
+            "organisations",
             "repository_port",
             "resets",
             "returned_values",
             "unit_of_work",
             "usage",
             "values",
+            "windows",
         )
     )
 )
@@ -67,11 +69,13 @@ from token_ledger.testing.contract.history import HistoryContract  # noqa: E402
 from token_ledger.testing.contract.hostile_input import HostileInputContract  # noqa: E402
 from token_ledger.testing.contract.monitoring import MonitoringContract  # noqa: E402
 from token_ledger.testing.contract.notifications import NotificationsContract  # noqa: E402
+from token_ledger.testing.contract.organisations import OrganisationsContract  # noqa: E402
 from token_ledger.testing.contract.repository_port import RepositoryPortContract  # noqa: E402
 from token_ledger.testing.contract.resets import ResetsContract  # noqa: E402
 from token_ledger.testing.contract.returned_values import ReturnedValuesContract  # noqa: E402
 from token_ledger.testing.contract.unit_of_work import UnitOfWorkContract  # noqa: E402
 from token_ledger.testing.contract.usage import UsageContract  # noqa: E402
+from token_ledger.testing.contract.windows import WindowsContract  # noqa: E402
 
 __all__ = [
     "START",
@@ -86,6 +90,7 @@ __all__ = [
     "LedgerFactory",
     "MonitoringContract",
     "NotificationsContract",
+    "OrganisationsContract",
     "RepositoryContract",
     "RepositoryFactory",
     "RepositoryPortContract",
@@ -93,6 +98,7 @@ __all__ = [
     "ReturnedValuesContract",
     "UnitOfWorkContract",
     "UsageContract",
+    "WindowsContract",
 ]
 
 
@@ -104,6 +110,8 @@ class RepositoryContract(
     CreditsContract,
     EntitlementsContract,
     ResetsContract,
+    OrganisationsContract,
+    WindowsContract,
     HistoryContract,
     UsageContract,
     MonitoringContract,
