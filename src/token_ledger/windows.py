@@ -52,9 +52,10 @@ def window_start(unit: str, at: datetime, time_zone: str) -> datetime:
 def window_end(unit: str, at: datetime, time_zone: str) -> datetime:
     """Where the window containing ``at`` ends: the next one's start (a local day lasts 23
     or 25 hours across a DST change)."""
+    start = window_start(unit, at, time_zone)
     if unit == "hour":
-        return window_start(unit, at, time_zone) + timedelta(hours=1)
-    local = at.astimezone(load_zone(time_zone))
+        return start + timedelta(hours=1)
+    local = start.astimezone(load_zone(time_zone))
     days = 7 if unit == "week" else 1
     return _local_midnight(local.date() + timedelta(days=days), local.tzinfo)
 

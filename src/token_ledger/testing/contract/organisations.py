@@ -297,11 +297,6 @@ class OrganisationsContract(ContractBase):
         ]
         assert (figures(ledger, "ana"), figures(ledger, "acme")) == ((0, 50, 350), (0, 50, 950))
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="a replayed refusal reports the refused entry's balance_after (the member's own"
-        " allowance left, 400) as what remains, not what the refusal said (acme's 100)",
-    )
     def test_a_retried_refusal_says_what_the_refusal_said_and_writes_nothing(
         self, ledger: TokenLedger
     ) -> None:

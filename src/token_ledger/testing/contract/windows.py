@@ -156,12 +156,6 @@ class WindowsContract(ContractBase):
         ledger.deduct("ktm", 50)
         assert windows(ledger, "ktm") == [("hour", 50, 50, 0)]
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="set_time_zone keeps the windows' starts of the old zone: the next write or"
-        " read sees the new zone's day start after the stored one and starts the window"
-        " again with nothing used, forgetting what was spent in the day that is running",
-    )
     def test_a_change_of_zone_keeps_what_the_running_day_used(self, ledger: TokenLedger) -> None:
         """12:00 UTC is 04:00 in Los Angeles: the 300 spent then are spent in the day that
         runs there, from 08:00 UTC, as much as in the UTC day."""
@@ -328,12 +322,6 @@ class WindowsContract(ContractBase):
         assert ledger.status("u1").monthly_used == 350
         assert ledger.reconcile() == []
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="a window added by set_window_caps starts counting at that instant, with"
-        " nothing used, but its start is the start of the day: a refund of what was spent"
-        " earlier that day, which the window never counted, is taken off its use",
-    )
     def test_a_refund_of_what_was_spent_before_the_window_was_capped_gives_it_nothing(
         self, ledger: TokenLedger, clock: MovableClock
     ) -> None:
