@@ -151,6 +151,31 @@ MIGRATIONS = (
             )""",
         ),
     ),
+    Migration(
+        5,
+        (
+            # The organisation whose budget a member spends from too, and the caps of its
+            # windows (JSON, NULL: none). Columns without a default: no rewrite of the table.
+            # The key is checked at once, not deferred: an organisation is stored before any
+            # member can name it (the member's writer locks it first), and the library never
+            # deletes an account, so an organisation with members cannot be deleted by hand
+            # either. Its check takes a KEY SHARE lock on the organisation's row, which the
+            # writer holds FOR UPDATE already.
+            """ALTER TABLE {schema}.user_tokens
+                ADD COLUMN organisation_id text NULL
+                    CONSTRAINT user_tokens_organisation_id_fkey
+                    REFERENCES {schema}.user_tokens (user_id),
+                ADD COLUMN spending_windows text NULL""",
+            # members_of, and the key's check when an organisation's row is deleted.
+            """CREATE INDEX idx_user_tokens_organisation_id
+                ON {schema}.user_tokens (organisation_id) WHERE organisation_id IS NOT NULL""",
+            # On an organisation's entry: the member's entry it records a share of.
+            """ALTER TABLE {schema}.token_transactions ADD COLUMN member_entry_id bigint NULL""",
+            """CREATE INDEX idx_token_transactions_member_entry_id
+                ON {schema}.token_transactions (member_entry_id)
+                WHERE member_entry_id IS NOT NULL""",
+        ),
+    ),
 )
 
 Transaction = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]

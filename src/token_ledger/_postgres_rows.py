@@ -80,14 +80,14 @@ def read_one_account(rows: Sequence[Sequence[Any]]) -> TokenAccount | None:
             row[3],
             _utc(row[4]),
             _optional_utc(row[5]),
-            row[14],
+            row[16],
             int(row[8]),
         )
         for row in rows
         if row[0] == 1
     )
     holds = tuple(
-        Reservation(row[1], user_id, row[2], _utc(row[4]), _utc(row[5]), row[14], row[15])
+        Reservation(row[1], user_id, row[2], _utc(row[4]), _utc(row[5]), row[16], row[17])
         for row in rows
         if row[0] == 2
     )
@@ -97,12 +97,12 @@ def read_one_account(rows: Sequence[Sequence[Any]]) -> TokenAccount | None:
 def read_with_balances(row: Sequence[Any]) -> TokenAccount:
     """A row of :data:`WITH_BALANCES` as an account carrying its grants and holds."""
     account = ROWS.account(row)
-    if row[13] is None and row[20] is None:
+    if row[15] is None and row[22] is None:
         return account
     user_id = account.user_id
     grants = (
         ()
-        if row[13] is None
+        if row[15] is None
         else tuple(
             Grant(
                 id_,
@@ -115,16 +115,16 @@ def read_with_balances(row: Sequence[Any]) -> TokenAccount:
                 priority,
             )
             for id_, amount, remaining, created, expires, reason, priority in zip(
-                *row[13:20], strict=True
+                *row[15:22], strict=True
             )
         )
     )
     holds = (
         ()
-        if row[20] is None
+        if row[22] is None
         else tuple(
             Reservation(id_, user_id, amount, _utc(created), _utc(expires), status, feature)
-            for id_, amount, created, expires, status, feature in zip(*row[20:26], strict=True)
+            for id_, amount, created, expires, status, feature in zip(*row[22:28], strict=True)
         )
     )
     return attrs.evolve(account, grants=grants, holds=holds)

@@ -30,6 +30,7 @@ from token_ledger._rows import (
 )
 from token_ledger._usage_sql import postgres_statement
 from token_ledger.operations import DirectDeduction
+from token_ledger.organisations import MAX_DEPTH
 from token_ledger.repository import UsageQuery
 from token_ledger.sql import NOTIFICATION_LOCK_KEY
 from token_ledger.thresholds import Threshold
@@ -72,7 +73,7 @@ class Statements:
         }
         self.insert_account = compose(
             "INSERT INTO {user_tokens} ({accounts})"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (user_id) DO NOTHING"
         )
         # Usage may grow up to the limit plus the overage limit. Above that (a limit
@@ -88,10 +89,12 @@ class Statements:
             " updated_at = v.updated_at, overage_limit = v.overage_limit,"
             " grant_balance = v.grant_balance, reserved_tokens = v.reserved_tokens,"
             " time_zone = v.time_zone, rollover_cap = v.rollover_cap,"
-            " notification_thresholds = v.notification_thresholds"
+            " notification_thresholds = v.notification_thresholds,"
+            " organisation_id = v.organisation_id, spending_windows = v.spending_windows"
             " FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::timestamptz[],"
             " %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], %s::bigint[],"
-            " %s::bigint[], %s::bigint[], %s::text[], %s::bigint[], %s::text[])"
+            " %s::bigint[], %s::bigint[], %s::text[], %s::bigint[], %s::text[], %s::text[],"
+            " %s::text[])"
             " AS v({accounts})"
             " WHERE t.user_id = v.user_id"
             " AND (v.monthly_tokens_used - v.monthly_limit <= v.overage_limit"
@@ -108,7 +111,8 @@ class Statements:
             " updated_at = %(updated_at)s, overage_limit = %(overage_limit)s,"
             " grant_balance = %(grant_balance)s, reserved_tokens = %(reserved_tokens)s,"
             " time_zone = %(time_zone)s, rollover_cap = %(rollover_cap)s,"
-            " notification_thresholds = %(notification_thresholds)s"
+            " notification_thresholds = %(notification_thresholds)s,"
+            " organisation_id = %(organisation_id)s, spending_windows = %(spending_windows)s"
             " WHERE user_id = %(user_id)s"
             " AND (%(monthly_tokens_used)s::bigint - %(monthly_limit)s::bigint"
             " <= %(overage_limit)s::bigint"
@@ -134,12 +138,12 @@ class Statements:
             "INSERT INTO {token_transactions} ({new_entries}) SELECT {new_entries}"
             " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::timestamptz[],"
             " %s::bigint[], %s::boolean[], %s::text[], %s::jsonb[], %s::text[], %s::jsonb[],"
-            " %s::text[]) WITH ORDINALITY AS e({new_entries}, position)"
+            " %s::text[], %s::bigint[]) WITH ORDINALITY AS e({new_entries}, position)"
             " ORDER BY position RETURNING id"
         )
         self.append_transaction = compose(
             "INSERT INTO {token_transactions} ({new_entries})"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
         )
         self.find_by_idempotency_key = compose(
             "SELECT {entries} FROM {token_transactions} WHERE idempotency_key = %s"
@@ -148,6 +152,13 @@ class Statements:
         self.entries_referencing = compose(
             "SELECT {entries} FROM {token_transactions} WHERE reference = %s ORDER BY id"
         )
+        self.entries_mirroring = compose(
+            "SELECT {entries} FROM {token_transactions} WHERE member_entry_id = %s ORDER BY id"
+        )
+        self.lock_path = sql.SQL(LOCK_PATH.strip()).format(
+            max_depth=sql.Literal(MAX_DEPTH), **names
+        )
+        self.members_of = compose("SELECT user_id FROM {user_tokens} WHERE organisation_id = %s")
         self.find_reservation = compose(
             "SELECT {reservations} FROM {token_reservations} WHERE id = %s"
         )
@@ -293,6 +304,7 @@ def _direct_deductions(
         " WHERE user_id = %(user_id)s AND reset_anchor IS NULL AND time_zone IS NULL"
         " AND last_monthly_reset = %(period_start)s"
         " AND grant_balance = 0 AND reserved_tokens = 0"
+        " AND organisation_id IS NULL AND spending_windows IS NULL"
         " AND %(amount)s <= monthly_limit - monthly_tokens_used{unused}{noted}"
         " RETURNING user_id, monthly_limit - monthly_tokens_used AS balance_after,"
         " overage_limit)"
@@ -300,17 +312,20 @@ def _direct_deductions(
     entry = (
         "INSERT INTO {token_transactions} ({new_entries})"
         " SELECT user_id, 'deduct', %(amount)s, %(now)s, balance_after, true, %(feature)s,"
-        " %(context)s, {key}, jsonb_build_object('usage', %(amount)s), NULL FROM updated"
+        " %(context)s, {key}, jsonb_build_object('usage', %(amount)s), NULL, NULL FROM updated"
     )
     # The id, balance_after and overage_limit of the entry written, or no row.
     returning = " RETURNING id, balance_after, (SELECT overage_limit FROM updated)"
     # The same, and when the guard matched nothing a row of NULLs that says whether
-    # the account has an anchor, which no deduction of this kind covers (the adapter
-    # remembers it, and goes to the full path for that user at once).
+    # the account has an anchor, a zone, an organisation or windows, which no deduction
+    # of this kind covers (the adapter remembers it, and goes to the full path for that
+    # user at once: each is set rarely, and a user wrongly remembered only loses the
+    # shortcut).
     hinted = (
         ", inserted AS (" + entry + " RETURNING id, balance_after)"
         " SELECT id, balance_after, (SELECT overage_limit FROM updated), false FROM inserted"
         " UNION ALL SELECT NULL, NULL, NULL, reset_anchor IS NOT NULL OR time_zone IS NOT NULL"
+        " OR organisation_id IS NOT NULL OR spending_windows IS NOT NULL"
         " FROM {user_tokens}"
         " WHERE user_id = %(user_id)s AND NOT EXISTS (SELECT FROM updated)"
     )
@@ -345,10 +360,10 @@ def _direct_deductions(
 WITH_BALANCES = """
 SELECT t.user_id, t.monthly_limit, t.monthly_tokens_used, t.last_monthly_reset, t.created_at,
     t.updated_at, t.reset_anchor, t.overage_limit, t.grant_balance, t.reserved_tokens,
-    t.time_zone, t.rollover_cap, t.notification_thresholds,
-    g.grant_ids, g.grant_amounts, g.grant_remaining, g.grant_created_at, g.grant_expires_at,
-    g.grant_reasons, g.grant_priorities, h.hold_ids, h.hold_amounts, h.hold_created_at,
-    h.hold_expires_at, h.hold_statuses, h.hold_features
+    t.time_zone, t.rollover_cap, t.notification_thresholds, t.organisation_id,
+    t.spending_windows, g.grant_ids, g.grant_amounts, g.grant_remaining, g.grant_created_at,
+    g.grant_expires_at, g.grant_reasons, g.grant_priorities, h.hold_ids, h.hold_amounts,
+    h.hold_created_at, h.hold_expires_at, h.hold_statuses, h.hold_features
 FROM {user_tokens} AS t
 LEFT JOIN LATERAL (
     SELECT array_agg(id ORDER BY created_at, id) AS grant_ids,
@@ -375,19 +390,41 @@ WHERE {where}
 
 
 # One account with its live grants and held reservations, in one statement: the account
-# row, then the grants, then the holds, each oldest first, in one set of columns.
+# row, then the grants, then the holds, each oldest first, in one set of columns (the last
+# two are the grants' and holds' own texts).
 ONE_ACCOUNT = """
 WITH a AS (SELECT {accounts} FROM {user_tokens} WHERE user_id = %(user_id)s)
 SELECT 0 AS kind, a.*, NULL::text, NULL::text FROM a
 UNION ALL SELECT 1, g.id, g.amount, g.remaining, g.created_at, g.expires_at, NULL, NULL,
-    g.priority, NULL, NULL, NULL, NULL, NULL, g.reason, NULL
+    g.priority, NULL, NULL, NULL, NULL, NULL, NULL, NULL, g.reason, NULL
     FROM a JOIN {token_grants} AS g ON g.user_id = a.user_id AND g.remaining > 0
     WHERE a.grant_balance > 0
 UNION ALL SELECT 2, h.id, h.amount, NULL, h.created_at, h.expires_at, NULL, NULL, NULL, NULL,
-    NULL, NULL, NULL, NULL, h.status, h.feature
+    NULL, NULL, NULL, NULL, NULL, NULL, h.status, h.feature
     FROM a JOIN {token_reservations} AS h ON h.user_id = a.user_id AND h.status = 'held'
     WHERE a.reserved_tokens > 0
 ORDER BY 1, 5, 2
+"""
+
+# The account and the organisations above it, root first, each locked in that order: the
+# order every writer of a path takes, so two of them queue at the root and never deadlock.
+# The walk up ``organisation_id`` stops at MAX_DEPTH accounts, so a cycle written by hand
+# cannot make it loop. The rows are locked after they are sorted (LockRows sits above the
+# Sort: "ORDER BY is applied first", says the manual on the locking clause), one at a time
+# in that order. At READ COMMITTED a lock that waited returns the row as the writer left it
+# (EvalPlanQual), while the walk itself read the rows as the statement's snapshot had them:
+# the domain checks that the links still hold (organisations.check_path), and a path that
+# changed in between is a race the unit of work runs again.
+LOCK_PATH = """
+WITH RECURSIVE path (member, above, depth) AS (
+    SELECT user_id, organisation_id, 1 FROM {user_tokens} WHERE user_id = %s
+    UNION ALL
+    SELECT t.user_id, t.organisation_id, p.depth + 1
+    FROM path AS p JOIN {user_tokens} AS t ON t.user_id = p.above
+    WHERE p.depth < {max_depth}
+)
+SELECT {accounts} FROM path JOIN {user_tokens} AS a ON a.user_id = path.member
+ORDER BY path.depth DESC FOR UPDATE OF a
 """
 
 
@@ -463,14 +500,16 @@ SELECT user_id, field, stored, expected FROM (
 
 # The bulk reset's next run of accounts that need no decision of the domain (see
 # CalendarResets), in one statement: the candidates are locked as lock_stale_candidates
-# locks them; those before the first with an anchor, a grant or a hold are reset, each
+# locks them; those before the first with an anchor, a zone, a rollover, a grant, a hold
+# or windows (the domain's reset starts them again too) are reset, each
 # with the entry the domain writes. It answers how many candidates there were, how many
 # it reset, the last of those, and how many after them the domain must decide.
 CALENDAR_RUN = """
 WITH candidates AS MATERIALIZED (
     SELECT user_id, monthly_limit, monthly_tokens_used, last_monthly_reset,
         reset_anchor IS NULL AND time_zone IS NULL AND rollover_cap = 0
-            AND grant_balance = 0 AND reserved_tokens = 0 AS simple
+            AND grant_balance = 0 AND reserved_tokens = 0
+            AND spending_windows IS NULL AS simple
     FROM {user_tokens} WHERE {where} ORDER BY user_id LIMIT %(limit)s FOR UPDATE
 ),
 stop AS MATERIALIZED (SELECT min(user_id) AS user_id FROM candidates WHERE NOT simple),
@@ -492,7 +531,7 @@ logged AS (
         NULL,
         CASE WHEN monthly_tokens_used = 0 THEN '{{}}'::jsonb
             ELSE jsonb_build_object('usage', -monthly_tokens_used) END,
-        NULL
+        NULL, NULL
     FROM run ORDER BY user_id
 )
 SELECT (SELECT count(*) FROM candidates), (SELECT count(*) FROM run),

@@ -140,6 +140,17 @@ class PostgresUnitOfWork:
             None if row is None else _with_balances(self._conn, self._sql, [ROWS.account(row)])[0]
         )
 
+    def load_path(self, user_id: str) -> list[TokenAccount]:
+        """The account and its organisations, root first, locked in that order by one
+        statement (:data:`~token_ledger._postgres_statements.LOCK_PATH`); their grants and
+        holds are read as :meth:`load_account` reads them, one select per kind for all."""
+        rows = self._execute(self._sql.lock_path, (user_id,)).fetchall()
+        return _with_balances(self._conn, self._sql, [ROWS.account(row) for row in rows])
+
+    def members_of(self, user_id: str) -> list[str]:
+        rows = self._execute(self._sql.members_of, (user_id,)).fetchall()
+        return sorted(row[0] for row in rows)  # by code point, as Python sorts
+
     def insert_account(self, account: TokenAccount) -> bool:
         cursor = self._execute(self._sql.insert_account, WRITE.account_row(account))
         return cursor.rowcount == 1
@@ -175,6 +186,10 @@ class PostgresUnitOfWork:
 
     def entries_referencing(self, reference: str) -> list[Transaction]:
         rows = self._execute(self._sql.entries_referencing, (reference,)).fetchall()
+        return [ROWS.transaction(row) for row in rows]
+
+    def entries_mirroring(self, entry_id: int) -> list[Transaction]:
+        rows = self._execute(self._sql.entries_mirroring, (entry_id,)).fetchall()
         return [ROWS.transaction(row) for row in rows]
 
     def find_reservation(self, reservation_id: str) -> Reservation | None:

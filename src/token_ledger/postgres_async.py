@@ -129,6 +129,15 @@ class AsyncPostgresUnitOfWork:
             return None
         return (await _with_balances(self._conn, self._sql, [ROWS.account(row)]))[0]
 
+    async def load_path(self, user_id: str) -> list[TokenAccount]:
+        """As :meth:`PostgresUnitOfWork.load_path`: one statement locks the path, root first."""
+        rows = await _fetch(self._conn, self._sql.lock_path, (user_id,))
+        return await _with_balances(self._conn, self._sql, [ROWS.account(row) for row in rows])
+
+    async def members_of(self, user_id: str) -> list[str]:
+        rows = await _fetch(self._conn, self._sql.members_of, (user_id,))
+        return sorted(row[0] for row in rows)  # by code point, as Python sorts
+
     async def insert_account(self, account: TokenAccount) -> bool:
         cursor = await self._execute(self._sql.insert_account, WRITE.account_row(account))
         return cursor.rowcount == 1
@@ -166,6 +175,10 @@ class AsyncPostgresUnitOfWork:
 
     async def entries_referencing(self, reference: str) -> list[Transaction]:
         cursor = await self._execute(self._sql.entries_referencing, (reference,))
+        return [ROWS.transaction(row) for row in await cursor.fetchall()]
+
+    async def entries_mirroring(self, entry_id: int) -> list[Transaction]:
+        cursor = await self._execute(self._sql.entries_mirroring, (entry_id,))
         return [ROWS.transaction(row) for row in await cursor.fetchall()]
 
     async def find_reservation(self, reservation_id: str) -> Reservation | None:

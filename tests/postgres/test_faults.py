@@ -132,7 +132,7 @@ def test_your_own_connection_killed_while_idle_says_to_reconnect(
 
 
 class _DyingRepository(PostgresRepository):
-    """Its units of work lose their connection once the account is locked.
+    """Its units of work lose their connection once the account (or its path) is locked.
 
     Its deductions all take the locked path (there is no one-statement deduction to
     try first), since what is tested is a unit of work.
@@ -149,14 +149,20 @@ class _DyingRepository(PostgresRepository):
     def unit_of_work(self) -> Iterator[PostgresUnitOfWork]:
         self.units_of_work += 1
         with super().unit_of_work() as work:
-            loaded = work.load_account
+            loaded, loaded_path = work.load_account, work.load_path
 
             def load_then_die(user_id: str) -> TokenAccount | None:
                 account = loaded(user_id)
                 assert self.kill() >= 1
                 return account
 
+            def load_path_then_die(user_id: str) -> list[TokenAccount]:
+                path = loaded_path(user_id)
+                assert self.kill() >= 1
+                return path
+
             work.load_account = load_then_die  # type: ignore[method-assign]
+            work.load_path = load_path_then_die  # type: ignore[method-assign]
             yield work
 
 
