@@ -331,15 +331,16 @@ def threshold_guard(thresholds: Sequence[Threshold], amount: str) -> str:
     )
 
 
-class KnownOffCalendar:
-    """User ids seen off the ledger's calendar (a ``reset_anchor`` or a ``time_zone``): a
-    one-statement deduction never covers them.
+class KnownFullPath:
+    """User ids a one-statement deduction was seen not to cover: accounts off the ledger's
+    calendar (a ``reset_anchor`` or a ``time_zone``), members of an organisation and
+    accounts with windows, which take the full (locked) path.
 
-    An anchor is set when an account opens and never changed by the library, and a zone
-    is rarely changed, so an adapter that saw one need not try the statement for that
-    user again. It is a hint only: the statement's guard decides, and a user wrongly
-    taken for anchored (its zone cleared since) gets the full path, with the same rows.
-    At most :attr:`LIMIT` ids are kept; then it starts afresh.
+    Each of those is set when an account opens or rarely changed, so an adapter that saw
+    one need not try the statement for that user again. It is a hint only: the
+    statement's guard decides, and a user wrongly remembered (its zone cleared since, or
+    it left its organisation) gets the full path, with the same rows. At most
+    :attr:`LIMIT` ids are kept; then it starts afresh.
     """
 
     LIMIT = 100_000

@@ -735,8 +735,9 @@ class CalendarResets:
 
     Of the next ``limit`` candidates after ``after_user_id`` (locked in ``user_id``
     order, as :meth:`~token_ledger.repository.UnitOfWork.lock_stale_candidates` selects
-    them), the ones before the first that has a ``reset_anchor``, a grant or a hold are
-    accounts without an anchor whose period ended: each gets usage 0,
+    them), the ones before the first that is off the ledger's calendar (a ``reset_anchor``
+    or a ``time_zone``) or has a rollover cap, a grant, a hold or windows are accounts
+    whose calendar period ended and whose reset is nothing more: each gets usage 0,
     ``last_monthly_reset`` :attr:`period_start`, ``updated_at`` stamped with ``now``
     (:attr:`earlier` when it is ``now`` already) and the ``reset`` entry the domain
     writes (:meth:`context` is its ``operation_context``; ``balance_after`` the limit,

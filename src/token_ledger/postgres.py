@@ -48,7 +48,7 @@ from token_ledger._postgres_rows import (
 from token_ledger._postgres_statements import Statements, direct_deduction
 from token_ledger._rows import (
     ACCOUNT_FIELDS,
-    KnownOffCalendar,
+    KnownFullPath,
     account_conditions,
     history_conditions,
 )
@@ -273,7 +273,7 @@ class PostgresRepository:
     def __init__(self, target: PostgresTarget, *, schema: str = "public") -> None:
         self._schema = _validation.schema_name(schema)
         self._sql = Statements(self._schema)
-        self._off_calendar = KnownOffCalendar()
+        self._full_path_users = KnownFullPath()
         self._lock = threading.Lock()
         self._owned_pool: ConnectionPool[Any] | None = None
         if isinstance(target, str):
@@ -398,7 +398,7 @@ class PostgresRepository:
         managers: this is the hot path, and they cost a tenth of the client's time.
         """
         user_id = deduction.user_id
-        if user_id in self._off_calendar:
+        if user_id in self._full_path_users:
             return None
         statement, params = direct_deduction(self._sql, deduction, hinted=True)
         source = self._source
@@ -426,7 +426,7 @@ class PostgresRepository:
         entry_id, balance_after, overage_limit, anchored = row
         if entry_id is None:
             if anchored:
-                self._off_calendar.add(user_id)
+                self._full_path_users.add(user_id)
             return None
         return deduction.spent(entry_id, balance_after, overage_limit)
 

@@ -50,7 +50,7 @@ def status(policy: MonthlyResetPolicy, now: datetime, user_id: str) -> Operation
     found = yield from account(user_id)
     above: list[TokenAccount] = []
     organisation_id = found.organisation_id
-    while organisation_id is not None and len(above) < MAX_DEPTH:
+    while organisation_id is not None and len(above) < MAX_DEPTH - 1:
         organisation: TokenAccount | None = yield Call("get_account", (organisation_id,))
         if organisation is None:
             break

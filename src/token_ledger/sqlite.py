@@ -32,7 +32,7 @@ from token_ledger._rows import (
     RESERVATION_COLUMNS,
     TRANSACTION_COLUMNS,
     Condition,
-    KnownOffCalendar,
+    KnownFullPath,
     RowReader,
     RowWriter,
     account_conditions,
@@ -364,7 +364,7 @@ class SQLiteRepository:
         self._lock = threading.RLock()
         self._last_period_start = (datetime.min.replace(tzinfo=timezone.utc), "")
         self._direct: tuple[object, str] = ((), DIRECT_DEDUCTION)
-        self._off_calendar = KnownOffCalendar()
+        self._full_path_users = KnownFullPath()
         if sqlite3.sqlite_version_info < SHORTCUTS_SINCE:
             # UPDATE ... RETURNING and MATERIALIZED: the shortcuts' statements need them.
             for name in SHORTCUT_METHODS:
@@ -430,7 +430,7 @@ class SQLiteRepository:
         Written out rather than through :meth:`_write`: this is the hot path, and the
         context managers cost a tenth of what the two statements do.
         """
-        if deduction.user_id in self._off_calendar:
+        if deduction.user_id in self._full_path_users:
             return None
         now = format_instant(deduction.now)
         start = self._period_start_text(deduction.period_start)
@@ -454,7 +454,7 @@ class SQLiteRepository:
                         ).fetchone()
                         cursor.execute("ROLLBACK")
                         if anchored is not None and anchored[0]:
-                            self._off_calendar.add(deduction.user_id)
+                            self._full_path_users.add(deduction.user_id)
                         return None
                     entry = (
                         deduction.user_id,

@@ -53,9 +53,10 @@ def test_account_create_opens_a_member_with_window_caps(run: Run, ledger: TokenL
         [("hour", 20), ("day", 30)],
     )
     assert row["organisation_id"] == "org"
+    opened = stored.created_at.isoformat()  # a window counts from when it was capped
     assert row["windows"] == [
-        {"unit": "hour", "cap": 20, "used": 0, "start": None},
-        {"unit": "day", "cap": 30, "used": 0, "start": None},
+        {"unit": "hour", "cap": 20, "used": 0, "start": opened},
+        {"unit": "day", "cap": 30, "used": 0, "start": opened},
     ]
     assert list(row)[-3:] == ["organisation_id", "windows", "reset_pending"]
 
@@ -70,10 +71,11 @@ def test_account_create_shows_each_window_as_a_row(run: Run, ledger: TokenLedger
     )
 
     assert shown["organisation_id"] == "org"
+    opened = ledger.get_account("u1").created_at.replace(microsecond=0).isoformat(sep=" ")
     assert (shown["hour_window"], shown["day_window"], shown["week_window"]) == (
         "-",
         "-",
-        "0 of 40 used",
+        f"0 of 40 used since {opened}",
     )
 
 
@@ -288,9 +290,10 @@ def test_account_show_keeps_an_ended_window_and_status_starts_it_again(
     row = record(run, "account", "show", "u1")
     current = record(run, "status", "u1")
 
-    assert stored["day_window"] == "4 of 10 used since 2020-01-15 00:00:00+00:00"
+    # counted since the account was opened with its cap, at noon
+    assert stored["day_window"] == "4 of 10 used since 2020-01-15 12:00:00+00:00"
     assert row["windows"] == [
-        {"unit": "day", "cap": 10, "used": 4, "start": "2020-01-15T00:00:00+00:00"}
+        {"unit": "day", "cap": 10, "used": 4, "start": "2020-01-15T12:00:00+00:00"}
     ]
     [day] = current["windows"]
     assert (day["used"], day["remaining"]) == (0, 10)
@@ -336,7 +339,9 @@ def test_a_deduction_the_organisation_cannot_cover_is_refused(
     assert json.loads(as_json.stdout)["success"] is False
     assert_error(plain, 1, "user 'u1' asked for 6 tokens but has 5 remaining")
     refused = ledger.history("u1", success=False)
-    assert [entry.operation_context for entry in refused] == [{"refused_by": "org"}] * 2
+    assert [entry.operation_context for entry in refused] == [
+        {"refused_by": "org", "available": 5}
+    ] * 2
     assert ledger.history("org") == []
 
 
