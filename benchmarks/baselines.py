@@ -11,6 +11,16 @@ benchmarked (every account has far more tokens than a run spends), so an
 
 :class:`RawPostgresBest` is the second PostgreSQL yardstick: the best a hand
 writes, both statements as one data-modifying CTE in autocommit, one round trip.
+
+:class:`RawSQLiteMember` and :class:`RawPostgresMember` are the yardsticks of a member
+of an organisation: what a hand-written quota does when an account spends from its
+organisation's budget as well as its own. In one transaction: the organisation's row
+(the one its member's row names) updated first, guarded by its allowance, which
+locks it; the member's row, guarded by its cap; the member's entry, and the
+organisation's entry of the same deduction naming it (``member_entry_id``, and the
+member in its context). No one-statement version is honest here: a data-modifying
+CTE runs every part of it, so one whose member guard failed would still have spent
+from the organisation.
 """
 
 from __future__ import annotations
@@ -128,6 +138,71 @@ class RawSQLite:
         self.conn.close()
 
 
+class RawSQLiteMember(RawSQLite):
+    """A member's deduction in plain ``sqlite3``: the organisation's row, then the member's,
+    then both entries, in one ``BEGIN IMMEDIATE`` transaction."""
+
+    UPDATE_ORGANISATION = (
+        "UPDATE user_tokens SET monthly_tokens_used = monthly_tokens_used + ?, updated_at = ?"
+        " WHERE user_id = (SELECT organisation_id FROM user_tokens WHERE user_id = ?)"
+        " AND monthly_tokens_used + ? <= monthly_limit"
+        " RETURNING user_id, monthly_limit - monthly_tokens_used"
+    )
+    INSERT_MEMBER = RawSQLite.INSERT + " RETURNING id"
+    INSERT_SHARE = (
+        "INSERT INTO token_transactions (user_id, operation_type, amount, created_at,"
+        " balance_after, success, feature, operation_context, member_entry_id)"
+        " VALUES (?, 'deduct', ?, ?, ?, 1, ?, ?, ?)"
+    )
+
+    def deduct(self, deduction: Deduction) -> int:
+        """Spend ``deduction.amount`` from the member and its organisation; the member's
+        balance after."""
+        now = _now().isoformat(sep=" ", timespec="microseconds")
+        conn = self.conn
+        user_id, amount = deduction.user_id, deduction.amount
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            organisation = conn.execute(
+                self.UPDATE_ORGANISATION, (amount, now, user_id, amount)
+            ).fetchone()
+            if organisation is None:
+                raise RuntimeError(f"no tokens left for the organisation of {user_id!r}")
+            member = conn.execute(self.UPDATE, (amount, now, user_id, amount)).fetchone()
+            if member is None:
+                raise RuntimeError(f"no tokens left for {user_id!r}")
+            entry = conn.execute(
+                self.INSERT_MEMBER,
+                (
+                    user_id,
+                    amount,
+                    now,
+                    member[0],
+                    FEATURE,
+                    json.dumps(deduction.context, separators=(",", ":")),
+                    deduction.idempotency_key,
+                ),
+            ).fetchone()
+            conn.execute(
+                self.INSERT_SHARE,
+                (
+                    organisation[0],
+                    amount,
+                    now,
+                    organisation[1],
+                    FEATURE,
+                    json.dumps({"member": user_id}, separators=(",", ":")),
+                    entry[0],
+                ),
+            )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        balance: int = member[0]
+        return balance
+
+
 class RawPostgres:
     """A deduction in plain ``psycopg``: one transaction, committed, on one connection."""
 
@@ -180,6 +255,92 @@ class RawPostgres:
                 ),
             )
         balance: int = row[0]
+        return balance
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class RawPostgresMember:
+    """A member's deduction in plain ``psycopg``: the organisation's row (locked by its
+    guarded ``UPDATE``), then the member's, then both entries, in one transaction."""
+
+    def __init__(self, url: str, schema: str) -> None:
+        import psycopg
+        from psycopg import sql
+        from psycopg.types.json import Jsonb
+
+        self.jsonb = Jsonb
+        self.conn: psycopg.Connection[Any] = psycopg.connect(url)
+        identifier = sql.Identifier(schema)
+
+        def statement(text: str) -> str:
+            return sql.SQL(text).format(schema=identifier).as_string(self.conn)
+
+        self.update_organisation = statement(
+            "UPDATE {schema}.user_tokens SET monthly_tokens_used = monthly_tokens_used + %s,"
+            " updated_at = %s WHERE user_id = (SELECT organisation_id FROM {schema}.user_tokens"
+            " WHERE user_id = %s) AND monthly_tokens_used + %s <= monthly_limit"
+            " RETURNING user_id, monthly_limit - monthly_tokens_used"
+        )
+        self.update_member = statement(
+            "UPDATE {schema}.user_tokens SET monthly_tokens_used = monthly_tokens_used + %s,"
+            " updated_at = %s WHERE user_id = %s AND monthly_tokens_used + %s <= monthly_limit"
+            " RETURNING monthly_limit - monthly_tokens_used"
+        )
+        self.insert_member = statement(
+            "INSERT INTO {schema}.token_transactions (user_id, operation_type, amount,"
+            " created_at, balance_after, success, feature, operation_context, idempotency_key)"
+            " VALUES (%s, 'deduct', %s, %s, %s, true, %s, %s, %s) RETURNING id"
+        )
+        self.insert_share = statement(
+            "INSERT INTO {schema}.token_transactions (user_id, operation_type, amount,"
+            " created_at, balance_after, success, feature, operation_context, member_entry_id)"
+            " VALUES (%s, 'deduct', %s, %s, %s, true, %s, %s, %s)"
+        )
+
+    def deduct(self, deduction: Deduction) -> int:
+        """Spend ``deduction.amount`` from the member and its organisation in one committed
+        transaction; the member's balance after."""
+        now = _now()
+        user_id, amount = deduction.user_id, deduction.amount
+        with self.conn.transaction():
+            organisation = self.conn.execute(
+                self.update_organisation, (amount, now, user_id, amount)
+            ).fetchone()
+            if organisation is None:
+                raise RuntimeError(f"no tokens left for the organisation of {user_id!r}")
+            member = self.conn.execute(
+                self.update_member, (amount, now, user_id, amount)
+            ).fetchone()
+            if member is None:
+                raise RuntimeError(f"no tokens left for {user_id!r}")
+            entry = self.conn.execute(
+                self.insert_member,
+                (
+                    user_id,
+                    amount,
+                    now,
+                    member[0],
+                    FEATURE,
+                    self.jsonb(deduction.context),
+                    deduction.idempotency_key,
+                ),
+            ).fetchone()
+            assert entry is not None
+            self.conn.execute(
+                self.insert_share,
+                (
+                    organisation[0],
+                    amount,
+                    now,
+                    organisation[1],
+                    FEATURE,
+                    self.jsonb({"member": user_id}),
+                    entry[0],
+                ),
+            )
+        balance: int = member[0]
         return balance
 
     def close(self) -> None:

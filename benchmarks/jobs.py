@@ -17,7 +17,16 @@ from multiprocessing.synchronize import Barrier
 from types import TracebackType
 from typing import Literal
 
-from baselines import FEATURE, Deduction, RawPostgres, RawPostgresBest, RawSQLite, plan
+from baselines import (
+    FEATURE,
+    Deduction,
+    RawPostgres,
+    RawPostgresBest,
+    RawPostgresMember,
+    RawSQLite,
+    RawSQLiteMember,
+    plan,
+)
 from harness import (
     Context,
     Outcome,
@@ -28,7 +37,10 @@ from harness import (
 )
 from token_ledger import Threshold, TokenLedger
 
-Side = Literal["library", "raw", "raw_best"]
+Side = Literal["library", "raw", "raw_best", "raw_member"]
+"""Who deducts: the library, or a hand-written yardstick (:mod:`baselines`): ``raw`` for
+an account of its own, ``raw_best`` its one-statement form, ``raw_member`` for a member of
+an organisation."""
 Engine = Literal["sqlite", "postgres"]
 Deduct = Callable[[Deduction], object]
 
@@ -78,6 +90,14 @@ def deductor(side: Side, engine: Engine, target: str, schema: str) -> Iterator[D
             yield best.deduct
         finally:
             best.close()
+    elif side == "raw_member":
+        by_hand = (
+            RawSQLiteMember(target) if engine == "sqlite" else RawPostgresMember(target, schema)
+        )
+        try:
+            yield by_hand.deduct
+        finally:
+            by_hand.close()
     else:
         raw = RawSQLite(target) if engine == "sqlite" else RawPostgres(target, schema)
         try:
@@ -217,11 +237,14 @@ def at_once(
     user_ids: Sequence[str],
     processes: int,
     targets: dict[str, float] | None = None,
+    raw: Side = "raw",
 ) -> Outcome:
     """Library against raw, ``processes`` workers deducting at once; worker n on one account.
 
     Worker ``n`` uses ``user_ids[n % len(user_ids)]``: one account each, or all on one.
-    With ``targets``, as for :func:`one_at_a_time`, ``raw_best`` runs too.
+    With ``targets``, as for :func:`one_at_a_time`, ``raw_best`` runs too. ``raw`` is the
+    yardstick without targets: ``raw_member`` for accounts that are members of an
+    organisation.
     """
 
     def jobs(side: Side, tag: str) -> list[Job]:
@@ -243,7 +266,7 @@ def at_once(
             rounds = alternate(
                 context.size.rounds,
                 lambda tag: workers.throughput(jobs("library", tag)),
-                lambda tag: workers.throughput(jobs("raw", tag)),
+                lambda tag: workers.throughput(jobs(raw, tag)),
             )
             return library_against_raw(rounds, "/s")
         sides: list[Side] = ["library", "raw", "raw_best"]

@@ -7,7 +7,9 @@ in a schema of its own, dropped afterwards.
 
 Deductions are measured against two yardsticks in the same rounds: the raw
 baseline (a transaction of an ``UPDATE`` and an ``INSERT``) and ``raw_best``,
-the same two statements as one data-modifying CTE in autocommit. Reads are
+the same two statements as one data-modifying CTE in autocommit; the members of an
+organisation against the hand-written transaction of both rows and both entries
+(``raw_member``). Reads are
 measured against a plain ``SELECT`` of the row, and the operator queries
 against the seed guide's own queries (``tests/seed_guide.py``) on the same
 tables, and the bulk reset against ``auto_reset_monthly_tokens()``.
@@ -125,6 +127,25 @@ def postgres_connections_hot(context: Context) -> Outcome:
     with fresh_schema(context, "hot") as (url, schema):
         open_accounts(url, schema, ["hot"])
         return at_once(context, "postgres", url, schema, ["hot"], CONNECTIONS, {"raw": 1.5})
+
+
+ORGANISATION = "org"
+
+
+@scenarios(
+    "postgres_8_connections_organisation", "PostgreSQL, 8 connections, members of one organisation"
+)
+def postgres_connections_organisation(context: Context) -> Outcome:
+    """Each connection deducts for a member of its own, all spending from one organisation's
+    budget too: every deduction queues on the organisation's row, as on a hot account."""
+    require_adapter()
+    with fresh_schema(context, "organisation") as (url, schema):
+        members = [f"member-{number}" for number in range(CONNECTIONS)]
+        with postgres_ledger(url, schema) as ledger:
+            ledger.open_account(ORGANISATION, monthly_limit=LIMIT)
+            for member in members:
+                ledger.open_account(member, monthly_limit=LIMIT, organisation_id=ORGANISATION)
+        return at_once(context, "postgres", url, schema, members, CONNECTIONS, raw="raw_member")
 
 
 def add_stale_accounts(url: str, schema: str, accounts: int, reset_at: datetime) -> None:

@@ -1,5 +1,6 @@
-"""SQLite scenarios: deductions in one thread and in four processes, status reads, operator
-queries and the bulk reset.
+"""SQLite scenarios: deductions in one thread and in four processes (of their own accounts,
+of one hot account, of members of one organisation), status reads, operator queries and
+the bulk reset.
 
 The operator queries are measured against the seed guide's queries written in SQLite's
 dialect (the guide's are PostgreSQL's), on the same tables, and the bulk reset against
@@ -35,6 +36,7 @@ PROCESSES = 4
 #: Accounts the single-thread scenario spreads its deductions over.
 ACCOUNTS = 10
 READER = "reader"
+ORGANISATION = "org"
 MAX_HISTORY_SLOWDOWN = 1.2
 
 
@@ -70,6 +72,25 @@ def sqlite_processes_hot(context: Context) -> Outcome:
     path = context.directory("sqlite-4-hot") / "ledger.db"
     open_accounts(path, ["hot"])
     return at_once(context, "sqlite", str(path), "", ["hot"], PROCESSES)
+
+
+def open_organisation(path: Path, members: Sequence[str]) -> None:
+    with TokenLedger.sqlite(path) as ledger:
+        ledger.open_account(ORGANISATION, monthly_limit=LIMIT)
+        for member in members:
+            ledger.open_account(member, monthly_limit=LIMIT, organisation_id=ORGANISATION)
+
+
+@scenarios(
+    "sqlite_4_processes_organisation", "SQLite file, 4 processes, members of one organisation"
+)
+def sqlite_processes_organisation(context: Context) -> Outcome:
+    """Each process deducts for a member of its own, all spending from one organisation's
+    budget too; the yardstick writes both rows and both entries by hand (``raw_member``)."""
+    path = context.directory("sqlite-4-organisation") / "ledger.db"
+    members = [f"member-{number}" for number in range(PROCESSES)]
+    open_organisation(path, members)
+    return at_once(context, "sqlite", str(path), "", members, PROCESSES, raw="raw_member")
 
 
 def add_history(path: Path, user_id: str, rows: int, at: datetime) -> None:

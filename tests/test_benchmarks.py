@@ -23,6 +23,7 @@ SCENARIOS = {
     "sqlite_1_thread",
     "sqlite_4_processes_distinct",
     "sqlite_4_processes_hot",
+    "sqlite_4_processes_organisation",
     "sqlite_status_history",
     "sqlite_reset_all_stale",
     "sqlite_health",
@@ -31,6 +32,7 @@ SCENARIOS = {
     "postgres_1_connection",
     "postgres_8_connections_distinct",
     "postgres_8_connections_hot",
+    "postgres_8_connections_organisation",
     "postgres_reset_all_stale",
     "postgres_reads",
     "postgres_health",
@@ -170,6 +172,52 @@ def test_the_raw_sqlite_baseline_writes_what_the_library_writes(
 
     assert raw_pragmas == library_pragmas
     assert written(path, "raw") == written(path, "library")
+
+
+def test_the_raw_member_baseline_writes_what_the_library_writes(
+    tmp_path: Path, benchmark_module: Any
+) -> None:
+    """A member's deduction by hand: both rows, the member's entry and the organisation's
+    entry naming it, as the library writes them."""
+    baselines = benchmark_module("baselines")
+    jobs = benchmark_module("jobs")
+    path = tmp_path / "ledger.db"
+    with TokenLedger.sqlite(path) as ledger:
+        ledger.open_account("org", monthly_limit=baselines.LIMIT)
+        for user_id in ("library", "raw"):
+            ledger.open_account(user_id, monthly_limit=baselines.LIMIT, organisation_id="org")
+        jobs.library_deduct(ledger)(baselines.plan(["library"], 1, "library")[0])
+    raw = baselines.RawSQLiteMember(path)
+    try:
+        raw.deduct(baselines.plan(["raw"], 1, "raw")[0])
+    finally:
+        raw.close()
+
+    assert written(path, "raw") == written(path, "library")
+    assert len(shares(path, "raw")) == 1
+    assert shares(path, "raw") == shares(path, "library")
+    with TokenLedger.sqlite(path) as ledger:
+        assert ledger.get_account("org").monthly_tokens_used == 2
+        org = ledger.history("org")
+    assert [entry.balance_after for entry in org] == [baselines.LIMIT - 2, baselines.LIMIT - 1]
+
+
+def shares(path: Path, member: str) -> list[tuple[object, ...]]:
+    """The organisation's entry of the member's deduction (the one naming the member's
+    entry), less what differs by nature: the member's name in its context, its balance."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(
+            "SELECT s.operation_type, s.amount, s.success, s.feature,"
+            " json_extract(s.operation_context, '$.member') = m.user_id,"
+            " json_object('member', 'x') = json_set(s.operation_context, '$.member', 'x'),"
+            " s.created_at = m.created_at, s.idempotency_key"
+            " FROM token_transactions AS s JOIN token_transactions AS m"
+            " ON m.id = s.member_entry_id WHERE s.user_id = 'org' AND m.user_id = ?",
+            (member,),
+        ).fetchall()
+    finally:
+        conn.close()
 
 
 def pragmas(conn: sqlite3.Connection) -> list[object]:
