@@ -99,6 +99,8 @@ def stamped(operation: AccountMethod[P]) -> AccountMethod[P]:
         if change.account is self or change.account == self:
             return change
         stamp = now - _MICROSECOND if now == self.updated_at else now
+        if change.account.updated_at == stamp:  # the usual case: the operation stamped ``now``
+            return change
         return attrs.evolve(change, account=attrs.evolve(change.account, updated_at=stamp))
 
     return stamp

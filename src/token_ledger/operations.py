@@ -331,7 +331,8 @@ def move_to_organisation(
     """Make ``user_id`` a member of ``organisation_id`` (``None``: of none) from now on.
 
     The new organisation's path is locked first, root first, then the member: the
-    order every writer on that path takes.
+    order every writer on that path takes. A move to where the account is already
+    changes nothing, so it is not refused for the account's holds.
     """
     if organisation_id is not None:
         above = yield from _load_path(organisation_id)

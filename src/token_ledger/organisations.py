@@ -115,9 +115,10 @@ def shared(
     organisations are settled either way, so that what is returned shows each as it is.
     """
     above = path[:-1]
-    settled = [account.as_of(policy, now) for account in above]
-    if not above or not change.entries or not change.last_entry.success:
-        return [*settled, change]
+    if not above:
+        return [change]
+    if not change.entries or not change.last_entry.success:
+        return [*(account.as_of(policy, now) for account in above), change]
     shares = [share(account) for account in above]
     refusing = next(
         (i for i, s in enumerate(shares) if s is not None and not s.last_entry.success), None
@@ -125,12 +126,10 @@ def shared(
     if refusing is None:
         member = path[-1].user_id
         return [
-            *(
-                settle if part is None else mark(part, member)
-                for settle, part in zip(settled, shares, strict=True)
-            ),
-            change,
-        ]
+            account.as_of(policy, now) if part is None else mark(part, member)
+            for account, part in zip(above, shares, strict=True)
+        ] + [change]
+    settled = [account.as_of(policy, now) for account in above]
     own = path[-1].as_of(policy, now)
     entry = change.last_entry
     refused = attrs.evolve(

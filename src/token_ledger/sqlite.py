@@ -189,15 +189,10 @@ class SQLiteUnitOfWork:
         return None if row is None else _with_balances(self._conn, [ROWS.account(row)])[0]
 
     def load_path(self, user_id: str) -> list[TokenAccount]:
-        """Read in the write lock, which every writer takes first, so nothing moves
-        meanwhile and the order of reading is free: the account first, as most have no
-        organisation above them."""
-        account = self.load_account(user_id)
-        if account is None or account.organisation_id is None:
-            return [] if account is None else [account]
-        rows = self._conn.execute(PATH, (account.organisation_id, MAX_DEPTH - 1)).fetchall()
-        above = _with_balances(self._conn, [ROWS.account(row) for row in rows])
-        return [*above, account]
+        """One statement, in the write lock that every writer takes first, so nothing
+        moves meanwhile."""
+        rows = self._conn.execute(PATH, (user_id, MAX_DEPTH)).fetchall()
+        return _with_balances(self._conn, [ROWS.account(row) for row in rows])
 
     def members_of(self, user_id: str) -> list[str]:
         rows = self._conn.execute(

@@ -105,7 +105,7 @@ def test_an_anchored_account_is_tried_once_then_goes_to_the_full_path_at_once(
         "SELECT NOT",
         "ROLLBACK",
     ]
-    assert first_words(second)[:2] == ["BEGIN IMMEDIATE", "SELECT user_id,"]
+    assert first_words(second)[:2] == ["BEGIN IMMEDIATE", "WITH RECURSIVE"]
     assert ledger.status("u1").monthly_used == 10
 
 
