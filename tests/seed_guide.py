@@ -11,6 +11,17 @@ optional SQL installed, each query with the answer it must give there;
 clock: three accounts last written 70 days ago ("uuid" with 36 of 50 used,
 "user-uuid-here" 10 of 50, "forgotten" 20 of 50), and "heavy", opened this
 month, with 95 of 100 used and one refused deduction.
+
+:data:`ORGANISATION_WALKTHROUGH` is the same guide on a ledger with an
+organisation: "acme" (100 a month) with "uuid" (36 of its own 50 used) and
+"user-uuid-here" (10 of 50) as members 70 days ago, so acme spent 46 then, and
+"forgotten" on its own (20 of 50); this month "heavy" (95 of its 100) and "ivy"
+(3 of 50) spend as members, which resets acme and leaves it 98 of 100 used,
+and each has one refused deduction: heavy's by its own budget, ivy's by acme's
+(``refused_by``). Every row holds its own account's monthly allowance, and the
+guide's counts take the organisation as one account among the others: a
+member's spending is in its own row and in acme's, but a refusal is one failed
+entry, the member's.
 """
 
 from __future__ import annotations
@@ -115,21 +126,29 @@ TRIGGER_ROWS = [
     ("auto_monthly_reset_trigger_update", "UPDATE", "BEFORE"),
 ]
 
+# Every column of information_schema.triggers for the two triggers.
+TRIGGER_COLUMN_ROWS = [
+    (
+        *(ANY, "public", name, event, ANY, "public", "user_tokens", 1, None),
+        *("EXECUTE FUNCTION check_and_reset_monthly_tokens()", "ROW", timing),
+        *(None, None, None, None, ANY),
+    )
+    for name, event, timing in TRIGGER_ROWS
+]
+# The reset of "uuid"'s 36, every column of its entry: no member_entry_id, a member's too.
+UUID_RESET_ROWS = [
+    (
+        *(ANY, "uuid", "reset", 36, None, reset_context(36), True, ANY, None, 50),
+        *({"usage": -36}, None, None),
+    )
+]
+
 WALKTHROUGH = [
     # Stale rows are normal until their next write: nothing has run on the 1st yet.
     Step("1. health check, before the month's reset", HEALTH_CHECK, [(4, 1, 3)]),
     Step("4. expected: 2 triggers (INSERT + UPDATE)", TRIGGERS, TRIGGER_ROWS),
     Step(
-        "triggers not firing: the same two, every column",
-        ALL_TRIGGER_COLUMNS,
-        [
-            (
-                *(ANY, "public", name, event, ANY, "public", "user_tokens", 1, None),
-                *("EXECUTE FUNCTION check_and_reset_monthly_tokens()", "ROW", timing),
-                *(None, None, None, None, ANY),
-            )
-            for name, event, timing in TRIGGER_ROWS
-        ],
+        "triggers not firing: the same two, every column", ALL_TRIGGER_COLUMNS, TRIGGER_COLUMN_ROWS
     ),
     Step("alert 1: stale resets, alert if > 0", STALE_ALERT, [(3,)]),
     Step("alert 2: failed transactions, alert if > 10", FAILED_ALERT, [(1,)]),
@@ -138,13 +157,13 @@ WALKTHROUGH = [
     Step(
         "troubleshooting 1: check user status",
         USER_STATUS,
-        [("uuid", 50, 36, OLD_MONTH, None, ANY, ANY, 0, 0, 0, None, 0, None)],
+        [("uuid", 50, 36, OLD_MONTH, None, ANY, ANY, 0, 0, 0, None, 0, None, None, None)],
     ),
     # ...which the view already shows reset.
     Step(
         "troubleshooting 2: what the view returns",
         VIEW_STATUS,
-        [("uuid", 50, 0, CURRENT_MONTH, None, ANY, ANY, 0, 0, 0, None, 0, None)],
+        [("uuid", 50, 0, CURRENT_MONTH, None, ANY, ANY, 0, 0, 0, None, 0, None, None, None)],
     ),
     # "If view shows 0 but table shows > 0, and last_monthly_reset < current_month"
     Step(
@@ -153,16 +172,7 @@ WALKTHROUGH = [
         [(36, 0, OLD_MONTH, CURRENT_MONTH)],
     ),
     Step("troubleshooting 3: manually reset", RESET_ONE, [(True,)]),
-    Step(
-        "troubleshooting 4: verify reset",
-        LAST_RESET,
-        [
-            (
-                *(ANY, "uuid", "reset", 36, None, reset_context(36), True, ANY, None, 50),
-                *({"usage": -36}, None),
-            )
-        ],
-    ),
+    Step("troubleshooting 4: verify reset", LAST_RESET, UUID_RESET_ROWS),
     Step("emergency: reset a single user", RESET_ONE_EMERGENCY, [(True,)]),
     # Monthly checklist: reset_count counts the accounts still in the month that
     # ended; at 00:01 on the 1st that is every account used before ("should match
@@ -176,6 +186,55 @@ WALKTHROUGH = [
             ("forgotten", ANY, reset_context(20)),
             ("user-uuid-here", ANY, reset_context(10)),
             ("uuid", ANY, reset_context(36)),
+        ],
+    ),
+    Step("alert 1 after the reset", STALE_ALERT, [(0,)]),
+    Step("emergency: reset ALL users who need it, again", RESET_ALL, [(0,)]),
+]
+
+ORGANISATION_WALKTHROUGH = [
+    # Six accounts, the organisation one of them; acme and this month's members are current.
+    Step("1. health check, before the month's reset", HEALTH_CHECK, [(6, 3, 3)]),
+    Step("4. expected: 2 triggers (INSERT + UPDATE)", TRIGGERS, TRIGGER_ROWS),
+    Step(
+        "triggers not firing: the same two, every column", ALL_TRIGGER_COLUMNS, TRIGGER_COLUMN_ROWS
+    ),
+    Step("alert 1: stale resets, alert if > 0", STALE_ALERT, [(3,)]),
+    # heavy's refusal and ivy's (by acme): one failed entry each, none on acme.
+    Step("alert 2: failed transactions, alert if > 10", FAILED_ALERT, [(2,)]),
+    # heavy at 95 of its own 100, acme at 98 of its 100; ivy's 3 of 50 is not near.
+    Step("alert 3: users near their limit", HIGH_USAGE_ALERT, [(2,)]),
+    # A member's row holds its own allowance and usage: 36 of 50, not acme's 46.
+    Step(
+        "troubleshooting 1: check user status",
+        USER_STATUS,
+        [("uuid", 50, 36, OLD_MONTH, None, ANY, ANY, 0, 0, 0, None, 0, None, "acme", None)],
+    ),
+    Step(
+        "troubleshooting 2: what the view returns",
+        VIEW_STATUS,
+        [("uuid", 50, 0, CURRENT_MONTH, None, ANY, ANY, 0, 0, 0, None, 0, None, "acme", None)],
+    ),
+    Step(
+        "incorrect token count: table vs view",
+        TABLE_VS_VIEW,
+        [(36, 0, OLD_MONTH, CURRENT_MONTH)],
+    ),
+    # The member's reset alone: acme was reset this month already, by heavy's spending.
+    Step("troubleshooting 3: manually reset", RESET_ONE, [(True,)]),
+    Step("troubleshooting 4: verify reset", LAST_RESET, UUID_RESET_ROWS),
+    Step("emergency: reset a single user", RESET_ONE_EMERGENCY, [(True,)]),
+    Step("monthly checklist: execute the bulk reset", RESET_ALL, [(1,)]),
+    Step("1. health check: expected stale = 0", HEALTH_CHECK, [(6, 6, 0)]),
+    # Each budget's own reset: acme's when heavy first spent from it this month.
+    Step(
+        "3. recent resets, newest first",
+        RECENT_RESETS,
+        [
+            ("forgotten", ANY, reset_context(20)),
+            ("user-uuid-here", ANY, reset_context(10)),
+            ("uuid", ANY, reset_context(36)),
+            ("acme", ANY, reset_context(46)),
         ],
     ),
     Step("alert 1 after the reset", STALE_ALERT, [(0,)]),

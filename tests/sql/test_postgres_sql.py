@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from psycopg import errors, sql
 
+from postgres.support import wait_for_lock_wait
 from postgres_server import Database
 from sql.support import connect_to
 from token_ledger import (
@@ -155,6 +156,25 @@ def test_installing_needs_the_ledgers_tables(
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         with pytest.raises(StorageError, match="tables are missing"):
             install_postgres_sql(conn, schema=schema)
+
+
+def test_installing_needs_migration_5(
+    postgres_database: Database, request: pytest.FixtureRequest
+) -> None:
+    """deduct_tokens reads organisation_id and spending_windows, which migration 5 adds:
+    tables a release before it left are refused, and the SQL is not installed."""
+    schema = postgres_database.new_schema(request)
+    PostgresRepository(postgres_database.url, schema=schema).close()
+    with connect_to(postgres_database, schema) as conn:
+        conn.execute("DELETE FROM token_ledger_migrations WHERE version >= 5")
+
+        with pytest.raises(StorageError, match="older than this SQL"):
+            install_postgres_sql(conn, schema=schema)
+        assert conn.execute(
+            "SELECT count(*) FROM information_schema.routines WHERE routine_schema = %s"
+            " AND routine_name = 'deduct_tokens'",
+            (schema,),
+        ).fetchone() == (0,)
 
 
 def test_installing_waits_for_a_migration_that_holds_the_migrations_lock(
@@ -310,6 +330,107 @@ def test_the_view_shows_what_status_shows(
     assert [row[1:] for row in rows] == [
         (s.monthly_used, s.period_start, s.grant_balance, s.reserved) for s in statuses
     ]
+
+
+def test_members_and_their_organisation_each_reset_on_their_own(
+    postgres_database: Database, sql_schema: str, pg: psycopg.Connection[Any]
+) -> None:
+    """A write of a member's row resets the member, with its entry, and leaves its
+    organisation as it was: each budget resets on its own, as the library resets it."""
+    with ledger(postgres_database, sql_schema, LONG_AGO) as old:
+        old.open_account("acme", monthly_limit=100)
+        old.open_account("alice", monthly_limit=50, organisation_id="acme")
+        old.open_account("bob", monthly_limit=30, organisation_id="acme")
+        old.deduct("alice", 20)
+        old.deduct("bob", 10)
+
+    pg.execute("UPDATE user_tokens SET updated_at = now() WHERE user_id = 'alice'")
+
+    assert stored(pg, "alice")[0] == 0
+    assert stored(pg, "acme")[0] == 30
+    assert resets(pg, "alice") == [(20, "20", {"usage": -20})]
+    assert resets(pg, "acme") == []
+    assert pg.execute("SELECT reset_user_tokens_if_needed('acme')").fetchone() == (True,)
+    assert resets(pg, "acme") == [(30, "30", {"usage": -30})]
+    assert pg.execute("SELECT auto_reset_monthly_tokens()").fetchone() == (1,)  # bob
+    assert pg.execute(
+        "SELECT count(*) FROM token_transactions WHERE operation_type = 'reset'"
+        " AND member_entry_id IS NOT NULL"
+    ).fetchone() == (0,)
+    with ledger(postgres_database, sql_schema) as app:
+        assert app.deduct("alice", 40).success  # 40 of acme's 100 too
+        assert app.status("acme").monthly_used == 40
+        assert app.reconcile() == []
+
+
+def test_windows_are_left_as_stored_and_read_as_the_library_reads_them(
+    postgres_database: Database, sql_schema: str, pg: psycopg.Connection[Any]
+) -> None:
+    """The trigger's reset leaves spending_windows as stored; the library reads a window
+    that has ended as nothing used, and the week that runs across the month's end (from
+    Monday, 2026-01-26) with what it used."""
+    clock = MovableClock(datetime(2026, 1, 30, 12, tzinfo=UTC))
+    with ledger(postgres_database, sql_schema, clock) as app:
+        app.open_account("capped", monthly_limit=50, window_caps={"hour": 10, "week": 25})
+        app.deduct("capped", 9)
+    windows = "SELECT spending_windows FROM user_tokens"
+    (stored_windows,) = pg.execute(windows).fetchone() or (None,)
+
+    pg.execute("UPDATE user_tokens SET updated_at = '2026-02-01T09:00Z'")
+
+    assert stored(pg, "capped")[:2] == (0, datetime(2026, 2, 1, tzinfo=UTC))
+    assert pg.execute(windows).fetchone() == (stored_windows,)
+    assert pg.execute("SELECT spending_windows FROM user_tokens_with_auto_reset").fetchone() == (
+        stored_windows,
+    )
+    clock.set(datetime(2026, 2, 1, 10, tzinfo=UTC))
+    with ledger(postgres_database, sql_schema, clock) as app:
+        status = app.status("capped")
+        assert [(w.unit, w.used, w.remaining) for w in status.windows] == [
+            ("hour", 0, 10),
+            ("week", 9, 16),
+        ]
+        assert app.deduct("capped", 10).success
+        with pytest.raises(InsufficientTokens):
+            app.deduct("capped", 7)  # the week has 6 left
+        assert app.reconcile() == []
+
+
+def test_the_bulk_reset_locks_organisations_before_their_members(
+    postgres_database: Database, sql_schema: str, pg: psycopg.Connection[Any]
+) -> None:
+    """A member's writer locks its path root first; so does auto_reset_monthly_tokens,
+    level by level, whatever the user_ids: while it waits for an organisation that a
+    writer holds, it holds none of the members that writer will lock next."""
+    with ledger(postgres_database, sql_schema, LONG_AGO) as old:
+        old.open_account("zz-root", monthly_limit=100)
+        old.open_account("mm-org", monthly_limit=100, organisation_id="zz-root")
+        old.open_account("aa-member", monthly_limit=100, organisation_id="mm-org")
+        old.open_account("plain", monthly_limit=100)
+    with connect_to(postgres_database, sql_schema) as writer:
+        resetting = psycopg.connect(
+            postgres_database.url, autocommit=True, application_name="bulk-reset"
+        )
+        resetting.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(sql_schema)))
+        with writer.transaction():
+            writer.execute("SELECT FROM user_tokens WHERE user_id = 'zz-root' FOR UPDATE")
+            done: list[Any] = []
+            bulk = threading.Thread(
+                target=lambda: done.append(
+                    resetting.execute("SELECT auto_reset_monthly_tokens()").fetchone()
+                )
+            )
+            bulk.start()
+            wait_for_lock_wait(postgres_database, "bulk-reset")
+            # as the member's writer goes on: the rest of the path, root first
+            writer.execute("SET LOCAL lock_timeout = '2s'")
+            writer.execute(
+                "SELECT user_id FROM user_tokens WHERE user_id IN ('mm-org', 'aa-member')"
+                " ORDER BY user_id DESC FOR UPDATE"
+            )
+        bulk.join()
+        resetting.close()
+    assert done == [(4,)]
 
 
 # the functions

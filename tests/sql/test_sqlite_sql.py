@@ -13,7 +13,13 @@ from unittest.mock import patch
 
 import pytest
 
-from token_ledger import InvalidInput, StorageError, TokenLedger, install_sqlite_sql
+from token_ledger import (
+    InsufficientTokens,
+    InvalidInput,
+    StorageError,
+    TokenLedger,
+    install_sqlite_sql,
+)
 from token_ledger import operations as ledger_operations
 from token_ledger.clock import system_clock
 from token_ledger.sql import sqlite_script
@@ -76,6 +82,18 @@ def test_installing_needs_the_ledgers_tables(tmp_path: Path) -> None:
     conn = connect(tmp_path / "empty.db")
 
     with pytest.raises(StorageError, match=r"tables are missing.*user_tokens\.reset_anchor"):
+        install_sqlite_sql(conn)
+    assert objects(conn) == []
+
+
+def test_installing_needs_this_releases_columns(tmp_path: Path) -> None:
+    """The view shows spending_windows, which only migration 0005 adds."""
+    path = tmp_path / "tokens.db"
+    TokenLedger.sqlite(path).close()
+    conn = connect(path)
+    conn.execute("ALTER TABLE user_tokens DROP COLUMN spending_windows")
+
+    with pytest.raises(StorageError, match=r"older than this SQL \(no user_tokens\.spending_w"):
         install_sqlite_sql(conn)
     assert objects(conn) == []
 
@@ -193,6 +211,107 @@ def test_the_view_shows_what_status_shows_for_calendar_accounts(path: Path) -> N
         (s.monthly_used, format_instant(s.period_start), s.grant_balance, s.reserved)
         for s in statuses
     ]
+
+
+def test_the_view_has_every_column_of_user_tokens_in_order(path: Path) -> None:
+    """A later migration that adds a column to user_tokens fails here until the SQL has it."""
+    conn = connect(path)
+
+    def columns(name: str) -> list[str]:
+        return [row[1] for row in conn.execute(f"PRAGMA table_info({name})")]
+
+    assert columns("user_tokens_with_auto_reset") == columns("user_tokens")
+
+
+def organisation_files(tmp_path: Path, reset_by_library: bool) -> Path:
+    """An organisation with two members and its own spending, and an account with windows,
+    written on 2026-01-30 (a Friday): a ledger file whose month has ended by 2026-02-01."""
+    clock = MovableClock(datetime(2026, 1, 30, 12, tzinfo=UTC))
+    path = tmp_path / ("library.db" if reset_by_library else "sql.db")
+    with TokenLedger.sqlite(path, clock=clock) as app:
+        app.open_account("acme", monthly_limit=100)
+        app.open_account("alice", monthly_limit=50, organisation_id="acme")
+        app.open_account("bob", monthly_limit=30, organisation_id="acme")
+        app.deduct("alice", 20)
+        app.deduct("bob", 10)
+        app.deduct("acme", 5)
+        app.open_account("capped", monthly_limit=50, window_caps={"hour": 10, "week": 25})
+        app.deduct("capped", 9)
+        if reset_by_library:
+            clock.set(datetime(2026, 2, 1, 9, tzinfo=UTC))
+            for user_id in ("alice", "acme", "capped"):
+                assert app.reset_if_needed(user_id)
+    return path
+
+
+def test_members_and_their_organisation_each_reset_on_their_own(tmp_path: Path) -> None:
+    """Touched by plain SQL, each budget is reset with its own entry, as the library resets
+    it: a member's reset leaves its organisation alone, and the other way round."""
+    library = connect(organisation_files(tmp_path, reset_by_library=True))
+    sql = connect(organisation_files(tmp_path, reset_by_library=False))
+    install_sqlite_sql(sql)
+    now = format_instant(datetime(2026, 2, 1, 9, tzinfo=UTC))
+
+    sql.execute("UPDATE user_tokens SET updated_at = ? WHERE user_id = 'alice'", (now,))
+    assert sql.execute(
+        "SELECT user_id, monthly_tokens_used FROM user_tokens ORDER BY user_id"
+    ).fetchall() == [("acme", 35), ("alice", 0), ("bob", 10), ("capped", 9)]
+    sql.execute("UPDATE user_tokens SET updated_at = ? WHERE user_id = 'acme'", (now,))
+
+    query = "SELECT * FROM {} WHERE user_id <> 'capped' ORDER BY 1"
+    for table in ("user_tokens", "token_transactions"):
+        assert sql.execute(query.format(table)).fetchall() == (
+            library.execute(query.format(table)).fetchall()
+        ), table
+    resets = sql.execute(
+        "SELECT user_id, amount, member_entry_id FROM token_transactions"
+        " WHERE operation_type = 'reset' ORDER BY id"
+    )
+    assert resets.fetchall() == [("alice", 20, None), ("acme", 35, None)]
+
+
+def test_windows_are_left_as_stored_and_read_as_the_library_reads_them(tmp_path: Path) -> None:
+    """The trigger's reset writes no window; the library starts a window again lazily, so
+    it reads the stored ones as it reads those it started again itself: the hour that has
+    ended as nothing used, the week that runs across the month's end with its 9."""
+    library_path = organisation_files(tmp_path, reset_by_library=True)
+    sql_path = organisation_files(tmp_path, reset_by_library=False)
+    sql = connect(sql_path)
+    install_sqlite_sql(sql)
+    stored = "SELECT spending_windows FROM user_tokens WHERE user_id = 'capped'"
+    windows = sql.execute(stored).fetchone()
+
+    sql.execute(
+        "UPDATE user_tokens SET updated_at = ? WHERE user_id = 'capped'",
+        (format_instant(datetime(2026, 2, 1, 9, tzinfo=UTC)),),
+    )
+
+    assert sql.execute(stored).fetchone() == windows
+    assert windows != connect(library_path).execute(stored).fetchone()  # the library's rolled
+    query = (
+        "SELECT operation_type, amount, created_at, balance_after, operation_context, effects"
+        " FROM token_transactions WHERE user_id = 'capped' ORDER BY id",
+        "SELECT user_id, monthly_limit, monthly_tokens_used, last_monthly_reset"
+        " FROM user_tokens WHERE user_id = 'capped'",
+    )
+    for each in query:
+        assert sql.execute(each).fetchall() == connect(library_path).execute(each).fetchall()
+    clock = MovableClock(datetime(2026, 2, 1, 10, tzinfo=UTC))
+    statuses = []
+    for file in (sql_path, library_path):
+        with TokenLedger.sqlite(file, clock=clock) as app:
+            statuses.append(app.status("capped"))
+            assert app.deduct("capped", 10).success  # the hour's whole cap
+            with pytest.raises(InsufficientTokens):
+                app.deduct("capped", 7)  # the week has 6 left
+            assert app.reconcile() == []
+    assert statuses[0] == statuses[1]
+    assert [(w.unit, w.used, w.remaining) for w in statuses[0].windows] == [
+        ("hour", 0, 10),
+        ("week", 9, 16),
+    ]
+    after = "SELECT * FROM user_tokens WHERE user_id = 'capped'"
+    assert sql.execute(after).fetchall() == connect(library_path).execute(after).fetchall()
 
 
 def test_rows_with_a_zone_or_a_rollover_cap_are_left_to_the_library(tmp_path: Path) -> None:

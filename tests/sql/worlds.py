@@ -10,6 +10,15 @@ and the triggers only, for the accounts its SQL covers, and through the
 library for the others (an anchor, a zone of their own, a rollover cap), as a
 program on SQLite must. Every operation takes the instant it happens at, as
 the library's clock does.
+
+Organisations and windows are the library's to set up: both worlds move members
+and cap windows through ``TokenLedger``. The SQL worlds spend from a member (an
+account with an ``organisation_id``) or an account with windows as a program
+without the library must: PostgreSQL's ``deduct_tokens`` refuses them (the world
+checks that it does, with its error, and that nothing was written, then spends
+through the library, as the error's hint says), and SQLite's plain statements
+leave them to the library, as they cannot charge an organisation or count in a
+window. An organisation spends from its own budget through SQL like any account.
 """
 
 from __future__ import annotations
@@ -20,10 +29,15 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import psycopg
-from psycopg.errors import UniqueViolation
+import pytest
+from psycopg.errors import FeatureNotSupported, UniqueViolation
 
-from token_ledger import IdempotencyConflict, InsufficientTokens, TokenLedger
+from token_ledger import IdempotencyConflict, InsufficientTokens, ReservationsHeld, TokenLedger
 from token_ledger.sqlite import format_instant
+
+# What deduct_tokens says when it refuses an account it does not cover.
+NOT_COVERED = "deduct_tokens does not cover account"
+THROUGH_THE_LIBRARY = "Deduct through token-ledger"
 
 
 class World(Protocol):
@@ -51,6 +65,12 @@ class World(Protocol):
 
     def touch(self, now: datetime) -> None:
         """Rewrite the rows the SQL leaves to the library as they are: nothing happens."""
+
+    def join(self, user_id: str, organisation_id: str | None, now: datetime) -> None:
+        """Make ``user_id`` a member of ``organisation_id`` (``None``: of none)."""
+
+    def cap_windows(self, user_id: str, caps: dict[str, int] | None, now: datetime) -> None:
+        """Cap the account's hour, day or week windows (``None``: no caps)."""
 
 
 class LibraryWorld:
@@ -100,12 +120,27 @@ class LibraryWorld:
     def touch(self, now: datetime) -> None:
         """The library writes nothing that is not a change."""
 
+    def join(self, user_id: str, organisation_id: str | None, now: datetime) -> None:
+        self.clock.set(now)
+        with contextlib.suppress(ReservationsHeld):  # its organisation holds a share
+            self.ledger.move_to_organisation(user_id, organisation_id)
+
+    def cap_windows(self, user_id: str, caps: dict[str, int] | None, now: datetime) -> None:
+        self.clock.set(now)
+        self.ledger.set_window_caps(user_id, caps)
+
 
 class PostgresSQLWorld:
-    """The installed functions, and plain statements whose resets the triggers write."""
+    """The installed functions, and plain statements whose resets the triggers write.
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    Members and accounts with windows, which ``deduct_tokens`` refuses, are spent from
+    through ``library``, a ledger on the same schema, once the refusal is checked.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any], library: LibraryWorld) -> None:
         self.conn = conn  # autocommit, search_path set to the world's schema
+        self.library = library
+        self.refusals = 0
 
     def open(
         self,
@@ -123,14 +158,48 @@ class PostgresSQLWorld:
             (user_id, limit, anchor, zone, cap, now, now),
         )
 
+    def not_covered(self, user_id: str) -> bool:
+        """Whether deduct_tokens refuses the account: a member, or an account with windows."""
+        row = self.conn.execute(
+            "SELECT organisation_id IS NOT NULL OR spending_windows IS NOT NULL"
+            " FROM user_tokens WHERE user_id = %s",
+            (user_id,),
+        ).fetchone()
+        assert row is not None
+        return bool(row[0])
+
+    def contents(self) -> list[list[tuple[Any, ...]]]:
+        return [
+            self.conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+            for table in WRITTEN_TABLES
+        ]
+
     def deduct(
         self, user_id: str, amount: int, feature: str | None, key: str | None, now: datetime
     ) -> None:
+        # A key stored already is answered first, for any account, as the library answers
+        # it: the original entry for a retry, 23505 for another deduction; nothing written.
+        call = "SELECT * FROM deduct_tokens(%s, %s, %s, NULL, %s, %s)"
+        arguments = (user_id, amount, feature, key, now)
+        if self.not_covered(user_id) and not self._key_used(key):
+            before = self.contents()
+            with pytest.raises(FeatureNotSupported, match=NOT_COVERED) as refused:
+                self.conn.execute(call, arguments)
+            assert THROUGH_THE_LIBRARY in (refused.value.diag.message_hint or "")
+            assert self.contents() == before  # nothing written, not even a pending reset
+            self.refusals += 1
+            self.library.deduct(user_id, amount, feature, key, now)
+            return
         with contextlib.suppress(UniqueViolation):  # the key was used for another deduction
-            self.conn.execute(
-                "SELECT * FROM deduct_tokens(%s, %s, %s, NULL, %s, %s)",
-                (user_id, amount, feature, key, now),
-            )
+            self.conn.execute(call, arguments)
+
+    def _key_used(self, key: str | None) -> bool:
+        if key is None:
+            return False
+        row = self.conn.execute(
+            "SELECT count(*) FROM token_transactions WHERE idempotency_key = %s", (key,)
+        ).fetchone()
+        return row is not None and row[0] > 0
 
     def set_limit(self, user_id: str, limit: int, overage: int, now: datetime) -> None:
         """A plan change as a program without the library writes it, stamped as it stamps."""
@@ -208,6 +277,22 @@ class PostgresSQLWorld:
     def touch(self, now: datetime) -> None:
         """Not here: a write that leaves updated_at is judged at the server's clock."""
 
+    def join(self, user_id: str, organisation_id: str | None, now: datetime) -> None:
+        self.library.join(user_id, organisation_id, now)
+
+    def cap_windows(self, user_id: str, caps: dict[str, int] | None, now: datetime) -> None:
+        self.library.cap_windows(user_id, caps, now)
+
+
+# What a refused deduct_tokens must leave as it was.
+WRITTEN_TABLES = (
+    "user_tokens",
+    "token_transactions",
+    "token_grants",
+    "token_reservations",
+    "token_notifications",
+)
+
 
 # Whether a reset is pending at %(now)s, by the row's own calendar.
 PENDING_RESET = (
@@ -244,12 +329,16 @@ class SQLiteSQLWorld:
         ).fetchone()
         return bool(row[0])
 
-    def _holds_grants(self, user_id: str) -> bool:
-        """A plain SQL deduction spends the allowance only (SQLite has no deduct_tokens): an
-        account holding grants, such as the rollover of a cap lowered since to 0, is spent
-        through the library."""
+    def spent_through_the_library(self, user_id: str) -> bool:
+        """A plain SQL deduction spends the account's own allowance only (SQLite has no
+        deduct_tokens): an account holding grants (such as the rollover of a cap lowered
+        since to 0), a member, whose organisation must be charged too, and an account with
+        windows, whose windows must count it, are spent through the library; so are the
+        rows left to it. An organisation's own budget is spent by plain SQL."""
         row = self.conn.execute(
-            "SELECT grant_balance > 0 FROM user_tokens WHERE user_id = ?", (user_id,)
+            f"SELECT {LEFT_TO_THE_LIBRARY} OR grant_balance > 0 OR organisation_id IS NOT NULL"
+            " OR spending_windows IS NOT NULL FROM user_tokens WHERE user_id = ?",
+            (user_id,),
         ).fetchone()
         return bool(row[0])
 
@@ -288,7 +377,7 @@ class SQLiteSQLWorld:
         self, user_id: str, amount: int, feature: str | None, key: str | None, now: datetime
     ) -> None:
         assert key is None
-        if self.left_to_the_library(user_id) or self._holds_grants(user_id):
+        if self.spent_through_the_library(user_id):
             self._library().deduct(user_id, amount, feature, key, now)
             return
         params = {"user": user_id, "amount": amount, "feature": feature, **self.at(now)}
@@ -380,3 +469,9 @@ class SQLiteSQLWorld:
             f" WHERE {LEFT_TO_THE_LIBRARY}",
             self.at(now),
         )
+
+    def join(self, user_id: str, organisation_id: str | None, now: datetime) -> None:
+        self._library().join(user_id, organisation_id, now)
+
+    def cap_windows(self, user_id: str, caps: dict[str, int] | None, now: datetime) -> None:
+        self._library().cap_windows(user_id, caps, now)

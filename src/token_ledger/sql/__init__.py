@@ -13,7 +13,10 @@ the functions ``auto_reset_monthly_tokens()`` and
 ``reset_user_tokens_if_needed(user_id)``, and ``deduct_tokens(...)``, for every
 account: its own zone, anchor and rollover. SQLite gets the view and the two
 triggers, for calendar months in UTC without rollover; it leaves the other
-accounts to the library.
+accounts to the library. On both, members and organisations reset each on their
+own and spending windows are left as stored (the library rolls them lazily);
+``deduct_tokens`` spends from an organisation's own budget and refuses (0A000) a
+member or an account with windows, which only the library deducts from.
 
 ``import token_ledger`` imports this module, but not psycopg, sqlite3 or
 ``importlib.resources``: the functions import what they use when called.
@@ -56,6 +59,8 @@ SQLITE_REQUIRED = {
         "time_zone",
         "rollover_cap",
         "notification_thresholds",
+        "organisation_id",
+        "spending_windows",
     },
     "token_transactions": {"effects", "reference"},
     "token_grants": {"remaining", "expires_at"},

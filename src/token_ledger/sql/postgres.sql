@@ -15,6 +15,17 @@
 -- it, and the database clock (now()) otherwise. The functions take the
 -- instant as p_now, default now(). Entries are the ones TokenLedger writes,
 -- with the same operation_context and effects, so reconcile() stays [].
+--
+-- Organisations and spending windows: every row holds its own budget, members
+-- and organisations alike, and each is reset on its own, with its own entry,
+-- as the library resets them. Windows (spending_windows) are left as stored:
+-- the library starts a window again lazily, reading one that started before
+-- the current hour, day or week as nothing used, so a reset needs nothing of
+-- them. deduct_tokens spends from an organisation's own budget (its members
+-- lock it first, and its own deduction writes only its row, never a share),
+-- and refuses, writing nothing, a member (its organisations must be charged
+-- too) and an account with windows (each must count the deduction): those
+-- are deducted through the library.
 
 SELECT pg_advisory_xact_lock(@migration_lock_key@);  -- the migrations' lock
 
@@ -28,7 +39,7 @@ BEGIN
     EXCEPTION WHEN undefined_table OR invalid_schema_name THEN
         v_version := NULL;
     END;
-    IF v_version IS NULL OR v_version < 4 THEN
+    IF v_version IS NULL OR v_version < 5 THEN  -- 5: organisation_id, spending_windows
         RAISE EXCEPTION 'token-ledger''s tables are missing, or older than this SQL'
             USING HINT = 'Open the ledger once with this token-ledger (TokenLedger.postgres or'
                 ' token-ledger init) in the same schema, then install the SQL.';
@@ -290,15 +301,17 @@ LANGUAGE sql STABLE AS $$
     ) AS p
 $$;
 
--- notification_thresholds, which no reset changes, comes from the row itself: the function
--- keeps the columns it has always returned, so installing again never changes its type.
+-- notification_thresholds, organisation_id and spending_windows, which no reset changes,
+-- come from the row itself: the function keeps the columns it has always returned, so
+-- installing again never changes its type. Windows show as stored, their use too (the
+-- library reads a window that has ended as nothing used).
 CREATE OR REPLACE VIEW @schema@.user_tokens_with_auto_reset AS
     SELECT a.user_id, a.monthly_limit, a.monthly_tokens_used, a.last_monthly_reset,
         a.reset_anchor, a.created_at, a.updated_at, a.overage_limit, a.grant_balance,
-        a.reserved_tokens, a.time_zone, a.rollover_cap,
-        (SELECT t.notification_thresholds FROM @schema@.user_tokens AS t
-            WHERE t.user_id = a.user_id) AS notification_thresholds
-    FROM @schema@.user_tokens_with_auto_reset_at(now()) AS a;
+        a.reserved_tokens, a.time_zone, a.rollover_cap, t.notification_thresholds,
+        t.organisation_id, t.spending_windows
+    FROM @schema@.user_tokens_with_auto_reset_at(now()) AS a
+    JOIN @schema@.user_tokens AS t ON t.user_id = a.user_id;
 
 -- BEFORE INSERT and BEFORE UPDATE of a user_tokens row: a row written into a
 -- period that has ended is reset as it is written, and a reset entry logged.
@@ -312,7 +325,9 @@ CREATE OR REPLACE VIEW @schema@.user_tokens_with_auto_reset AS
 -- of that (SET monthly_tokens_used = monthly_tokens_used + 5 on last month's
 -- row leaves 5); an UPDATE that sets last_monthly_reset itself is the writer's
 -- own reset and is left as it is. An INSERT without last_monthly_reset starts
--- the current period.
+-- the current period. A member's row or an organisation's is reset on its own,
+-- as the library resets it, and organisation_id and spending_windows are kept
+-- as written (windows start again lazily, in the library).
 CREATE OR REPLACE FUNCTION @schema@.check_and_reset_monthly_tokens() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -496,6 +511,11 @@ $$;
 -- those accounts' expired grants and holds too.
 -- It locks every account it resets until the transaction ends; on a large
 -- table, the library's batched reset (token-ledger reset --all) holds fewer.
+-- It locks them organisations first, each level of members after the one
+-- above it (a member's depth read from its organisation_id links, at most
+-- organisations.MAX_DEPTH, 8), then by user_id: the order of a member's writer,
+-- which locks its path root first, so the two never deadlock. The entries are
+-- written in user_id order, as the library writes them.
 CREATE OR REPLACE FUNCTION @schema@.auto_reset_monthly_tokens(
     p_now timestamptz DEFAULT now(), OUT reset_count bigint
 )
@@ -518,7 +538,16 @@ BEGIN
                 AND t.last_monthly_reset < v_calendar)
             OR (NOT (t.reset_anchor IS NULL AND t.time_zone IS NULL)
                 AND t.last_monthly_reset <= v_anchored)
-        ORDER BY t.user_id
+        ORDER BY CASE WHEN t.organisation_id IS NULL THEN 0 ELSE (
+            WITH RECURSIVE up (above, depth) AS (
+                SELECT t.organisation_id, 1
+                UNION ALL
+                SELECT o.organisation_id, up.depth + 1
+                FROM up JOIN @schema@.user_tokens AS o ON o.user_id = up.above
+                WHERE o.organisation_id IS NOT NULL AND up.depth < 8
+            )
+            SELECT max(up.depth) FROM up) END,
+            t.user_id
         FOR UPDATE OF t
     ),
     judged AS (
@@ -643,16 +672,36 @@ BEGIN
 END
 $$;
 
--- TokenLedger.deduct for callers that have only SQL, in the caller's
--- transaction: the row is locked, a pending reset is written (and expired
--- grants and holds), then p_amount is spent from the monthly allowance,
--- then grants (lowest priority first; then soonest expiry, grants that never
--- expire last; then oldest), then overage. When too few tokens remain (allowance, grants and
--- overage, less what reservations hold) a failed entry is written and
--- success is false: nothing is raised, so the entry is kept. A retry with
--- the same p_idempotency_key returns the original result and writes
--- nothing; the key used for another user, amount or feature raises 23505.
--- A missing account raises P0002, a bad argument 22023.
+-- The accounts deduct_tokens does not cover, refused with 0A000 (feature_not_supported)
+-- before anything is written: a member, whose deduction must fit and be recorded against
+-- every organisation above it, and an account with spending windows, each of which must
+-- count it. The library deducts from both (TokenLedger.deduct, or ledger.within(conn) in
+-- the caller's transaction).
+CREATE OR REPLACE FUNCTION @schema@.token_ledger_check_covered(p @schema@.user_tokens)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p.organisation_id IS NOT NULL THEN
+        RAISE EXCEPTION 'deduct_tokens does not cover account %: it is a member of organisation %',
+            p.user_id, p.organisation_id
+            USING ERRCODE = '0A000',
+                DETAIL = 'A member''s deduction must fit, and is recorded against, the budget'
+                    ' of every organisation above it too. Nothing was written.',
+                HINT = 'Deduct through token-ledger (TokenLedger.deduct, or ledger.within(...)'
+                    ' in this transaction), which charges the organisation too.';
+    END IF;
+    IF p.spending_windows IS NOT NULL THEN
+        RAISE EXCEPTION 'deduct_tokens does not cover account %: it has spending windows',
+            p.user_id
+            USING ERRCODE = '0A000',
+                DETAIL = 'A deduction must fit, and is counted in, each of its hour, day or'
+                    ' week windows. Nothing was written.',
+                HINT = 'Deduct through token-ledger (TokenLedger.deduct, or ledger.within(...)'
+                    ' in this transaction), which counts it in every window.';
+    END IF;
+END
+$$;
+
 -- What one more deduction may take: allowance, live grants and overage, less holds
 -- (TokenAccount.spendable, for a row already settled).
 CREATE OR REPLACE FUNCTION @schema@.token_ledger_spendable(p @schema@.user_tokens)
@@ -718,6 +767,21 @@ BEGIN
 END
 $$;
 
+-- TokenLedger.deduct for callers that have only SQL, in the caller's
+-- transaction: the row is locked, a pending reset is written (and expired
+-- grants and holds), then p_amount is spent from the monthly allowance,
+-- then grants (lowest priority first; then soonest expiry, grants that never
+-- expire last; then oldest), then overage. When too few tokens remain (allowance, grants and
+-- overage, less what reservations hold) a failed entry is written and
+-- success is false: nothing is raised, so the entry is kept. A retry with
+-- the same p_idempotency_key returns the original result and writes
+-- nothing; the key used for another user, amount or feature raises 23505.
+-- A missing account raises P0002, a bad argument 22023, and a member or an
+-- account with windows 0A000 (token_ledger_check_covered), after a retry's
+-- key is answered: a retry writes nothing, so it is answered for any account.
+-- An organisation's own budget is spent like any account's: its members' writers lock
+-- its row first, and this locks only that row; its share holds count in
+-- reserved_tokens and expire like any hold.
 CREATE OR REPLACE FUNCTION @schema@.deduct_tokens(
     p_user_id text,
     p_amount bigint,
@@ -776,6 +840,7 @@ BEGIN
             RETURN;
         END IF;
     END IF;
+    PERFORM @schema@.token_ledger_check_covered(v_stored);
 
     v_account := @schema@.token_ledger_settle(v_stored, p_now);
     v_settled := v_account;

@@ -9,6 +9,17 @@
 -- resets need its calendar or write a grant. Safe to run again, on tables
 -- token-ledger has created.
 --
+-- Organisations and their members are accounts like the others here: each row
+-- holds its own budget and resets on its own, with its own reset entry (the
+-- library resets a member without touching its organisation, and the other way
+-- round). Spending windows (spending_windows) are left as they are stored:
+-- the library starts a window again lazily, reading a window that started
+-- before the current hour, day or week as nothing used, so a reset written
+-- here needs nothing of them. There is no SQL deduction on SQLite: a plain
+-- UPDATE of monthly_tokens_used charges no organisation and counts in no
+-- window, so spend from members (organisation_id set) and from accounts with
+-- windows through the library only.
+--
 -- Instants are text in the library's form, 2026-01-01 00:00:00.000000+00:00;
 -- write them as strftime('%Y-%m-%d %H:%M:%f000+00:00', 'now'). A write's
 -- instant is its new updated_at when the write changes it, and the clock of
@@ -25,7 +36,9 @@ CREATE VIEW token_ledger_now (now) AS
 -- Every column of user_tokens as TokenLedger.status sees it now: a calendar
 -- month that has ended shows nothing used and this month's start, grants past
 -- their expiry are no longer counted, nor holds past theirs. The rows left to
--- the library show their usage and period as stored.
+-- the library show their usage and period as stored. organisation_id and
+-- spending_windows are shown as stored, the windows' use too (the library
+-- reads a window that has ended as nothing used).
 DROP VIEW IF EXISTS user_tokens_with_auto_reset;
 CREATE VIEW user_tokens_with_auto_reset AS
 SELECT
@@ -51,7 +64,9 @@ SELECT
     ) END AS reserved_tokens,
     t.time_zone,
     t.rollover_cap,
-    t.notification_thresholds
+    t.notification_thresholds,
+    t.organisation_id,
+    t.spending_windows
 FROM user_tokens AS t
 CROSS JOIN (
     SELECT now, substr(now, 1, 7) || '-01 00:00:00.000000+00:00' AS period_start
