@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from token_ledger.change import Change
-from token_ledger.errors import InvalidInput, TransientStorageError
+from token_ledger.errors import InvalidInput, LedgerInvariantError, TransientStorageError
 from token_ledger.grants import Reservation
 from token_ledger.transactions import Effects, Transaction
 
@@ -73,10 +73,18 @@ def check_path(path: Sequence[TokenAccount]) -> None:
             raise TransientStorageError(
                 f"{below.user_id!r} moved while its organisations were being locked"
             )
-    if path[0].organisation_id is not None:
-        raise TransientStorageError(
-            f"{path[0].user_id!r} joined an organisation while its path was being locked"
+    top = path[0]
+    if top.organisation_id is None:
+        return
+    if len(path) >= MAX_DEPTH:  # the library never makes one: a chain written by hand
+        raise LedgerInvariantError(
+            f"the path of {path[-1].user_id!r} is longer than {MAX_DEPTH} accounts (a cycle of"
+            " organisation_id written by hand?); nothing was written"
         )
+    raise TransientStorageError(
+        f"{top.user_id!r} joined organisation {top.organisation_id!r} while its path was being"
+        " locked, or that organisation does not exist (an organisation_id written by hand?)"
+    )
 
 
 def check_move(member_id: str, above: Sequence[TokenAccount], height_below: int) -> None:

@@ -21,7 +21,7 @@ from psycopg_pool import ConnectionPool
 from postgres.support import PATIENCE, wait_for_lock_wait
 from postgres.test_round_trips import Wire
 from postgres_server import Database
-from token_ledger import AccountNotFound, InsufficientTokens, TokenLedger
+from token_ledger import AccountNotFound, InsufficientTokens, LedgerInvariantError, TokenLedger
 from token_ledger.organisations import MAX_DEPTH
 from token_ledger.postgres import PostgresRepository, PostgresUnitOfWork
 from token_ledger.postgres_async import AsyncPostgresRepository
@@ -274,6 +274,10 @@ def test_a_cycle_written_by_hand_is_cut_at_the_deepest_path(
             path = work.load_path("b")
         assert len(path) == MAX_DEPTH
         assert [a.user_id for a in path[-2:]] == ["a", "b"]
+        ledger = TokenLedger(repository)
+        with pytest.raises(LedgerInvariantError, match="longer than 8 accounts"):
+            ledger.deduct("b", 1)
+        assert not ledger.history(operation_type="deduct")
     finally:
         repository.close()
 
