@@ -285,7 +285,8 @@ class TokenAccount:
         moved = attrs.evolve(before, time_zone=time_zone, updated_at=now)
         account = attrs.evolve(
             moved,
-            last_monthly_reset=moved.period_at(policy, now).start,
+            # never before the stored period, which a write with a later clock may have begun
+            last_monthly_reset=moved.current_period(policy, now).start,
             windows=windows_in_zone(before.windows, now, moved.calendar_zone(policy)),
         )
         entry = entry_of(

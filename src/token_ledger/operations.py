@@ -405,7 +405,7 @@ def deduct(
         lambda organisation: organisation.deduct(policy, now, amount, feature=feature),
     )
     stored = yield from _store_path(policy, now, thresholds, path, changes)
-    return Spent(stored[-1], organisations.spendable(changes))
+    return Spent(stored[-1], organisations.spendable(changes, policy, now))
 
 
 def set_limits(
@@ -533,7 +533,7 @@ def reserve(
             ),
         )
         stored = yield from _store_path(policy, now, thresholds, path, changes)
-        spent = Spent(stored[-1], organisations.spendable(changes))
+        spent = Spent(stored[-1], organisations.spendable(changes, policy, now))
     reference = spent.entry.reference
     if not reference:
         return spent
@@ -567,7 +567,7 @@ def settle(
         lambda organisation: _settle_share(organisation, policy, now, found, actual),
     )
     stored = yield from _store_path(policy, now, thresholds, path, changes)
-    return Spent(stored[-1], organisations.spendable(changes))
+    return Spent(stored[-1], organisations.spendable(changes, policy, now))
 
 
 def _settle_share(

@@ -119,25 +119,25 @@ def shared(
     the share, or ``None`` when the organisation takes no part. When the member's change
     succeeded but an organisation cannot take its share, the member's entry becomes a
     refusal naming that organisation (``refused_by``) and what the path had left
-    (``available``), and no organisation spends. The
-    organisations are settled either way, so that what is returned shows each as it is.
+    (``available``). Only the organisations that take a part are written.
     """
     above = path[:-1]
     if not above:
         return [change]
+    untouched = [Change(account) for account in above]
     if not change.entries or not change.last_entry.success:
-        return [*(account.as_of(policy, now) for account in above), change]
+        return [*untouched, change]
     shares = [share(account) for account in above]
     refusing = next(
         (i for i, s in enumerate(shares) if s is not None and not s.last_entry.success), None
     )
     if refusing is None:
         member = path[-1].user_id
-        return [
-            account.as_of(policy, now) if part is None else mark(part, member)
-            for account, part in zip(above, shares, strict=True)
-        ] + [change]
-    settled = [account.as_of(policy, now) for account in above]
+        marked = [
+            kept if part is None else mark(part, member)
+            for kept, part in zip(untouched, shares, strict=True)
+        ]
+        return [*marked, change]
     own = path[-1].as_of(policy, now)
     entry = change.last_entry
     refused = attrs.evolve(
@@ -148,10 +148,10 @@ def shared(
         operation_context={
             **entry.operation_context,
             "refused_by": above[refusing].user_id,
-            "available": min(own.account.spendable, *(s.account.spendable for s in settled)),
+            "available": spendable([*untouched, own], policy, now),
         },
     )
-    return [*settled, own.then(Change(own.account, (refused,)))]
+    return [*untouched, own.then(Change(own.account, (refused,)))]
 
 
 def replayed_remaining(entry: Transaction) -> int:
@@ -184,7 +184,8 @@ def linked(entries: Sequence[Transaction], member_entry_id: int | None) -> list[
     ]
 
 
-def spendable(changes: Sequence[Change]) -> int:
+def spendable(changes: Sequence[Change], policy: MonthlyResetPolicy, now: datetime) -> int:
     """What one more deduction of the member may take: the least any budget on its path
-    has left."""
-    return min(change.account.spendable for change in changes)
+    has left, each seen as it is at ``now`` (an organisation not written may hold a reset
+    still pending)."""
+    return min(change.account.as_of(policy, now).account.spendable for change in changes)
