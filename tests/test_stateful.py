@@ -753,12 +753,11 @@ def step(state: Any, rule: str, **arguments: Any) -> Any:
     return result
 
 
-@pytest.mark.xfail(raises=IndexError, strict=True, reason="organisations.shared, on a release")
 def test_a_member_releases_a_hold_whose_share_a_clock_ahead_wrote_off(
     repository_factory: Callable[[], TokenRepository],
 ) -> None:
-    """operations._settle_share answers the organisation's settled account, without entries,
-    for a release whose share is gone; organisations.shared then reads its last entry."""
+    """A release whose share is gone takes no part of the organisation (it used to answer
+    the organisation's settled account, without entries, whose last entry was then read)."""
     with replay(repository_factory) as state:
         hold = step(state, "reserve", user_id="alice", amount=10, minutes=45)
         step(state, "settle_with_a_clock_ahead", user_id="acme", ahead=timedelta(hours=1))
@@ -786,20 +785,11 @@ def test_a_refund_after_a_change_of_zone_takes_usage_below_nothing(
 
 
 def test_a_commit_spent_as_a_deduction_is_stamped_like_every_write(
-    repository_factory: Callable[[], TokenRepository], request: pytest.FixtureRequest
+    repository_factory: Callable[[], TokenRepository],
 ) -> None:
-    """operations._settle_share spends a commit whose share a clock ahead wrote off without
-    @stamped: written at the instant of the organisation's last write, its row keeps its
-    updated_at, and the optional SQL's trigger judges it at the database's clock."""
-    engine = request.node.callspec.id
-    if "with-sql" in engine:
-        request.applymarker(
-            pytest.mark.xfail(
-                raises=AssertionError,
-                strict=engine == "sqlite-with-sql",
-                reason="a reset at the database clock (PostgreSQL not tried: no organisations)",
-            )
-        )
+    """A commit whose share a clock ahead wrote off is spent from the organisation as a
+    deduction would be, and stamped like every write (it was not: its row kept its
+    updated_at, and the optional SQL's trigger judged it at the database's clock)."""
     with replay(repository_factory) as state:
         hold = step(state, "reserve", user_id="bob", amount=10, minutes=45)
         step(state, "settle_with_a_clock_ahead", user_id="acme", ahead=timedelta(hours=1))

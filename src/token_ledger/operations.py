@@ -37,7 +37,6 @@ from token_ledger.errors import (
 from token_ledger.grants import Grant, Reservation
 from token_ledger.policy import MonthlyResetPolicy
 from token_ledger.repository import StaleCutoffs, TokenRepository, UnitOfWork
-from token_ledger.spending import spend
 from token_ledger.thresholds import Notification, Thresholds, crossed, in_effect
 from token_ledger.transactions import Effects, OperationType, Transaction, replay
 
@@ -585,17 +584,9 @@ def _settle_share(
         return reservations.settle_hold(organisation, policy, now, share, actual)
     if actual is None:
         return None
-    current = organisation.as_of(policy, now)
-    spent = spend(
-        current.account,
-        OperationType.COMMIT,
-        actual,
-        now,
-        feature=member_hold.feature,
-        reference=share.id,
-        operation_context={"reserved": member_hold.amount},
+    return reservations.commit_unheld(
+        organisation, policy, now, share, actual, reserved=member_hold.amount
     )
-    return current.then(spent)
 
 
 def refund(

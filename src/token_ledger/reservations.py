@@ -121,3 +121,28 @@ def settle_hold(
         return current.then(Change(before, spent.entries))
     closed = attrs.evolve(hold, status=ReservationStatus.COMMITTED)
     return current.then(attrs.evolve(spent, reservations=(closed,)))
+
+
+@stamped
+def commit_unheld(
+    stored: TokenAccount,
+    policy: MonthlyResetPolicy,
+    now: datetime,
+    hold: Reservation,
+    actual: int,
+    *,
+    reserved: int,
+) -> Change:
+    """Commit ``actual`` tokens of a hold this account no longer holds (a write with a later
+    clock released it): spent from its budget as a deduction would be, or refused."""
+    current = stored.as_of(policy, now)
+    spent = spend(
+        current.account,
+        OperationType.COMMIT,
+        actual,
+        now,
+        feature=hold.feature,
+        reference=hold.id,
+        operation_context={"reserved": reserved},
+    )
+    return current.then(spent)
