@@ -21,18 +21,23 @@ def blocks(text: str, language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
 
 
-def test_the_usage_reports_example_prints_what_the_readme_shows(tmp_path: Path) -> None:
-    usage = section("Usage reports")
-    (code,) = blocks(usage, "python")
-    (printed,) = blocks(usage, "text")
-
+def run_example(title: str, directory: Path) -> tuple[str, str]:
+    """What the section's one Python block prints when run, and the text block it shows."""
+    text = section(title)
+    (code,) = blocks(text, "python")
+    (printed,) = blocks(text, "text")
     completed = subprocess.run(
         [sys.executable, "-c", code],
-        cwd=tmp_path,
+        cwd=directory,
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
+    return completed.stdout, printed
 
-    assert completed.stdout == printed
+
+def test_the_usage_reports_example_prints_what_the_readme_shows(tmp_path: Path) -> None:
+    stdout, printed = run_example("Usage reports", tmp_path)
+
+    assert stdout == printed

@@ -289,19 +289,11 @@ class TokenAccount:
             last_monthly_reset=moved.current_period(policy, now).start,
             windows=windows_in_zone(before.windows, now, moved.calendar_zone(policy)),
         )
-        entry = entry_of(
-            self,
-            account,
-            OperationType.LIMIT_CHANGE,
-            account.monthly_limit,
-            now,
-            operation_context={
-                "previous_limit": before.monthly_limit,
-                "previous_time_zone": before.time_zone,
-                "time_zone": time_zone,
-            },
+        return current.then(
+            _setting_changed(
+                self, account, now, previous_time_zone=before.time_zone, time_zone=time_zone
+            )
         )
-        return current.then(Change(account, (entry,)))
 
     @stamped
     def with_window_caps(
@@ -317,19 +309,15 @@ class TokenAccount:
         if windows == before.windows:
             return current
         account = attrs.evolve(before, windows=windows, updated_at=now)
-        entry = entry_of(
-            self,
-            account,
-            OperationType.LIMIT_CHANGE,
-            account.monthly_limit,
-            now,
-            operation_context={
-                "previous_limit": before.monthly_limit,
-                "previous_window_caps": {w.unit: w.cap for w in before.windows},
-                "window_caps": dict(caps),
-            },
+        return current.then(
+            _setting_changed(
+                self,
+                account,
+                now,
+                previous_window_caps={w.unit: w.cap for w in before.windows},
+                window_caps=dict(caps),
+            )
         )
-        return current.then(Change(account, (entry,)))
 
     @stamped
     def in_organisation(
@@ -345,19 +333,15 @@ class TokenAccount:
         if before.holds:
             raise ReservationsHeld(self.user_id, len(before.holds))
         account = attrs.evolve(before, organisation_id=organisation_id, updated_at=now)
-        entry = entry_of(
-            self,
-            account,
-            OperationType.LIMIT_CHANGE,
-            account.monthly_limit,
-            now,
-            operation_context={
-                "previous_limit": before.monthly_limit,
-                "previous_organisation": before.organisation_id,
-                "organisation": organisation_id,
-            },
+        return current.then(
+            _setting_changed(
+                self,
+                account,
+                now,
+                previous_organisation=before.organisation_id,
+                organisation=organisation_id,
+            )
         )
-        return current.then(Change(account, (entry,)))
 
     @stamped
     def void_grant(
@@ -398,6 +382,22 @@ class TokenAccount:
         )
         voided = attrs.evolve(live or grant, remaining=0, voided_at=now)
         return current.then(Change(account, (entry,), (voided,)))
+
+
+def _setting_changed(
+    stored: TokenAccount, account: TokenAccount, now: datetime, **context: Any
+) -> Change:
+    """The ``limit_change`` entry of a change of one of an account's settings: the limit
+    it had (``previous_limit``), then what changed, as ``context`` names it."""
+    entry = entry_of(
+        stored,
+        account,
+        OperationType.LIMIT_CHANGE,
+        account.monthly_limit,
+        now,
+        operation_context={"previous_limit": account.monthly_limit, **context},
+    )
+    return Change(account, (entry,))
 
 
 def _grant_context(grant: Grant) -> dict[str, Any]:
