@@ -359,7 +359,9 @@ def assert_real_work(
         "move refused: its own hold",
     )
     assert all(counts[kind] >= 3 for kind in kinds), summary
-    assert all(refused[budget] >= 3 for budget in ("own", ORGANISATION, OTHER)), summary
+    # which organisation runs out first is the draw's: at least one of them must refuse
+    assert refused["own"] >= 3, summary
+    assert refused[ORGANISATION] + refused[OTHER] >= 3, summary
     assert all(moved[place] >= 3 for place in (ORGANISATION, OTHER, None)), summary
     return summary
 
