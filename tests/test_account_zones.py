@@ -7,6 +7,7 @@ import calendar
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
+import pytest
 from dateutil.relativedelta import relativedelta
 from hypothesis import given
 from hypothesis import strategies as st
@@ -111,4 +112,37 @@ def test_a_change_of_zone_never_resets_nor_loses_usage(
     assert ledger.status("u1").period_start <= at < ledger.status("u1").next_reset
     local = ledger.status("u1").next_reset.astimezone(ZoneInfo(second_zone))
     assert (local.day, local.hour in (0, 1)) == (1, True)
+    assert ledger.reconcile() == []
+
+
+@pytest.mark.parametrize(
+    ("zone", "next_reset"),
+    [
+        ("America/Los_Angeles", datetime(2026, 2, 1, 8, tzinfo=UTC)),
+        ("Pacific/Auckland", datetime(2026, 2, 28, 11, tzinfo=UTC)),
+    ],
+)
+def test_a_change_of_zone_after_a_reset_leaves_what_was_spent_before_it_in_the_ended_period(
+    zone: str, next_reset: datetime
+) -> None:
+    """Both zones were already in their period of 2026-01-31 18:00 UTC when the change
+    came, two hours after the UTC month's reset: the period keeps that reset as its start,
+    so a refund of the deduction before it is a grant, not usage given back (it was: -44)."""
+    clock = MovableClock(datetime(2026, 1, 31, 18, tzinfo=UTC))
+    ledger = TokenLedger.memory(clock=clock)
+    ledger.open_account("u1", monthly_limit=100)
+    before = ledger.deduct("u1", 44).transaction.id
+    assert before is not None
+    clock.set(datetime(2026, 2, 1, 2, tzinfo=UTC))
+    ledger.deduct("u1", 5)
+
+    ledger.set_time_zone("u1", zone)
+    ledger.refund(before)
+
+    status = ledger.status("u1")
+    assert (status.monthly_used, status.grant_balance) == (5, 44)
+    assert (status.period_start, status.next_reset) == (
+        datetime(2026, 2, 1, tzinfo=UTC),
+        next_reset,
+    )
     assert ledger.reconcile() == []
