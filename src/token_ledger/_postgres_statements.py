@@ -229,19 +229,18 @@ class Statements:
     def _where(self, conditions: Sequence[sql.Composable]) -> sql.Composable:
         return sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("true")
 
-    def select_accounts(self, conditions: Sequence[sql.Composable], *, lock: bool) -> sql.Composed:
-        """Accounts by ``user_id``, up to ``LIMIT %s``; locked with ``lock``.
-
-        LIMIT counts rows after they are locked: a row that another writer
-        changed meanwhile is checked again, and if it no longer matches the next
-        candidate takes its place, so only the last page comes back short.
-        Locking in user_id order keeps two bulk resets from deadlocking.
-        """
+    def select_accounts(self, conditions: Sequence[sql.Composable]) -> sql.Composed:
+        """Accounts by ``user_id``, up to ``LIMIT %s``."""
         return sql.SQL(
-            "SELECT {accounts} FROM {user_tokens} WHERE {where} ORDER BY user_id LIMIT %s{lock}"
-        ).format(
+            "SELECT {accounts} FROM {user_tokens} WHERE {where} ORDER BY user_id LIMIT %s"
+        ).format(where=self._where(conditions), **self._names)
+
+    def lock_batch(self, conditions: Sequence[sql.Composable]) -> sql.Composed:
+        """:data:`LOCK_BATCH` for the candidates ``conditions`` select, up to ``LIMIT %s``."""
+        return sql.SQL(LOCK_BATCH.strip()).format(
             where=self._where(conditions),
-            lock=sql.SQL(" FOR UPDATE" if lock else ""),
+            limit=sql.SQL("%s"),
+            max_depth=sql.Literal(MAX_DEPTH),
             **self._names,
         )
 
@@ -269,7 +268,12 @@ class Statements:
 
     def calendar_run(self, conditions: Sequence[sql.Composable]) -> sql.Composed:
         """:data:`CALENDAR_RUN` for the candidates ``conditions`` select."""
-        return sql.SQL(CALENDAR_RUN.strip()).format(where=self._where(conditions), **self._names)
+        return sql.SQL(CALENDAR_RUN.strip()).format(
+            where=self._where(conditions),
+            limit=sql.SQL("%(limit)s"),
+            max_depth=sql.Literal(MAX_DEPTH),
+            **self._names,
+        )
 
     def count_where(self, filters: Sequence[Sequence[sql.Composable]]) -> sql.Composed:
         """The accounts matching each list of conditions, counted in one pass."""
@@ -498,19 +502,60 @@ SELECT user_id, field, stored, expected FROM (
 ) AS found ORDER BY user_id, place, grant_id COLLATE "C"
 """
 
+# The bulk reset's batch: the next candidates by user_id, as the statement's snapshot has
+# them (``batch``), each with its depth in the tree of organisations as the snapshot has it
+# (``depths``: 0 for a root; the walk up stops at MAX_DEPTH, as LOCK_PATH's does).
+BATCH = """ batch AS MATERIALIZED (
+    SELECT user_id, organisation_id FROM {user_tokens} WHERE {where}
+    ORDER BY user_id LIMIT {limit}
+),
+above (member, organisation_id, depth) AS (
+    SELECT user_id, organisation_id, 0 FROM batch
+    UNION ALL
+    SELECT above.member, t.organisation_id, above.depth + 1
+    FROM above JOIN {user_tokens} AS t ON t.user_id = above.organisation_id
+    WHERE above.depth < {max_depth}
+),
+depths AS (SELECT member, max(depth) AS depth FROM above GROUP BY member)
+"""
+
+# The bulk reset's next batch, locked root first: organisations before their members (by
+# depth, then user_id), the order every writer of a path takes (LOCK_PATH), so a reset
+# of a member and its organisation in one batch cannot deadlock with a member's deduction,
+# nor with another bulk reset. Locked in ``user_id`` order, as it used to be, a member
+# that sorts before its organisation was locked first. Each row comes back as it is once
+# locked, whether a writer reset it meanwhile or not (the domain decides), by user_id: the
+# last one is where the next batch starts, and only the last batch comes back short.
+LOCK_BATCH = (
+    "WITH RECURSIVE"
+    + BATCH
+    + """,
+locked AS MATERIALIZED (
+    SELECT {accounts} FROM {user_tokens} AS a JOIN depths ON depths.member = a.user_id
+    ORDER BY depths.depth, a.user_id FOR UPDATE OF a
+)
+SELECT {accounts} FROM locked ORDER BY user_id
+"""
+)
+
 # The bulk reset's next run of accounts that need no decision of the domain (see
-# CalendarResets), in one statement: the candidates are locked as lock_stale_candidates
-# locks them; those before the first with an anchor, a zone, a rollover, a grant, a hold
-# or windows (the domain's reset starts them again too) are reset, each
-# with the entry the domain writes. It answers how many candidates there were, how many
-# it reset, the last of those, and how many after them the domain must decide.
-CALENDAR_RUN = """
-WITH candidates AS MATERIALIZED (
-    SELECT user_id, monthly_limit, monthly_tokens_used, last_monthly_reset,
+# CalendarResets), in one statement: the batch is locked as LOCK_BATCH locks it, and the
+# candidates are those still stale once locked; those before the first with an anchor, a
+# zone, a rollover, a grant, a hold or windows (the domain's reset starts them again too)
+# are reset, each with the entry the domain writes. It answers how many accounts the batch
+# chose and the last of them, how many candidates there were, how many it reset, the last
+# of those, and how many after them the domain must decide.
+CALENDAR_RUN = (
+    "WITH RECURSIVE"
+    + BATCH
+    + """,
+candidates AS MATERIALIZED (
+    SELECT a.user_id, monthly_limit, monthly_tokens_used, last_monthly_reset,
         reset_anchor IS NULL AND time_zone IS NULL AND rollover_cap = 0
             AND grant_balance = 0 AND reserved_tokens = 0
             AND spending_windows IS NULL AS simple
-    FROM {user_tokens} WHERE {where} ORDER BY user_id LIMIT %(limit)s FOR UPDATE
+    FROM {user_tokens} AS a JOIN depths ON depths.member = a.user_id WHERE {where}
+    ORDER BY depths.depth, a.user_id FOR UPDATE OF a
 ),
 stop AS MATERIALIZED (SELECT min(user_id) AS user_id FROM candidates WHERE NOT simple),
 run AS MATERIALIZED (
@@ -534,13 +579,15 @@ logged AS (
         NULL, NULL
     FROM run ORDER BY user_id
 )
-SELECT (SELECT count(*) FROM candidates), (SELECT count(*) FROM run),
+SELECT (SELECT count(*) FROM batch), (SELECT max(user_id) FROM batch),
+    (SELECT count(*) FROM candidates), (SELECT count(*) FROM run),
     (SELECT max(user_id) FROM run),
     (SELECT count(*) FROM candidates AS c WHERE c.user_id >= stop.user_id
         AND NOT EXISTS (SELECT FROM candidates AS s
             WHERE s.simple AND s.user_id > stop.user_id AND s.user_id < c.user_id))
 FROM stop
 """
+)
 
 
 @attrs.frozen

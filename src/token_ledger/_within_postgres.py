@@ -235,7 +235,7 @@ class PostgresCallerTransaction:
         self, where: AccountFilter, after_user_id: str | None, limit: int
     ) -> list[TokenAccount]:
         conditions, params = sql_conditions(account_conditions(where, after_user_id))
-        return self._accounts(self._sql.select_accounts(conditions, lock=False), [*params, limit])
+        return self._accounts(self._sql.select_accounts(conditions), [*params, limit])
 
     def close(self) -> None:
         """Nothing to close: the connection and its transaction are the caller's."""

@@ -224,8 +224,7 @@ class PostgresUnitOfWork:
         conditions, params = sql_conditions(
             account_conditions(AccountFilter(stale=cutoffs), after_user_id)
         )
-        query = self._sql.select_accounts(conditions, lock=True)
-        rows = self._execute(query, [*params, limit]).fetchall()
+        rows = self._execute(self._sql.lock_batch(conditions), [*params, limit]).fetchall()
         return _with_balances(self._conn, self._sql, [ROWS.account(row) for row in rows])
 
     def append_notifications(self, notifications: Sequence[Notification]) -> list[Notification]:
@@ -498,13 +497,16 @@ class PostgresRepository:
                     return None
                 raise
         assert row is not None
-        candidates, resets, last_reset, for_the_domain = row
-        after = run.after_user_id if last_reset is None else last_reset
+        chosen, last_chosen, candidates, resets, last_reset, for_the_domain = row
+        # a chosen account that a writer reset before it was locked is no candidate: the
+        # batch, not its candidates, tells whether accounts are left after it
+        short = chosen < run.limit
         if not candidates:
-            return ResetStep(after, 0, last=True)
+            return ResetStep(last_chosen or run.after_user_id, 0, last=short)
+        after = run.after_user_id if last_reset is None else last_reset
         if resets == candidates:
-            return ResetStep(after, resets, last=candidates < run.limit)
-        final = candidates < run.limit and resets + for_the_domain == candidates
+            return ResetStep(after, resets, last=short)
+        final = short and resets + for_the_domain == candidates
         return ResetStep(after, resets, False, for_the_domain, final)
 
     def _read(self, query: sql.Composed, params: Sequence[Any]) -> list[tuple[Any, ...]]:

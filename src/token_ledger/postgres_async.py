@@ -217,8 +217,7 @@ class AsyncPostgresUnitOfWork:
         conditions, params = sql_conditions(
             account_conditions(AccountFilter(stale=cutoffs), after_user_id)
         )
-        query = self._sql.select_accounts(conditions, lock=True)
-        rows = await _fetch(self._conn, query, [*params, limit])
+        rows = await _fetch(self._conn, self._sql.lock_batch(conditions), [*params, limit])
         return await _with_balances(self._conn, self._sql, [ROWS.account(row) for row in rows])
 
     async def append_notifications(
@@ -290,7 +289,7 @@ class AsyncPostgresReads:
         self, where: AccountFilter, after_user_id: str | None, limit: int
     ) -> list[TokenAccount]:
         conditions, params = sql_conditions(account_conditions(where, after_user_id))
-        query = self._sql.select_accounts(conditions, lock=False)
+        query = self._sql.select_accounts(conditions)
         return await self._accounts(query, [*params, limit])
 
 

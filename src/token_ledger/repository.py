@@ -259,7 +259,11 @@ class UnitOfWork(Protocol):
     def lock_stale_candidates(
         self, cutoffs: StaleCutoffs, after_user_id: str | None, limit: int
     ) -> list[TokenAccount]:
-        """Up to ``limit`` possibly stale accounts, by ``user_id`` after ``after_user_id``."""
+        """Up to ``limit`` possibly stale accounts, by ``user_id`` after ``after_user_id``.
+
+        A store that locks rows locks them root first (organisations before their
+        members), the order in which every writer of a path takes them.
+        """
         ...
 
     def append_notifications(self, notifications: Sequence[Notification]) -> list[Notification]:

@@ -60,7 +60,7 @@ def test_resetting_thousands_of_accounts_takes_a_fixed_number_of_statements_a_ba
         batches = ACCOUNTS // BATCH + 1  # the last one finds nothing left
         if set_based:
             assert len(cursor.statements) == batches
-            assert all(text.startswith("WITH candidates") for text in cursor.statements)
+            assert all(text.startswith("WITH RECURSIVE batch") for text in cursor.statements)
         else:
             assert len(cursor.statements) == 3 * (batches - 1) + 1
         resets = ledger.history(operation_type="reset", limit=ACCOUNTS + 1)
@@ -101,6 +101,40 @@ def test_an_account_reset_by_another_writer_mid_batch_does_not_end_the_bulk_rese
 
         assert reset_count == 3
         assert [ledger.get_account(u).last_monthly_reset.month for u in "abcd"] == [2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("set_based", [True, False], ids=["set-based", "by-the-domain"])
+def test_the_bulk_reset_locks_an_organisation_before_its_members(
+    postgres_database: Database, postgres_schema: str, set_based: bool
+) -> None:
+    """A member's write locks its organisation, then the member. The bulk reset of a batch
+    of both takes them in that order too, though the member (``alice``) sorts before its
+    organisation (``zeta``): in user_id order, it held ``alice`` while it waited for
+    ``zeta``, which the member's write held while it waited for ``alice``, a deadlock that
+    PostgreSQL broke after a second by failing one of them."""
+    clock = MovableClock(datetime(2026, 1, 15, tzinfo=UTC))
+    url = psycopg.conninfo.make_conninfo(postgres_database.url, application_name="tl-bulk")
+    repository = PostgresRepository(url, schema=postgres_schema)
+    if not set_based:
+        repository.reset_calendar_run = None  # type: ignore[assignment]
+    user_tokens = sql.Identifier(postgres_schema, "user_tokens")
+    lock = sql.SQL("SELECT 1 FROM {} WHERE user_id = %s FOR UPDATE NOWAIT").format(user_tokens)
+    with TokenLedger(repository, clock=clock) as ledger:
+        ledger.open_account("zeta", monthly_limit=100)
+        ledger.open_account("alice", monthly_limit=10, organisation_id="zeta")
+        ledger.deduct("alice", 4)
+        clock.set(datetime(2026, 2, 2, tzinfo=UTC))
+        with psycopg.connect(postgres_database.url) as member_write:
+            member_write.execute(lock, ("zeta",))
+            with ThreadPoolExecutor(1) as thread:
+                bulk_reset = thread.submit(ledger.reset_all_stale, batch_size=10)
+                wait_for_lock_wait(postgres_database, "tl-bulk")
+                member_write.execute(lock, ("alice",))  # not held by the waiting bulk reset
+                member_write.commit()
+                assert bulk_reset.result() == 2
+
+        assert [ledger.status(u).monthly_used for u in ("alice", "zeta")] == [0, 0]
+        assert ledger.reconcile() == []
 
 
 def test_a_batch_with_grants_and_holds_reads_and_writes_them_once_for_all_its_accounts(
