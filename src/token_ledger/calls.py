@@ -195,9 +195,11 @@ class LedgerCalls:
         own zone, within its period: ``{"day": 1000}``; ``None`` or ``{}`` for no caps.
 
         A window that stays keeps what it has used; recorded as a ``limit_change`` entry.
+        A cap lowered to what its window used leaves nothing: thresholds that this
+        reaches are notified, as for a lowered limit.
         """
         return self._perform(
-            commands.set_window_caps(self.policy, self.now(), user_id, window_caps)
+            commands.set_window_caps(self.policy, self.now(), user_id, window_caps, self.thresholds)
         )
 
     def set_thresholds(self, user_id: str, thresholds: Iterable[Threshold] | None) -> TokenAccount:

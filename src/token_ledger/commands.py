@@ -254,12 +254,16 @@ def move_to_organisation(
 
 
 def set_window_caps(
-    policy: MonthlyResetPolicy, now: datetime, user_id: object, caps: object
+    policy: MonthlyResetPolicy,
+    now: datetime,
+    user_id: object,
+    caps: object,
+    thresholds: Thresholds = (),
 ) -> Command[TokenAccount, TokenAccount]:
     """Caps per window unit; ``None`` or ``{}`` caps no window."""
     user = _validation.identifier(user_id, "user_id")
     checked = check_window_caps(caps)
-    return _write(lambda: operations.set_window_caps(policy, now, user, checked))
+    return _write(lambda: operations.set_window_caps(policy, now, user, checked, thresholds))
 
 
 def set_thresholds(

@@ -364,11 +364,17 @@ def _height_below(user_id: str) -> Operation[int]:
 
 
 def set_window_caps(
-    policy: MonthlyResetPolicy, now: datetime, user_id: str, caps: dict[str, int]
+    policy: MonthlyResetPolicy,
+    now: datetime,
+    user_id: str,
+    caps: dict[str, int],
+    thresholds: Thresholds = (),
 ) -> Operation[TokenAccount]:
+    """Cap the windows in ``caps``: a cap lowered to what its window used leaves nothing,
+    a crossing notified like a lowered limit's."""
     account = yield from _load(user_id)
     change = account.with_window_caps(policy, now, caps)
-    yield from _store(account, change)
+    yield from _store_noting(policy, now, thresholds, account, change)
     return change.account
 
 

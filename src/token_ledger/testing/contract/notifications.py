@@ -122,6 +122,24 @@ class NotificationsContract(ContractBase):
         ]
         assert noting.notifications()[-1].monthly_limit == lowered.monthly_limit == 160
 
+    def test_a_window_cap_lowered_to_what_the_window_used_is_nothing_left(
+        self, noting: TokenLedger
+    ) -> None:
+        """Like a lowered limit, a lowered cap that leaves nothing is a crossing; raised
+        again, the cap arms it, and the next one is the second occurrence."""
+        noting.open_account("u1", monthly_limit=1000, window_caps={"day": 100})
+        noting.deduct("u1", 60)
+        lowered = noting.set_window_caps("u1", {"day": 60})
+        noting.set_window_caps("u1", {"day": 60})  # the same caps: no change, no crossing
+        noting.set_window_caps("u1", {"day": 80})  # 20 left: armed again
+        noting.set_window_caps("u1", {"day": 50})  # over the cap: nothing left
+
+        assert _fired(noting) == [("u1", "nothing_left", 1), ("u1", "nothing_left", 2)]
+        first = noting.notifications()[0]
+        assert first.transaction_id == noting.history("u1", limit=3)[2].id
+        assert (first.monthly_used, first.total_remaining) == (60, 0)
+        assert lowered.spendable == 0
+
     def test_a_refused_deduction_or_a_replay_records_nothing(self, noting: TokenLedger) -> None:
         noting.open_account("u1", monthly_limit=10)
         noting.deduct("u1", 9, idempotency_key="k")
