@@ -116,18 +116,25 @@ def test_a_change_of_zone_never_resets_nor_loses_usage(
 
 
 @pytest.mark.parametrize(
-    ("zone", "next_reset"),
+    ("zone", "period"),
     [
-        ("America/Los_Angeles", datetime(2026, 2, 1, 8, tzinfo=UTC)),
-        ("Pacific/Auckland", datetime(2026, 2, 28, 11, tzinfo=UTC)),
+        (
+            "America/Los_Angeles",
+            (datetime(2026, 1, 1, 8, tzinfo=UTC), datetime(2026, 2, 1, 8, tzinfo=UTC)),
+        ),
+        (
+            "Pacific/Auckland",
+            (datetime(2026, 1, 31, 11, tzinfo=UTC), datetime(2026, 2, 28, 11, tzinfo=UTC)),
+        ),
     ],
 )
-def test_a_change_of_zone_after_a_reset_leaves_what_was_spent_before_it_in_the_ended_period(
-    zone: str, next_reset: datetime
+def test_a_refund_after_a_change_of_zone_gives_back_no_usage_that_a_reset_took(
+    zone: str, period: tuple[datetime, datetime]
 ) -> None:
-    """Both zones were already in their period of 2026-01-31 18:00 UTC when the change
-    came, two hours after the UTC month's reset: the period keeps that reset as its start,
-    so a refund of the deduction before it is a grant, not usage given back (it was: -44)."""
+    """Two hours after the UTC month's reset, the change makes the new zone's period the
+    account's: it began before the reset, and before the deduction refunded then. Of its
+    44 tokens, the reset took all back: the period holds 5 of usage, which go back to it,
+    and the rest is credited (usage went to -39)."""
     clock = MovableClock(datetime(2026, 1, 31, 18, tzinfo=UTC))
     ledger = TokenLedger.memory(clock=clock)
     ledger.open_account("u1", monthly_limit=100)
@@ -140,9 +147,6 @@ def test_a_change_of_zone_after_a_reset_leaves_what_was_spent_before_it_in_the_e
     ledger.refund(before)
 
     status = ledger.status("u1")
-    assert (status.monthly_used, status.grant_balance) == (5, 44)
-    assert (status.period_start, status.next_reset) == (
-        datetime(2026, 2, 1, tzinfo=UTC),
-        next_reset,
-    )
+    assert (status.monthly_used, status.grant_balance) == (0, 39)
+    assert (status.period_start, status.next_reset) == period
     assert ledger.reconcile() == []

@@ -779,10 +779,10 @@ def test_a_member_releases_a_hold_whose_share_a_clock_ahead_wrote_off(
 def test_a_refund_after_a_change_of_zone_gives_nothing_back_to_a_reset_period(
     repository_factory: Callable[[], TokenRepository],
 ) -> None:
-    """Just after a UTC month began, a change to a zone still in the last month moved the
-    period's start back before the reset (the new zone's period that contains the stored
-    start begins before it); a refund of a deduction of the last month then gave its tokens
-    back to usage already reset: -44."""
+    """Just after a UTC month began, a change to a zone still in the last month starts the
+    period where the new zone's began, before the reset; a refund of a deduction made in
+    between gave all its tokens back to usage that the reset had already taken them from:
+    -44."""
     with replay(repository_factory, alice=None) as state:
         spent = step(state, "deduct", user_id="alice", amount=44)
         for move in (timedelta(days=2), timedelta(hours=23), *[timedelta(hours=5)] * 3):

@@ -125,13 +125,12 @@ class TokenAccount:
         """The period at ``now``, which never starts before the stored one.
 
         A clock that goes backwards keeps the stored period rather than moving
-        it back, so it can never cause a second reset of the same crossing. After a
-        change to a zone whose month began earlier, the period runs from the stored
-        reset to the new zone's boundary: what was spent before that reset stays
-        in the period it was reset with.
+        it back, so it can never cause a second reset of the same crossing.
         """
-        period = self.period_at(policy, max(now, self.last_monthly_reset))
-        return Period(max(period.start, self.last_monthly_reset), period.end)
+        period = self.period_at(policy, now)
+        if period.start < self.last_monthly_reset:
+            return self.period_at(policy, self.last_monthly_reset)
+        return period
 
     def period_at(self, policy: MonthlyResetPolicy, at: datetime) -> Period:
         """The period of this account (its anchor, its zone) that contains ``at``."""
@@ -277,16 +276,16 @@ class TokenAccount:
         """Settle, then count the calendar in ``time_zone`` (``None``: the policy's).
 
         The period in progress keeps its usage and ends at the new zone's next
-        boundary: its start moves to where the new zone's current period starts, or
-        stays at the stored reset if that was later, so a change of zone never
-        resets an allowance, nor brings back what a reset ended. Windows likewise
-        keep what they used until the new zone's next boundary.
+        boundary: its start moves to where the new zone's current period starts, so
+        a change of zone never resets an allowance, nor gives a second one. Windows
+        likewise keep what they used until the new zone's next boundary.
         """
         current = self.as_of(policy, now)
         before = current.account
         moved = attrs.evolve(before, time_zone=time_zone, updated_at=now)
         account = attrs.evolve(
             moved,
+            # never before the stored period, which a write with a later clock may have begun
             last_monthly_reset=moved.current_period(policy, now).start,
             windows=windows_in_zone(before.windows, now, moved.calendar_zone(policy)),
         )

@@ -68,6 +68,7 @@ def plan_refund(
     amount: int,
     *,
     period_start: datetime,
+    period_usage: int,
     live_grant_ids: Collection[str],
     voided_grant_ids: Collection[str] = (),
 ) -> RefundPlan:
@@ -79,6 +80,11 @@ def plan_refund(
     else (usage of an ended period, an expired or spent grant) is credited,
     because the ended period's allowance can no longer be spent; except what a grant
     since voided paid for, which is forfeited rather than brought back as a credit.
+
+    Usage goes back only as far as the period holds it (``period_usage``): a change of
+    zone just after a reset starts the period where the new zone's began, before the
+    reset, and what the reset already took of a deduction made in between is credited
+    too, as an ended period's usage is.
     """
     sources = [("usage", spent.effects.usage), *((g, -a) for g, a in spent.effects.grants)]
     in_this_period = spent.created_at >= period_start
@@ -93,7 +99,9 @@ def plan_refund(
         if not part:
             continue
         if source == "usage" and in_this_period:
-            usage += part
+            held = min(part, period_usage - usage)
+            usage += held
+            credit += part - held
         elif source in live_grant_ids:
             grants[source] = part
         elif source in voided_grant_ids:
@@ -131,6 +139,7 @@ def refund(
         sum(refund.amount for refund in earlier),
         amount,
         period_start=account.last_monthly_reset,
+        period_usage=account.monthly_tokens_used,
         live_grant_ids=live.keys(),
         voided_grant_ids=frozenset(voided_grant_ids),
     )
