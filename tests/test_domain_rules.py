@@ -69,7 +69,12 @@ def test_tokens_go_back_to_usage_then_live_grants_and_the_rest_is_credited() -> 
     spent = deduction(10, Effects(usage=4, grants={"a-live": -3, "b-gone": -3}))
 
     plan = plan_refund(
-        spent, 2, 7, period_start=NOW - timedelta(days=1), period_usage=4, live_grant_ids={"a-live"}
+        spent,
+        2,
+        7,
+        period_start=NOW - timedelta(days=1),
+        reset_since=False,
+        live_grant_ids={"a-live"},
     )
 
     assert plan == RefundPlan(usage=2, grants=(("a-live", 3),), credit=2)
@@ -79,22 +84,21 @@ def test_usage_of_an_ended_period_is_credited() -> None:
     spent = deduction(5, Effects(usage=5), at=NOW - timedelta(days=40))
 
     plan = plan_refund(
-        spent, 0, 5, period_start=NOW - timedelta(days=14), period_usage=5, live_grant_ids=()
+        spent, 0, 5, period_start=NOW - timedelta(days=14), reset_since=False, live_grant_ids=()
     )
 
     assert plan == RefundPlan(usage=0, grants=(), credit=5)
 
 
-def test_usage_goes_back_only_as_far_as_the_period_holds_it() -> None:
-    """What a reset took back already (the period began before it, by a change of zone)
-    is credited, as an ended period's usage is."""
+def test_usage_of_a_deduction_that_a_reset_came_after_is_credited() -> None:
+    """Whenever the period starts: a change of zone may start it before that reset."""
     spent = deduction(44, Effects(usage=44), at=NOW - timedelta(hours=8))
 
     plan = plan_refund(
-        spent, 0, 44, period_start=NOW - timedelta(days=30), period_usage=5, live_grant_ids=()
+        spent, 0, 44, period_start=NOW - timedelta(days=30), reset_since=True, live_grant_ids=()
     )
 
-    assert plan == RefundPlan(usage=5, grants=(), credit=39)
+    assert plan == RefundPlan(usage=0, grants=(), credit=44)
 
 
 # grants, holds, idempotency

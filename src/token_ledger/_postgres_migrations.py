@@ -176,6 +176,15 @@ MIGRATIONS = (
                 WHERE member_entry_id IS NOT NULL""",
         ),
     ),
+    Migration(
+        6,
+        (
+            # Whether a reset came after an entry (a refund's question) without reading the
+            # account's other entries since.
+            """CREATE INDEX idx_token_transactions_reset
+                ON {schema}.token_transactions (user_id, id) WHERE operation_type = 'reset'""",
+        ),
+    ),
 )
 
 Transaction = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]

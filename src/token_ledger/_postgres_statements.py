@@ -152,6 +152,11 @@ class Statements:
         self.entries_referencing = compose(
             "SELECT {entries} FROM {token_transactions} WHERE reference = %s ORDER BY id"
         )
+        # Answered from idx_token_transactions_reset (migration 6): resets only.
+        self.reset_after = compose(
+            "SELECT EXISTS (SELECT FROM {token_transactions} WHERE user_id = %s"
+            " AND operation_type = 'reset' AND id > %s)"
+        )
         self.entries_mirroring = compose(
             "SELECT {entries} FROM {token_transactions} WHERE member_entry_id = %s ORDER BY id"
         )
@@ -520,12 +525,16 @@ depths AS (SELECT member, max(depth) AS depth FROM above GROUP BY member)
 """
 
 # The bulk reset's next batch, locked root first: organisations before their members (by
-# depth, then user_id), the order every writer of a path takes (LOCK_PATH), so a reset
-# of a member and its organisation in one batch cannot deadlock with a member's deduction,
-# nor with another bulk reset. Locked in ``user_id`` order, as it used to be, a member
-# that sorts before its organisation was locked first. Each row comes back as it is once
-# locked, whether a writer reset it meanwhile or not (the domain decides), by user_id: the
-# last one is where the next batch starts, and only the last batch comes back short.
+# depth, then user_id), the order in which writers lock a path as the tree stands
+# (LOCK_PATH), so a reset of a member and its organisation in one batch cannot deadlock
+# with a member's deduction, nor with another bulk reset. Locked in ``user_id`` order, as
+# it used to be, a member that sorts before its organisation was locked first. A refund of
+# what a member spent before it left, and a move into an organisation, lock an
+# organisation before an account that is not below it: PostgreSQL breaks the rare
+# deadlock of those with a batch, and the unit of work that lost runs again. Each row
+# comes back as it is once locked, whether a writer reset it meanwhile or not (the domain
+# decides), by user_id: the last one is where the next batch starts, and only the last
+# batch comes back short.
 LOCK_BATCH = (
     "WITH RECURSIVE"
     + BATCH

@@ -162,6 +162,16 @@ def _add_organisations(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+@_migration("0006_reset_entries_index")
+def _index_resets(db: sqlite_utils.Database) -> None:
+    # Whether a reset came after an entry (a refund's question) without reading the
+    # account's other entries since.
+    db.execute(
+        "CREATE INDEX idx_token_transactions_reset ON token_transactions (user_id, id)"
+        " WHERE operation_type = 'reset'"
+    )
+
+
 def refuse_newer_schema(db: sqlite_utils.Database) -> None:
     """Refuse a database that a newer token-ledger migrated: its tables are not ours to use."""
     unknown = {m.name for m in migrations.applied(db)} - KNOWN_MIGRATIONS

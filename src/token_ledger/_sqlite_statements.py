@@ -54,6 +54,13 @@ DIRECT_ENTRY = (
     " VALUES (?, 'deduct', ?, ?, ?, 1, ?, ?, ?, ?, NULL, NULL)"
 )
 
+RESET_AFTER = (
+    "SELECT EXISTS (SELECT 1 FROM token_transactions WHERE user_id = ?"
+    " AND operation_type = 'reset' AND id > ?)"
+)
+"""Whether the account has a reset entry after an entry; answered from
+``idx_token_transactions_reset`` (migration 0006), which holds the resets alone."""
+
 _PATH_COLUMNS = ", ".join(f"t.{column}" for column in ACCOUNT_FIELDS)
 # The account and the organisations above it, root first: the depth walked up is
 # bounded (?2), so that a cycle written by hand cannot loop.

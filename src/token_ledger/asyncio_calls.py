@@ -231,6 +231,7 @@ class AsyncLedgerCalls:
                 grant_id,
                 reason=reason,
                 idempotency_key=idempotency_key,
+                thresholds=self.thresholds,
             )
         )
 

@@ -259,6 +259,7 @@ class LedgerCalls:
                 grant_id,
                 reason=reason,
                 idempotency_key=idempotency_key,
+                thresholds=self.thresholds,
             )
         )
 

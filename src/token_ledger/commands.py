@@ -303,13 +303,14 @@ def void_grant(
     *,
     reason: object,
     idempotency_key: object,
+    thresholds: Thresholds = (),
 ) -> Command[Transaction, Transaction]:
     checked = _validation.identifier(grant_id, "grant_id")
     checked_reason = _validation.optional_text(reason, "reason")
     key = _validation.optional_identifier(idempotency_key, "idempotency_key")
     return _write(
         lambda: operations.void_grant(
-            policy, now, checked, reason=checked_reason, idempotency_key=key
+            policy, now, checked, reason=checked_reason, idempotency_key=key, thresholds=thresholds
         )
     )
 

@@ -21,7 +21,7 @@ from token_ledger.grants import Grant, Reservation
 from token_ledger.organisations import MAX_DEPTH
 from token_ledger.repository import AccountFilter, HistoryQuery, StaleCutoffs, UsageQuery
 from token_ledger.thresholds import Notification
-from token_ledger.transactions import Transaction
+from token_ledger.transactions import OperationType, Transaction
 from token_ledger.usage import UsageRow, fold_entries, organisation_entries
 
 
@@ -89,6 +89,14 @@ class MemoryUnitOfWork:
             for entry in (*self._repository._entries, *self.entries)
             if entry.reference == reference
         ]
+
+    def reset_after(self, user_id: str, entry_id: int) -> bool:
+        return any(
+            entry.user_id == user_id
+            and entry.operation_type is OperationType.RESET
+            and (entry.id or 0) > entry_id
+            for entry in (*self._repository._entries, *self.entries)
+        )
 
     def entries_mirroring(self, entry_id: int) -> list[Transaction]:
         return [

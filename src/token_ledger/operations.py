@@ -463,7 +463,10 @@ def void_grant(
     *,
     reason: str | None,
     idempotency_key: str | None,
+    thresholds: Thresholds = (),
 ) -> Operation[Transaction]:
+    """Take back what is left of a grant: an account that spent all but the grant has
+    nothing left then, a crossing notified like a lowered limit's."""
     found: Grant | None = yield Call("find_grant", (grant_id,))
     if found is None:
         raise GrantNotFound(grant_id)
@@ -476,7 +479,7 @@ def void_grant(
             )
         return prior
     change = account.void_grant(policy, now, found, reason=reason, idempotency_key=idempotency_key)
-    return (yield from _store(account, change))[-1]
+    return (yield from _store_noting(policy, now, thresholds, account, change))[-1]
 
 
 def acknowledge_notifications(consumer: str, up_to: int) -> Operation[int]:
@@ -649,6 +652,7 @@ def _refund_of(
 ) -> Operation[Change]:
     referencing = yield Call("entries_referencing", (str(spent.id),))
     voided = yield from _voided_sources(spent, account)
+    reset_since: bool = yield Call("reset_after", (account.user_id, spent.id))
     return refunds.refund(
         account,
         policy,
@@ -659,6 +663,7 @@ def _refund_of(
         credit_grant_id=new_id(),
         reason=reason,
         idempotency_key=idempotency_key,
+        reset_since=reset_since,
         voided_grant_ids=voided,
     )
 

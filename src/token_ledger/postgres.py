@@ -188,6 +188,10 @@ class PostgresUnitOfWork:
         rows = self._execute(self._sql.entries_referencing, (reference,)).fetchall()
         return [ROWS.transaction(row) for row in rows]
 
+    def reset_after(self, user_id: str, entry_id: int) -> bool:
+        row = self._execute(self._sql.reset_after, (user_id, entry_id)).fetchone()
+        return bool(row is not None and row[0])
+
     def entries_mirroring(self, entry_id: int) -> list[Transaction]:
         rows = self._execute(self._sql.entries_mirroring, (entry_id,)).fetchall()
         return [ROWS.transaction(row) for row in rows]

@@ -177,6 +177,11 @@ class AsyncPostgresUnitOfWork:
         cursor = await self._execute(self._sql.entries_referencing, (reference,))
         return [ROWS.transaction(row) for row in await cursor.fetchall()]
 
+    async def reset_after(self, user_id: str, entry_id: int) -> bool:
+        cursor = await self._execute(self._sql.reset_after, (user_id, entry_id))
+        row = await cursor.fetchone()
+        return bool(row is not None and row[0])
+
     async def entries_mirroring(self, entry_id: int) -> list[Transaction]:
         cursor = await self._execute(self._sql.entries_mirroring, (entry_id,))
         return [ROWS.transaction(row) for row in await cursor.fetchall()]

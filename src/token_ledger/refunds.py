@@ -68,7 +68,7 @@ def plan_refund(
     amount: int,
     *,
     period_start: datetime,
-    period_usage: int,
+    reset_since: bool,
     live_grant_ids: Collection[str],
     voided_grant_ids: Collection[str] = (),
 ) -> RefundPlan:
@@ -81,13 +81,12 @@ def plan_refund(
     because the ended period's allowance can no longer be spent; except what a grant
     since voided paid for, which is forfeited rather than brought back as a credit.
 
-    Usage goes back only as far as the period holds it (``period_usage``): a change of
-    zone just after a reset starts the period where the new zone's began, before the
-    reset, and what the reset already took of a deduction made in between is credited
-    too, as an ended period's usage is.
+    The usage of a deduction that a reset came after (``reset_since``) is an ended
+    period's, whenever the period starts: a change of zone just after a reset makes the
+    new zone's period the account's, which may have begun before that reset.
     """
     sources = [("usage", spent.effects.usage), *((g, -a) for g, a in spent.effects.grants)]
-    in_this_period = spent.created_at >= period_start
+    in_this_period = spent.created_at >= period_start and not reset_since
     usage = credit = forfeited = 0
     grants: dict[str, int] = {}
     to_skip, to_return = already_refunded, amount
@@ -99,9 +98,7 @@ def plan_refund(
         if not part:
             continue
         if source == "usage" and in_this_period:
-            held = min(part, period_usage - usage)
-            usage += held
-            credit += part - held
+            usage += part
         elif source in live_grant_ids:
             grants[source] = part
         elif source in voided_grant_ids:
@@ -123,12 +120,14 @@ def refund(
     credit_grant_id: str,
     reason: str | None,
     idempotency_key: str | None,
+    reset_since: bool,
     voided_grant_ids: Iterable[str] = (),
 ) -> Change:
     """Give back ``amount`` (default: all that is left) of the successful deduction
     ``spent``; ``referencing`` are the entries that reference it, earlier refunds among
-    them. Where each token goes is :func:`~token_ledger.refunds.plan_refund`'s rule; a
-    credit becomes a new grant that never expires."""
+    them, and ``reset_since`` whether a reset entry of the account came after it. Where
+    each token goes is :func:`~token_ledger.refunds.plan_refund`'s rule; a credit becomes
+    a new grant that never expires."""
     earlier = earlier_refunds(referencing)
     amount = refundable(spent, earlier, amount)
     current = stored.as_of(policy, now)
@@ -139,7 +138,7 @@ def refund(
         sum(refund.amount for refund in earlier),
         amount,
         period_start=account.last_monthly_reset,
-        period_usage=account.monthly_tokens_used,
+        reset_since=reset_since,
         live_grant_ids=live.keys(),
         voided_grant_ids=frozenset(voided_grant_ids),
     )

@@ -241,6 +241,10 @@ class UnitOfWork(Protocol):
 
     def find_reservation(self, reservation_id: str) -> Reservation | None: ...
 
+    def reset_after(self, user_id: str, entry_id: int) -> bool:
+        """Whether a ``reset`` entry of ``user_id`` was stored after entry ``entry_id``."""
+        ...
+
     def entries_mirroring(self, entry_id: int) -> list[Transaction]:
         """The organisations' shares of a member's entry (``member_entry_id = entry_id``),
         by id: root first."""
@@ -262,7 +266,7 @@ class UnitOfWork(Protocol):
         """Up to ``limit`` possibly stale accounts, by ``user_id`` after ``after_user_id``.
 
         A store that locks rows locks them root first (organisations before their
-        members), the order in which every writer of a path takes them.
+        members, as the tree stands), the order in which writers of a path take them.
         """
         ...
 

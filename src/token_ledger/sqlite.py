@@ -45,6 +45,7 @@ from token_ledger._sqlite_statements import (
     DIRECT_ENTRY,
     DIRECTLY_DEDUCTIBLE,
     PATH,
+    RESET_AFTER,
     RESET_IN_SQL,
     RUN_ACCOUNTS,
     RUN_ENTRIES,
@@ -255,6 +256,10 @@ class SQLiteUnitOfWork:
             (reference,),
         ).fetchall()
         return [ROWS.transaction(row) for row in rows]
+
+    def reset_after(self, user_id: str, entry_id: int) -> bool:
+        row = self._conn.execute(RESET_AFTER, (user_id, entry_id)).fetchone()
+        return bool(row[0])
 
     def entries_mirroring(self, entry_id: int) -> list[Transaction]:
         rows = self._conn.execute(

@@ -293,6 +293,47 @@ class EntitlementsContract(ContractBase):
         assert ledger.set_time_zone("u1", None).time_zone is None
         assert ledger.reconcile() == []
 
+    @pytest.mark.parametrize(
+        ("zone", "period"),
+        [
+            (
+                "America/Los_Angeles",
+                (datetime(2026, 1, 1, 8, tzinfo=UTC), datetime(2026, 2, 1, 8, tzinfo=UTC)),
+            ),
+            (
+                "Pacific/Auckland",
+                (datetime(2026, 1, 31, 11, tzinfo=UTC), datetime(2026, 2, 28, 11, tzinfo=UTC)),
+            ),
+        ],
+    )
+    def test_a_refund_after_a_change_of_zone_gives_no_usage_back_to_a_period_a_reset_ended(
+        self,
+        ledger: TokenLedger,
+        clock: MovableClock,
+        zone: str,
+        period: tuple[datetime, datetime],
+    ) -> None:
+        """Two hours after the UTC month's reset, the change makes the new zone's period the
+        account's, which began before the reset and before the deduction refunded then:
+        that deduction's usage is an ended period's, credited (it went back to usage that
+        the reset had taken already: -39)."""
+        clock.set(datetime(2026, 1, 31, 18, tzinfo=UTC))
+        ledger.open_account("u1", monthly_limit=100)
+        before = ledger.deduct("u1", 44).transaction.id
+        assert before is not None
+        clock.set(datetime(2026, 2, 1, 2, tzinfo=UTC))
+        after = ledger.deduct("u1", 5).transaction.id
+        assert after is not None
+
+        ledger.set_time_zone("u1", zone)
+        ledger.refund(before)
+        ledger.refund(after, 2)
+
+        status = ledger.status("u1")
+        assert (status.monthly_used, status.grant_balance) == (3, 44)
+        assert (status.period_start, status.next_reset) == period
+        assert ledger.reconcile() == []
+
     def test_the_bulk_reset_and_health_follow_each_accounts_zone(
         self, ledger: TokenLedger, clock: MovableClock
     ) -> None:

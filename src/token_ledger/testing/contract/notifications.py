@@ -140,6 +140,17 @@ class NotificationsContract(ContractBase):
         assert (first.monthly_used, first.total_remaining) == (60, 0)
         assert lowered.spendable == 0
 
+    def test_voiding_the_grant_an_account_was_spending_from_is_nothing_left(
+        self, noting: TokenLedger
+    ) -> None:
+        noting.open_account("u1", monthly_limit=10)
+        grant = noting.grant("u1", 5)
+        noting.deduct("u1", 10)  # 80 % and 100 %, with the grant left
+        voided = noting.void_grant(grant.reference or "")
+
+        assert _fired(noting) == [("u1", "80%", 1), ("u1", "100%", 1), ("u1", "nothing_left", 1)]
+        assert noting.notifications()[-1].transaction_id == voided.id
+
     def test_a_refused_deduction_or_a_replay_records_nothing(self, noting: TokenLedger) -> None:
         noting.open_account("u1", monthly_limit=10)
         noting.deduct("u1", 9, idempotency_key="k")

@@ -778,6 +778,29 @@ class OrganisationsContract(ContractBase):
         assert (acme.monthly_used, acme.grant_balance, acme.total_remaining) == (0, 40, 1040)
         assert ledger.reconcile() == []
 
+    def test_a_refund_after_an_organisations_change_of_zone_keeps_its_other_members_usage(
+        self, ledger: TokenLedger, clock: MovableClock
+    ) -> None:
+        """ana spent before acme's UTC reset, ben after; acme then counts in Los Angeles,
+        whose January began before ana's deduction. ana's refund credits acme with all of
+        its 44, as an ended period's: acme's usage keeps ben's 30."""
+        clock.set(datetime(2026, 1, 31, 18, tzinfo=UTC))
+        ledger.open_account("acme", monthly_limit=1000)
+        ledger.open_account("ana", monthly_limit=100, organisation_id="acme")
+        ledger.open_account("ben", monthly_limit=100, organisation_id="acme")
+        spent = ledger.deduct("ana", 44).transaction.id
+        assert spent is not None
+        clock.set(datetime(2026, 2, 1, 2, tzinfo=UTC))
+        ledger.deduct("ben", 30)
+        ledger.set_time_zone("acme", "America/Los_Angeles")
+
+        ledger.refund(spent)
+
+        ana, acme = ledger.status("ana"), ledger.status("acme")
+        assert (acme.monthly_used, acme.grant_balance) == (30, 44)
+        assert (ana.monthly_used, ana.grant_balance) == (0, 44)
+        assert ledger.reconcile() == []
+
     def test_reconcile_health_and_alerts_cover_organisations_like_any_account(
         self, ledger: TokenLedger, clock: MovableClock
     ) -> None:

@@ -260,6 +260,27 @@ class UnitOfWorkContract(ContractBase):
 
         assert ([stored[0], stored[3]], []) == found
 
+    def test_reset_after_tells_whether_a_reset_of_the_account_follows_an_entry(
+        self, repository: TokenRepository
+    ) -> None:
+        """Only the account's own ``reset`` entries count, stored or in this unit of work."""
+        stored = append(
+            repository,
+            entry(amount=5),
+            entry(amount=5, operation_type=OperationType.RESET),
+            entry(amount=1),
+            entry("u2", 3, operation_type=OperationType.RESET),
+        )
+        first, reset, last, other = (e.id or 0 for e in stored)
+
+        with repository.unit_of_work() as work:
+            answers = [work.reset_after("u1", n) for n in (first, reset, last)]
+            assert (work.reset_after("u2", last), work.reset_after("u2", other)) == (True, False)
+            work.append_transactions([entry(amount=1, operation_type=OperationType.RESET)])
+            assert work.reset_after("u1", last)
+
+        assert answers == [True, False, False]
+
     def test_find_reservation_returns_the_stored_reservation_or_none(
         self, repository: TokenRepository
     ) -> None:
