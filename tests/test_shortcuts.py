@@ -8,9 +8,11 @@ with clock moves across month ends and a clock that stands still, run on two
 repositories of one engine: one with every shortcut its adapter has, one with
 none (its optional methods set to ``None``, so every call takes the path an
 adapter without them takes). After every step both hold the same rows in all
-four tables, ids included, and every call answered the same, refusals
-included; the operator queries (health, alerts, reconcile) answer alike too,
-on ledgers whose stored figures have been tampered with.
+tables, ids included, and every call answered the same, refusals included;
+the operator queries (health, alerts, reconcile) answer alike too, on ledgers
+whose stored figures have been tampered with. Accounts join and leave
+organisations (a root, and one under it, so paths of two and three accounts),
+and have thresholds of their own or the ledger's, which some examples set.
 """
 
 from __future__ import annotations
@@ -36,13 +38,24 @@ from token_ledger.postgres import PostgresRepository
 from token_ledger.repository import SHORTCUT_METHODS, TokenRepository
 from token_ledger.sqlite import SQLiteRepository, format_instant
 from token_ledger.testing import MovableClock
+from token_ledger.thresholds import Threshold
 
 UTC = timezone.utc
 START = datetime(2026, 1, 28, 12, tzinfo=UTC)
-USERS = ("u1", "u2", "u3")
-TABLES = ("user_tokens", "token_transactions", "token_grants", "token_reservations")
+USERS = ("u1", "u2", "u3", "o1", "o2")
+"""``o1`` and ``o2`` are opened as organisations (``o2`` a member of ``o1``), but any
+account may join any other."""
+TABLES = (
+    "user_tokens",
+    "token_transactions",
+    "token_grants",
+    "token_reservations",
+    "token_notifications",
+)
+DEFAULT_THRESHOLDS = (Threshold(50), Threshold(90), Threshold(100), Threshold.nothing_left())
 
 users = st.sampled_from(USERS)
+organisation_ids = st.sampled_from([None, "o1", "o1", "o2"])
 moves = st.sampled_from(
     [
         timedelta(0),  # a clock that stands still: two writes at one instant
@@ -65,6 +78,13 @@ by_kind = {
         users,
         st.integers(1, 60),
         st.none() | st.none() | st.timedeltas(timedelta(days=-45), timedelta(days=45)),
+        organisation_ids,
+    ),
+    "join": st.tuples(st.just("join"), users, organisation_ids),
+    "thresholds": st.tuples(
+        st.just("thresholds"),
+        users,
+        st.sampled_from([None, (), (Threshold(30),), (Threshold(80), Threshold.nothing_left())]),
     ),
     "deduct": st.tuples(
         st.just("deduct"),
@@ -96,13 +116,21 @@ WEIGHTED = (
     ["deduct"] * 6
     + ["move"] * 4
     + ["open", "set_limit", "grant", "reserve", "commit", "release", "refund"]
+    + ["join", "thresholds"]
     + ["reset_one", "reset_all", "reset_all", "tamper"]
 )
 operation = st.sampled_from(WEIGHTED).flatmap(by_kind.__getitem__)
 sequences = st.builds(
-    lambda rest: [("open", "u1", 50, None), ("open", "u2", 20, None), *rest],
+    lambda rest: [
+        ("open", "o1", 90, None, None),
+        ("open", "o2", 40, None, "o1"),
+        ("open", "u1", 50, None, "o1"),
+        ("open", "u2", 20, None, None),
+        *rest,
+    ],
     st.lists(operation, min_size=5, max_size=30),
 )
+defaults = st.sampled_from([(), DEFAULT_THRESHOLDS])
 
 
 def moved(now: datetime, move: timedelta | str) -> datetime:
@@ -123,6 +151,10 @@ def with_events(repository: TokenRepository) -> TokenRepository:
         def counted(*args: Any, method: Any = method, name: str = name) -> Any:
             answer = method(*args)
             event(f"{name}: {'declined' if answer is None else 'answered'}")
+            if name == "deduct_directly" and answer is not None:
+                account = repository.get_account(answer.entry.user_id)
+                if account is not None and account.organisation_id is not None:
+                    event("deduct_directly: answered for a member")
             return answer
 
         setattr(repository, name, counted)
@@ -166,7 +198,12 @@ class Store:
         if isinstance(self.repository, MemoryRepository):
             accounts = sorted(self.repository._accounts.items())
             reservations = sorted(self.repository._reservations.items())
-            return [accounts, list(self.repository._entries), reservations]
+            return [
+                accounts,
+                list(self.repository._entries),
+                reservations,
+                list(self.repository._notifications),
+            ]
         return [
             self.conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall() for table in TABLES
         ]
@@ -235,10 +272,17 @@ def call(
     kind, *args = op
     try:
         if kind == "open":
-            user_id, limit, anchor = args
+            user_id, limit, anchor, organisation_id = args
             return ledger.open_account(
-                user_id, limit, reset_anchor=None if anchor is None else now + anchor
+                user_id,
+                limit,
+                reset_anchor=None if anchor is None else now + anchor,
+                organisation_id=organisation_id,
             )
+        if kind == "join":
+            return ledger.move_to_organisation(*args)
+        if kind == "thresholds":
+            return ledger.set_thresholds(*args)
         if kind == "deduct":
             user_id, amount, feature, key, context = args
             return ledger.deduct(
@@ -342,7 +386,9 @@ def stores(
     made: dict[str, Any] = {}
     with ExitStack() as stack:
 
-        def fresh(policy: MonthlyResetPolicy) -> tuple[tuple[Store, Store], tuple[Any, ...]]:
+        def fresh(
+            policy: MonthlyResetPolicy, thresholds: tuple[Threshold, ...] = ()
+        ) -> tuple[tuple[Store, Store], tuple[Any, ...]]:
             if not made:
                 repositories = [
                     with_events(repository_factory()),
@@ -355,20 +401,21 @@ def stores(
                 made["stores"] = tuple(Store(r, database) for r in repositories)
                 for store in made["stores"]:
                     stack.callback(store.close)
-                made["ledgers"] = tuple(
-                    TokenLedger(r, policy=policy, clock=clock) for r in repositories
-                )
             for store in made["stores"]:
                 store.empty()
-            return made["stores"], (*made["ledgers"], clock)
+            ledgers = tuple(
+                TokenLedger(store.repository, policy=policy, clock=clock, thresholds=thresholds)
+                for store in made["stores"]
+            )
+            return made["stores"], (*ledgers, clock)
 
         yield fresh  # type: ignore[misc]
 
 
 FIXTURES_PER_TEST = [HealthCheck.function_scoped_fixture]
 FROZEN_CLOCK = [
-    ("open", "u1", 50, None),
-    ("open", "u2", 20, None),
+    ("open", "u1", 50, None, None),
+    ("open", "u2", 20, None, None),
     ("deduct", "u1", 5, None, None, {}),
     ("deduct", "u1", 5, "chat", "k1", {"n": 1}),  # the same instant: updated_at one µs back
     ("deduct", "u1", 5, "chat", "k1", {"n": 1}),  # a replay
@@ -386,9 +433,9 @@ FROZEN_CLOCK = [
     ("reset_all", 1),
 ]
 MIXED_BATCHES = [
-    ("open", "u1", 50, None),
-    ("open", "u2", 20, None),
-    ("open", "u3", 20, timedelta(days=-3)),
+    ("open", "u1", 50, None, None),
+    ("open", "u2", 20, None, None),
+    ("open", "u3", 20, timedelta(days=-3), None),
     ("deduct", "u1", 5, None, None, {}),
     ("deduct", "u2", 5, None, None, {}),
     ("deduct", "u3", 5, None, None, {}),
@@ -402,26 +449,62 @@ MIXED_BATCHES = [
     ("tamper", "u2", "grant", -1),
 ]
 
+MEMBERS = [
+    ("open", "o1", 90, None, None),
+    ("open", "o2", 40, None, "o1"),
+    ("open", "u1", 50, None, "o1"),
+    ("open", "u2", 20, None, "o2"),  # a path of three accounts
+    ("move", timedelta(seconds=1)),
+    ("deduct", "u1", 5, None, None, {}),
+    ("deduct", "u1", 5, "chat", "k1", {"n": 1}),  # the same instant: updated_at one µs back
+    ("move", timedelta(microseconds=1)),
+    ("deduct", "u1", 5, "chat", "k1", {"n": 1}),  # a replay
+    ("deduct", "u1", 6, "chat", "k1", {}),  # a conflict
+    ("deduct", "u1", 30, None, None, {}),  # past the organisation's 50 %
+    ("deduct", "u2", 3, None, "k2", {}),
+    ("deduct", "u1", 5, None, None, {}),  # past the member's 90 %
+    ("deduct", "u1", 6, None, None, {}),  # more than the member has: a refusal
+    ("join", "u2", "o1"),
+    ("deduct", "u2", 2, None, None, {}),
+    ("thresholds", "o1", ()),
+    ("deduct", "u2", 2, None, None, {}),
+    ("set_limit", "o1", None, 10),
+    ("deduct", "u2", 10, None, None, {}),  # the organisation's allowance is short
+    ("deduct", "u2", 10, None, None, {}),  # into the organisation's overage
+    ("deduct", "u2", 10, None, None, {}),  # refused by the organisation
+    ("move", "first microsecond of the next month"),
+    ("deduct", "u2", 1, None, None, {}),  # both have a reset pending
+    ("reset_one", "u2"),
+    ("deduct", "u2", 1, None, None, {}),  # the organisation's reset is pending still
+    ("grant", "o1", 10, None),
+    ("deduct", "u2", 1, None, None, {}),  # the organisation has a grant
+    ("join", "u2", None),
+    ("deduct", "u2", 1, None, None, {}),
+]
+
 
 @settings(max_examples=25, suppress_health_check=FIXTURES_PER_TEST)
-@given(ops=sequences)
-@example(ops=FROZEN_CLOCK)
-@example(ops=MIXED_BATCHES)
+@given(ops=sequences, thresholds=defaults)
+@example(ops=FROZEN_CLOCK, thresholds=())
+@example(ops=MIXED_BATCHES, thresholds=())
+@example(ops=MEMBERS, thresholds=())
+@example(ops=MEMBERS, thresholds=DEFAULT_THRESHOLDS)
 def test_every_shortcut_stores_and_answers_what_its_path_does(
-    stores: Callable[..., Any], ops: list[tuple[Any, ...]]
+    stores: Callable[..., Any], ops: list[tuple[Any, ...]], thresholds: tuple[Threshold, ...]
 ) -> None:
-    pair, (*ledgers, clock) = stores(MonthlyResetPolicy())
+    pair, (*ledgers, clock) = stores(MonthlyResetPolicy(), thresholds)
     apply(pair, (ledgers[0], ledgers[1]), clock, ops)
 
 
 @settings(max_examples=10, suppress_health_check=FIXTURES_PER_TEST)
-@given(ops=sequences)
-@example(ops=MIXED_BATCHES)
+@given(ops=sequences, thresholds=defaults)
+@example(ops=MIXED_BATCHES, thresholds=())
+@example(ops=MEMBERS, thresholds=DEFAULT_THRESHOLDS)
 def test_shortcuts_agree_in_another_time_zone(
-    stores: Callable[..., Any], ops: list[tuple[Any, ...]]
+    stores: Callable[..., Any], ops: list[tuple[Any, ...]], thresholds: tuple[Threshold, ...]
 ) -> None:
     """Periods that start at local midnight, where UTC's month has not yet turned."""
-    pair, (*ledgers, clock) = stores(MonthlyResetPolicy(timezone="Pacific/Kiritimati"))
+    pair, (*ledgers, clock) = stores(MonthlyResetPolicy(timezone="Pacific/Kiritimati"), thresholds)
     apply(pair, (ledgers[0], ledgers[1]), clock, ops)
 
 

@@ -333,8 +333,9 @@ def threshold_guard(thresholds: Sequence[Threshold], amount: str) -> str:
 
 class KnownFullPath:
     """User ids a one-statement deduction was seen not to cover: accounts off the ledger's
-    calendar (a ``reset_anchor`` or a ``time_zone``), members of an organisation and
-    accounts with windows, which take the full (locked) path.
+    calendar (a ``reset_anchor`` or a ``time_zone``) and accounts with windows, which take
+    the full (locked) path, and members of an organisation that is such an account or a
+    member itself (or, on an engine that covers no member, members of any).
 
     Each of those is set when an account opens or rarely changed, so an adapter that saw
     one need not try the statement for that user again. It is a hint only: the

@@ -25,12 +25,9 @@ def numbered(where: str, first: int) -> str:
 # it is now already; such a row takes the full path. A key stored already makes the
 # entry's INSERT fail on the unique index, and the transaction is rolled back: in the
 # write lock nobody else can store it meanwhile, and SQLite reuses the rowid.
-DIRECTLY_DEDUCTIBLE = (
-    "(reset_anchor IS NULL AND time_zone IS NULL AND organisation_id IS NULL"
-    " AND spending_windows IS NULL)"
-)
+DIRECTLY_DEDUCTIBLE = "(reset_anchor IS NULL AND time_zone IS NULL AND spending_windows IS NULL)"
 """An account the one-statement deduction may ever apply to: on the ledger's calendar,
-spending from no organisation's budget, without windows."""
+without windows. A member's organisation must be one too, and a root."""
 _DIRECT_GUARD = (
     "UPDATE user_tokens SET monthly_tokens_used = monthly_tokens_used + ?1, updated_at = ?2"
     f" WHERE user_id = ?3 AND {DIRECTLY_DEDUCTIBLE}"
@@ -38,20 +35,36 @@ _DIRECT_GUARD = (
     " AND grant_balance = 0 AND reserved_tokens = 0 AND updated_at <> ?2"
     " AND ?1 <= monthly_limit - monthly_tokens_used"
 )
-_DIRECT_RETURNING = " RETURNING monthly_limit - monthly_tokens_used, overage_limit"
+_DIRECT_RETURNING = " RETURNING monthly_limit - monthly_tokens_used, overage_limit, organisation_id"
+# A member's organisation, ?3, takes its share under the same guard, as the root of the
+# path: one whose own organisation_id is set is left to the full path.
+_ROOT = " AND organisation_id IS NULL"
 
 
 @functools.lru_cache(maxsize=64)
-def direct_deduction(thresholds: tuple[Threshold, ...]) -> str:
-    """The one-statement deduction for a ledger with these default thresholds: it matches
-    no row where the deduction would cross one (:func:`~token_ledger._rows.threshold_guard`)."""
-    return f"{_DIRECT_GUARD} AND {threshold_guard(thresholds, '?1')}{_DIRECT_RETURNING}"
+def direct_deduction(thresholds: tuple[Threshold, ...]) -> tuple[str, str]:
+    """The one-statement deduction for a ledger with these default thresholds, and the
+    statement of an organisation's share: each matches no row where the deduction would
+    cross one (:func:`~token_ledger._rows.threshold_guard`)."""
+    noted = f" AND {threshold_guard(thresholds, '?1')}"
+    return (
+        f"{_DIRECT_GUARD}{noted}{_DIRECT_RETURNING}",
+        f"{_DIRECT_GUARD}{_ROOT}{noted}{_DIRECT_RETURNING}",
+    )
 
 
 DIRECT_DEDUCTION = direct_deduction(())
+# Whether an account a guard refused is one the deduction never covers (see KnownFullPath):
+# ?1 the account, ?2 whether it is a member's organisation, which must be a root too.
+NEVER_DIRECT = (
+    f"SELECT NOT {DIRECTLY_DEDUCTIBLE} OR (?2 AND organisation_id IS NOT NULL)"
+    " FROM user_tokens WHERE user_id = ?1"
+)
+# The account's entry, and an organisation's share of a member's: the share has no key
+# and names the member's entry (the last parameter, NULL for the account's own).
 DIRECT_ENTRY = (
     f"INSERT INTO token_transactions ({NEW_TRANSACTION_COLUMNS})"
-    " VALUES (?, 'deduct', ?, ?, ?, 1, ?, ?, ?, ?, NULL, NULL)"
+    " VALUES (?, 'deduct', ?, ?, ?, 1, ?, ?, ?, ?, NULL, ?)"
 )
 
 RESET_AFTER = (

@@ -111,7 +111,13 @@ class DirectDeduction:
     :func:`token_ledger.change.stamped` does) and writes one successful entry whose
     ``balance_after`` is the allowance left and whose effects are ``{"usage": amount}``.
 
-    A store that can test all of this and write both rows in one guarded statement
+    A member whose organisation is a root (the path of two accounts) and is such an
+    account too gets the same on both (:func:`deduct` through
+    :func:`~token_ledger.organisations.shared`): the member's entry first, then the
+    organisation's share, the same but without the key, its ``operation_context``
+    :attr:`share_context` and its ``member_entry_id`` the member's entry's id.
+
+    A store that can test all of this and write the rows in one guarded transaction
     offers ``deduct_directly(deduction)``; it answers :meth:`spent` for the entry it
     wrote, or ``None`` when the guard matched nothing (or it lost a race), and
     :func:`deduct` then runs as usual. Either way the rows are the same.
@@ -127,20 +133,34 @@ class DirectDeduction:
     """The start of the calendar period containing ``now``."""
     thresholds: Thresholds = ()
     """The ledger's default notification thresholds. A store applies the deduction only
-    where it crosses none of those in effect for the account (these, for an account whose
-    own are not set; an account with thresholds of its own it may leave to :func:`deduct`),
-    so that the notification is recorded."""
+    where it crosses none of those in effect for each account it writes (these, for an
+    account whose own are not set; an account with thresholds of its own it may leave to
+    :func:`deduct`), so that the notification is recorded."""
 
     @property
     def earlier(self) -> datetime:
         """The ``updated_at`` to write when the stored one is ``now`` already."""
         return self.now - _EARLIER
 
-    def spent(self, entry_id: int, balance_after: int, overage_limit: int) -> Spent:
+    @property
+    def share_context(self) -> dict[str, Any]:
+        """The ``operation_context`` of an organisation's share of the deduction."""
+        return organisations.share_context({}, self.user_id)
+
+    def spent(
+        self,
+        entry_id: int,
+        balance_after: int,
+        overage_limit: int,
+        organisation: tuple[int, int] | None = None,
+    ) -> Spent:
         """The result of the deduction a store applied: the entry it stored as ``entry_id``.
 
-        What is still spendable is the allowance left plus the whole overage
-        limit, since the deduction drew on neither grants nor overage.
+        What is still spendable is the allowance left plus the whole overage limit,
+        since the deduction drew on neither grants nor overage; for a member, the
+        least of that and its organisation's (``organisation``: the share's
+        ``balance_after`` and the organisation's overage limit), as
+        :func:`~token_ledger.organisations.spendable` has it.
         """
         entry = Transaction(
             self.user_id,
@@ -155,7 +175,11 @@ class DirectDeduction:
             entry_id,
             Effects(usage=self.amount),
         )
-        return Spent(entry, balance_after + overage_limit)
+        remaining = balance_after + overage_limit
+        if organisation is not None:
+            share_balance, share_overage = organisation
+            remaining = min(remaining, share_balance + share_overage)
+        return Spent(entry, remaining)
 
 
 _EARLIER = timedelta(microseconds=1)

@@ -23,8 +23,8 @@ cannot move (its organisations hold a share of each).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -163,11 +163,16 @@ def replayed_remaining(entry: Transaction) -> int:
     return entry.balance_after
 
 
+def share_context(context: Mapping[str, Any], member_id: str) -> dict[str, Any]:
+    """The ``operation_context`` of an organisation's share: its own, naming the member."""
+    return {**context, "member": member_id}
+
+
 def mark(share: Change, member_id: str) -> Change:
     """The share's last entry, the organisation's record of the member's operation,
     names the member (its ``member_entry_id`` is set when the member's entry is stored)."""
     last = share.last_entry
-    context = {**last.operation_context, "member": member_id}
+    context = share_context(last.operation_context, member_id)
     return attrs.evolve(
         share, entries=(*share.entries[:-1], attrs.evolve(last, operation_context=context))
     )

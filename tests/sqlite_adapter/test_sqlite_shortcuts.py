@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from token_ledger import TokenLedger
+from token_ledger import TokenLedger, operations
+from token_ledger.operations import DirectDeduction, Spent
 from token_ledger.repository import SHORTCUT_METHODS
 from token_ledger.sqlite import SQLiteRepository
 from token_ledger.testing import MovableClock
@@ -107,6 +108,126 @@ def test_an_anchored_account_is_tried_once_then_goes_to_the_full_path_at_once(
     ]
     assert first_words(second)[:2] == ["BEGIN IMMEDIATE", "WITH RECURSIVE"]
     assert ledger.status("u1").monthly_used == 10
+
+
+def test_a_member_deduction_is_one_transaction_of_four_statements(
+    opened: tuple[TokenLedger, SQLiteRepository, MovableClock],
+) -> None:
+    ledger, repository, clock = opened
+    ledger.open_account("org", monthly_limit=100)
+    ledger.open_account("u1", monthly_limit=50, organisation_id="org")
+    clock.advance(timedelta(seconds=1))
+
+    with statements(repository) as sent:
+        ledger.deduct("u1", 5, idempotency_key="k1")
+
+    assert first_words(sent) == [
+        "BEGIN IMMEDIATE",
+        "UPDATE user_tokens",
+        "UPDATE user_tokens",
+        "INSERT INTO",
+        "INSERT INTO",
+        "COMMIT",
+    ]
+    assert ledger.status("org").monthly_used == 5
+
+
+def test_the_shortcut_answers_a_member_what_the_full_path_answers(tmp_path: Path) -> None:
+    """What is left is the least of the member's and its organisation's budgets."""
+
+    def spent(path: Path, *, shortcut: bool) -> list[object]:
+        clock = MovableClock(JANUARY)
+        repository = SQLiteRepository(path)
+        ledger = TokenLedger(repository, clock=clock)
+        ledger.open_account("org", monthly_limit=30)
+        ledger.set_limit("org", overage_limit=4)
+        ledger.open_account("u1", monthly_limit=50, organisation_id="org")
+        clock.advance(timedelta(seconds=1))
+        start = ledger.policy.period(clock()).start
+        deduction = DirectDeduction("u1", 20, None, {}, None, clock(), start)
+        answers: list[object] = []
+        if shortcut:
+            answers.append(repository.deduct_directly(deduction))
+        else:
+            with repository.unit_of_work() as work:
+                answers.append(
+                    operations.run(
+                        operations.deduct(
+                            ledger.policy,
+                            clock(),
+                            "u1",
+                            20,
+                            feature=None,
+                            context={},
+                            idempotency_key=None,
+                        ),
+                        work,
+                    )
+                )
+        answers.append(ledger.history(limit=10))
+        repository.close()
+        return answers
+
+    direct = spent(tmp_path / "direct.db", shortcut=True)
+    assert direct == spent(tmp_path / "full.db", shortcut=False)
+    assert isinstance(direct[0], Spent)
+    assert direct[0].remaining == 30 - 20 + 4
+
+
+def test_a_member_whose_organisation_has_a_grant_falls_back_with_nothing_changed(
+    opened: tuple[TokenLedger, SQLiteRepository, MovableClock],
+) -> None:
+    ledger, repository, clock = opened
+    ledger.open_account("org", monthly_limit=100)
+    ledger.open_account("u1", monthly_limit=50, organisation_id="org")
+    ledger.grant("org", 10)
+    clock.advance(timedelta(seconds=1))
+
+    with statements(repository) as first:
+        ledger.deduct("u1", 5)
+    clock.advance(timedelta(seconds=1))
+    with statements(repository) as second:
+        ledger.deduct("u1", 5)
+
+    refused = [
+        "BEGIN IMMEDIATE",
+        "UPDATE user_tokens",
+        "UPDATE user_tokens",
+        "SELECT NOT",
+        "ROLLBACK",
+        "BEGIN IMMEDIATE",
+        "WITH RECURSIVE",
+    ]
+    assert first_words(first)[:7] == refused  # a grant is no reason to remember the member
+    assert first_words(second)[:7] == refused
+    assert ledger.status("u1").monthly_used == 10
+    assert ledger.status("org").monthly_used == 10
+    assert len(ledger.history("org")) == 3
+
+
+def test_a_member_of_a_member_is_tried_once_then_goes_to_the_full_path_at_once(
+    opened: tuple[TokenLedger, SQLiteRepository, MovableClock],
+) -> None:
+    ledger, repository, clock = opened
+    ledger.open_account("root", monthly_limit=100)
+    ledger.open_account("org", monthly_limit=100, organisation_id="root")
+    ledger.open_account("u1", monthly_limit=50, organisation_id="org")
+    clock.advance(timedelta(seconds=1))
+
+    with statements(repository) as first:
+        ledger.deduct("u1", 5)
+    with statements(repository) as second:
+        ledger.deduct("u1", 5)
+
+    assert first_words(first)[:5] == [
+        "BEGIN IMMEDIATE",
+        "UPDATE user_tokens",
+        "UPDATE user_tokens",
+        "SELECT NOT",
+        "ROLLBACK",
+    ]
+    assert first_words(second)[:2] == ["BEGIN IMMEDIATE", "WITH RECURSIVE"]
+    assert [ledger.status(user).monthly_used for user in ("root", "org", "u1")] == [10, 10, 10]
 
 
 def test_an_sqlite_without_returning_takes_the_ordinary_paths_with_the_same_answers(
