@@ -295,27 +295,40 @@ class Statements:
 
 def _direct_deductions(
     names: Mapping[str, sql.Composable], thresholds: tuple[Threshold, ...] = ()
-) -> tuple[sql.Composed, sql.Composed, sql.Composed, sql.Composed]:
+) -> tuple[sql.Composed, ...]:
     """The one-statement deduction, sent ``earlier`` and computing it (hinted), each without
-    and with an idempotency key: what :class:`Statements` calls ``direct_deduction``,
-    ``direct_keyed_deduction``, ``hinted_direct_deduction`` and
-    ``hinted_direct_keyed_deduction``; its guard also holds only where the deduction crosses
-    none of ``thresholds`` (the ledger's defaults) and the account has none of its own
-    (:func:`~token_ledger._rows.threshold_guard`)."""
-    # The common deduction (see DirectDeduction) in one statement: the usage grows
-    # only where the domain would let it grow this way, with the stamp the domain
-    # gives updated_at, and the entry is written from the row the UPDATE returns.
-    # Subtracting never overflows: 0 <= usage and 0 < limit.
-    direct = (
-        "WITH updated AS (UPDATE {user_tokens}"
+    and with an idempotency key, then the member's deduction (hinted) without and with a
+    key: what :class:`DirectStatements` holds, in its order. Each guard also holds only
+    where the deduction crosses none of ``thresholds`` (the ledger's defaults) and the
+    account has none of its own (:func:`~token_ledger._rows.threshold_guard`)."""
+
+    def deductible(place: str, unused: str) -> str:
+        """Where the domain's deduction is the common one (see DirectDeduction), for an
+        account whose place in the tree of organisations is ``place``. Subtracting never
+        overflows: 0 <= usage and 0 < limit."""
+        return (
+            "reset_anchor IS NULL AND time_zone IS NULL"
+            " AND last_monthly_reset = %(period_start)s"
+            " AND grant_balance = 0 AND reserved_tokens = 0"
+            f" AND {place} AND spending_windows IS NULL"
+            f" AND %(amount)s <= monthly_limit - monthly_tokens_used{unused}{{noted}}"
+        )
+
+    # The usage grows by the amount, with the stamp the domain gives updated_at.
+    spend = (
+        "UPDATE {user_tokens}"
         " SET monthly_tokens_used = monthly_tokens_used + %(amount)s,"
         " updated_at = CASE WHEN updated_at = %(now)s THEN {earlier} ELSE %(now)s END"
-        " WHERE user_id = %(user_id)s AND reset_anchor IS NULL AND time_zone IS NULL"
-        " AND last_monthly_reset = %(period_start)s"
-        " AND grant_balance = 0 AND reserved_tokens = 0"
-        " AND organisation_id IS NULL AND spending_windows IS NULL"
-        " AND %(amount)s <= monthly_limit - monthly_tokens_used{unused}{noted}"
-        " RETURNING user_id, monthly_limit - monthly_tokens_used AS balance_after,"
+    )
+    # The common deduction (see DirectDeduction) in one statement: the usage grows
+    # only where the domain would let it grow this way, and the entry is written from
+    # the row the UPDATE returns.
+    direct = (
+        "WITH updated AS ("
+        + spend
+        + " WHERE user_id = %(user_id)s AND "
+        + deductible("organisation_id IS NULL", "{unused}")
+        + " RETURNING user_id, monthly_limit - monthly_tokens_used AS balance_after,"
         " overage_limit)"
     )
     entry = (
@@ -329,7 +342,7 @@ def _direct_deductions(
     # the account has an anchor, a zone, an organisation or windows, which no deduction
     # of this kind covers (the adapter remembers it, and goes to the full path for that
     # user at once: each is set rarely, and a user wrongly remembered only loses the
-    # shortcut).
+    # shortcut), but for a member, which the adapter sends the member's deduction.
     hinted = (
         ", inserted AS (" + entry + " RETURNING id, balance_after)"
         " SELECT id, balance_after, (SELECT overage_limit FROM updated), false FROM inserted"
@@ -337,6 +350,52 @@ def _direct_deductions(
         " OR organisation_id IS NOT NULL OR spending_windows IS NOT NULL"
         " FROM {user_tokens}"
         " WHERE user_id = %(user_id)s AND NOT EXISTS (SELECT FROM updated)"
+    )
+    # What no deduction of a member covers however the figures change: an anchor, a zone
+    # or windows of either account, or an organisation that is a member too.
+    never = "reset_anchor IS NOT NULL OR time_zone IS NOT NULL OR spending_windows IS NOT NULL"
+    # A member whose organisation is a root, in one statement. The organisation's row is
+    # locked before the member's, the order every writer of a path takes (LOCK_PATH), so it
+    # cannot deadlock with one: the member's row is locked only once its test of the
+    # organisation ran. Both are judged as locked (at READ COMMITTED a lock that waited
+    # sees the row as its writer committed it), so both are written, each with its entry
+    # (the member's first: the share names its id), or neither. The row: the member's entry
+    # id, balance_after and overage_limit, the share's balance_after and the organisation's
+    # overage_limit, false; or, when a guard matched nothing, NULLs and whether either
+    # account is one no deduction of a member covers; no row when the account is not a
+    # member (any more).
+    member = (
+        "WITH organisation AS MATERIALIZED (SELECT user_id, "
+        + deductible("organisation_id IS NULL", "")
+        + " AS deductible, organisation_id IS NOT NULL OR "
+        + never
+        + " AS never"
+        " FROM {user_tokens} WHERE user_id ="
+        " (SELECT organisation_id FROM {user_tokens} WHERE user_id = %(user_id)s) FOR UPDATE),"
+        " member AS MATERIALIZED (SELECT user_id, "
+        + deductible("organisation_id IS NOT NULL", "{unused}")
+        + " AS deductible, "
+        + never
+        + " AS never FROM {user_tokens}"
+        " WHERE user_id = %(user_id)s AND organisation_id = (SELECT user_id FROM organisation)"
+        " FOR UPDATE),"
+        " charged AS (SELECT organisation.user_id AS organisation_id, member.user_id"
+        " FROM organisation, member WHERE organisation.deductible AND member.deductible),"
+        " shared AS (" + spend + " WHERE user_id = (SELECT organisation_id FROM charged)"
+        " RETURNING user_id, monthly_limit - monthly_tokens_used AS balance_after,"
+        " overage_limit),"
+        " updated AS (" + spend + " WHERE user_id = (SELECT user_id FROM charged)"
+        " RETURNING user_id, monthly_limit - monthly_tokens_used AS balance_after,"
+        " overage_limit),"
+        " inserted AS (" + entry + " RETURNING id, balance_after),"
+        " share AS (INSERT INTO {token_transactions} ({new_entries})"
+        " SELECT shared.user_id, 'deduct', %(amount)s, %(now)s, shared.balance_after, true,"
+        " %(feature)s, %(share_context)s, NULL, jsonb_build_object('usage', %(amount)s), NULL,"
+        " inserted.id FROM shared, inserted)"
+        " SELECT inserted.id, inserted.balance_after, updated.overage_limit,"
+        " shared.balance_after, shared.overage_limit, false FROM inserted, updated, shared"
+        " UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, organisation.never OR member.never"
+        " FROM organisation, member WHERE NOT EXISTS (SELECT FROM inserted)"
     )
     given = {"earlier": sql.SQL("%(earlier)s")}
     # The hinted ones compute it: one instant fewer to send.
@@ -357,7 +416,9 @@ def _direct_deductions(
     plain_keyed = sql.SQL(direct + " " + entry + returning).format(**given, **keyed, **names)
     hinted_plain = sql.SQL(direct + hinted).format(**computed, **unkeyed, **names)
     hinted_keyed = sql.SQL(direct + hinted).format(**computed, **keyed, **names)
-    return plain, plain_keyed, hinted_plain, hinted_keyed
+    member_plain = sql.SQL(member).format(**computed, **unkeyed, **names)
+    member_keyed = sql.SQL(member).format(**computed, **keyed, **names)
+    return plain, plain_keyed, hinted_plain, hinted_keyed, member_plain, member_keyed
 
 
 # Accounts as a read without locks sees them: each row with its live grants and held
@@ -601,20 +662,17 @@ FROM stop
 
 @attrs.frozen
 class DirectStatements:
-    """The four forms of the one-statement deduction (see :func:`direct_deduction`)."""
+    """The six forms of the one-statement deduction (see :func:`direct_deduction`)."""
 
     direct_deduction: sql.Composed
     direct_keyed_deduction: sql.Composed
     hinted_direct_deduction: sql.Composed
     hinted_direct_keyed_deduction: sql.Composed
+    member_deduction: sql.Composed
+    member_keyed_deduction: sql.Composed
 
     def rendered(self) -> RenderedDirect:
-        return RenderedDirect(
-            self.direct_deduction.as_bytes(),
-            self.direct_keyed_deduction.as_bytes(),
-            self.hinted_direct_deduction.as_bytes(),
-            self.hinted_direct_keyed_deduction.as_bytes(),
-        )
+        return RenderedDirect(*(form.as_bytes() for form in attrs.astuple(self, recurse=False)))
 
 
 @attrs.frozen
@@ -623,6 +681,8 @@ class RenderedDirect:
     direct_keyed_deduction: bytes
     hinted_direct_deduction: bytes
     hinted_direct_keyed_deduction: bytes
+    member_deduction: bytes
+    member_keyed_deduction: bytes
 
 
 class Rendered:
@@ -662,13 +722,15 @@ class Rendered:
 
 
 def direct_deduction(
-    statements: Statements, deduction: DirectDeduction, *, hinted: bool
+    statements: Statements, deduction: DirectDeduction, *, hinted: bool, member: bool = False
 ) -> tuple[bytes, dict[str, Any]]:
     """The one-statement deduction's statement (keyed or not) and its parameters.
 
     ``hinted``: the statement that, when its guard matches nothing, answers whether the
-    account has an anchor (the synchronous engine remembers those), and computes the
-    instant before ``now`` itself; otherwise that instant is sent.
+    account has an anchor, a zone, windows or an organisation (the synchronous engine
+    remembers those, and sends a member the member's deduction), and computes the instant
+    before ``now`` itself; otherwise that instant is sent. ``member``: the member's
+    deduction, which is hinted too.
     """
     params: dict[str, Any] = {
         "amount": deduction.amount,
@@ -678,13 +740,18 @@ def direct_deduction(
         "feature": deduction.feature,
         "context": Jsonb(deduction.context),
     }
-    if not hinted:
-        params["earlier"] = deduction.earlier
     rendered = statements.rendered.direct(deduction.thresholds)
     key = deduction.idempotency_key
+    if key is not None:
+        params["key"] = key
+    if member:
+        params["share_context"] = Jsonb(deduction.share_context)
+        statement = rendered.member_deduction if key is None else rendered.member_keyed_deduction
+        return statement, params
+    if not hinted:
+        params["earlier"] = deduction.earlier
+        statement = rendered.direct_deduction if key is None else rendered.direct_keyed_deduction
+        return statement, params
     if key is None:
-        return (rendered.hinted_direct_deduction if hinted else rendered.direct_deduction), params
-    params["key"] = key
-    if hinted:
-        return rendered.hinted_direct_keyed_deduction, params
-    return rendered.direct_keyed_deduction, params
+        return rendered.hinted_direct_deduction, params
+    return rendered.hinted_direct_keyed_deduction, params

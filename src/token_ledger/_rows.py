@@ -331,18 +331,9 @@ def threshold_guard(thresholds: Sequence[Threshold], amount: str) -> str:
     )
 
 
-class KnownFullPath:
-    """User ids a one-statement deduction was seen not to cover: accounts off the ledger's
-    calendar (a ``reset_anchor`` or a ``time_zone``) and accounts with windows, which take
-    the full (locked) path, and members of an organisation that is such an account or a
-    member itself (or, on an engine that covers no member, members of any).
-
-    Each of those is set when an account opens or rarely changed, so an adapter that saw
-    one need not try the statement for that user again. It is a hint only: the
-    statement's guard decides, and a user wrongly remembered (its zone cleared since, or
-    it left its organisation) gets the full path, with the same rows. At most
-    :attr:`LIMIT` ids are kept; then it starts afresh.
-    """
+class KnownUsers:
+    """User ids an adapter remembers something of, as a hint for its shortcuts: at most
+    :attr:`LIMIT` of them; then it starts afresh."""
 
     LIMIT = 100_000
 
@@ -356,6 +347,29 @@ class KnownFullPath:
         if len(self._ids) >= self.LIMIT:
             self._ids = set()
         self._ids.add(user_id)
+
+    def discard(self, user_id: str) -> None:
+        self._ids.discard(user_id)
+
+
+class KnownFullPath(KnownUsers):
+    """User ids a one-statement deduction was seen not to cover: accounts off the ledger's
+    calendar (a ``reset_anchor`` or a ``time_zone``) and accounts with windows, which take
+    the full (locked) path, and members of an organisation that is such an account or a
+    member itself.
+
+    Each of those is set when an account opens or rarely changed, so an adapter that saw
+    one need not try the statement for that user again. It is a hint only: the
+    statement's guard decides, and a user wrongly remembered (its zone cleared since, or
+    its organisation left its own) gets the full path, with the same rows.
+    """
+
+
+class KnownMembers(KnownUsers):
+    """User ids seen to be members of an organisation, on an engine whose member's
+    deduction is a statement of its own: the adapter sends them that one first, and a
+    user seen not to be a member (any more) is forgotten. A hint only, as
+    :class:`KnownFullPath` is: the statements' guards decide."""
 
 
 LEDGER_CALENDAR = "(reset_anchor IS NULL AND time_zone IS NULL)"

@@ -49,6 +49,7 @@ from token_ledger._postgres_statements import Statements, direct_deduction
 from token_ledger._rows import (
     ACCOUNT_FIELDS,
     KnownFullPath,
+    KnownMembers,
     account_conditions,
     history_conditions,
 )
@@ -89,17 +90,22 @@ def _alone(
 
 
 _NOTHING_DONE = (None, None, None, False)
+_NOTHING_DONE_FOR_A_MEMBER = (None, None, None, None, None, False)
 
 
 def _directly(
-    conn: psycopg.Connection[Any], statement: bytes, params: Mapping[str, Any]
+    conn: psycopg.Connection[Any],
+    statement: bytes,
+    params: Mapping[str, Any],
+    nothing_done: tuple[Any, ...],
 ) -> tuple[Any, ...] | None:
-    """The row of a one-statement deduction; :data:`_NOTHING_DONE` when it lost a race."""
+    """The row of a one-statement deduction; ``nothing_done`` (its row when its guard
+    matched nothing) when it lost a race."""
     try:
         row: tuple[Any, ...] | None = _alone(conn, statement, params).fetchone()
     except psycopg.Error as error:
         if lost_a_race(error):
-            return _NOTHING_DONE
+            return nothing_done
         raise
     return row
 
@@ -277,6 +283,7 @@ class PostgresRepository:
         self._schema = _validation.schema_name(schema)
         self._sql = Statements(self._schema)
         self._full_path_users = KnownFullPath()
+        self._members = KnownMembers()
         self._lock = threading.Lock()
         self._owned_pool: ConnectionPool[Any] | None = None
         if isinstance(target, str):
@@ -392,46 +399,77 @@ class PostgresRepository:
     def deduct_directly(self, deduction: DirectDeduction) -> Spent | None:
         """The common deduction as one statement in autocommit: one round trip.
 
-        ``None`` when the guard matches nothing, and when the statement lost a race
-        (a serialization failure at REPEATABLE READ or SERIALIZABLE, a deadlock, a
-        key stored concurrently): it changed nothing, and the full path takes over.
+        A member's is a statement of its own, which locks its organisation's row first. A
+        user the common statement finds to have an anchor, a zone, windows or an
+        organisation (it does not tell them apart) is sent the member's at once, a second
+        round trip: a member is sent it first from then on
+        (:class:`~token_ledger._rows.KnownMembers`), and a user that is no member, or one
+        on a path the member's statement never covers, goes to the full path at once from
+        then on (:class:`~token_ledger._rows.KnownFullPath`). ``None`` when the guard
+        matches nothing, and when the statement lost a race (a serialization failure at
+        REPEATABLE READ or SERIALIZABLE, a deadlock, a key stored concurrently): it changed
+        nothing, and the full path takes over.
+        """
+        user_id = deduction.user_id
+        if user_id in self._full_path_users:
+            return None
+        known = user_id in self._members
+        if not known:
+            sent = direct_deduction(self._sql, deduction, hinted=True)
+            row = self._deduct(sent, _NOTHING_DONE)
+            if row is None:  # no such account
+                return None
+            entry_id, balance_after, overage_limit, other = row
+            if entry_id is not None:
+                return deduction.spent(entry_id, balance_after, overage_limit)
+            if not other:
+                return None
+            self._members.add(user_id)
+        sent = direct_deduction(self._sql, deduction, hinted=True, member=True)
+        row = self._deduct(sent, _NOTHING_DONE_FOR_A_MEMBER)
+        if row is None:  # no member (any more)
+            self._members.discard(user_id)
+            if not known:  # then the common statement saw an anchor, a zone or windows
+                self._full_path_users.add(user_id)
+            return None
+        entry_id, balance_after, overage_limit, share_balance, share_overage, never = row
+        if entry_id is None:
+            if never:
+                self._full_path_users.add(user_id)
+            return None
+        organisation = (share_balance, share_overage)
+        return deduction.spent(entry_id, balance_after, overage_limit, organisation)
+
+    def _deduct(
+        self, sent: tuple[bytes, Mapping[str, Any]], nothing_done: tuple[Any, ...]
+    ) -> tuple[Any, ...] | None:
+        """The row of a one-statement deduction (:func:`_directly`), on a connection alive
+        when it was sent.
+
         A pooled connection the server has closed is replaced before anything is sent
         (as :meth:`_idle_connection` does); a failure once the statement is sent is not
         retried: it may have been applied. Written out rather than through the context
         managers: this is the hot path, and they cost a tenth of the client's time.
         """
-        user_id = deduction.user_id
-        if user_id in self._full_path_users:
-            return None
-        statement, params = direct_deduction(self._sql, deduction, hinted=True)
+        statement, params = sent
         source = self._source
-        row: tuple[Any, ...] | None = None
         if not isinstance(source, ConnectionPool):
             with self._idle_connection() as conn:
-                row = _directly(conn, statement, params)
-        else:
-            for attempts_left in reversed(range(source.max_size + 1)):
-                try:
-                    conn = source.getconn()
-                except psycopg.Error as error:
-                    raise storage_error(error) from error
-                try:
-                    if attempts_left and not alive(conn):
-                        continue
-                    row = _directly(conn, statement, params)
-                    break
-                except psycopg.Error as error:
-                    raise storage_error(error) from error
-                finally:
-                    source.putconn(conn)
-        if row is None:  # no such account
-            return None
-        entry_id, balance_after, overage_limit, anchored = row
-        if entry_id is None:
-            if anchored:
-                self._full_path_users.add(user_id)
-            return None
-        return deduction.spent(entry_id, balance_after, overage_limit)
+                return _directly(conn, statement, params, nothing_done)
+        for attempts_left in reversed(range(source.max_size + 1)):
+            try:
+                conn = source.getconn()
+            except psycopg.Error as error:
+                raise storage_error(error) from error
+            try:
+                if attempts_left and not alive(conn):
+                    continue
+                return _directly(conn, statement, params, nothing_done)
+            except psycopg.Error as error:
+                raise storage_error(error) from error
+            finally:
+                source.putconn(conn)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     @contextmanager
     def unit_of_work(self) -> Iterator[PostgresUnitOfWork]:

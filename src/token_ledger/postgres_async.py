@@ -440,7 +440,11 @@ class AsyncPostgresRepository:
     async def deduct_directly(self, deduction: DirectDeduction) -> Spent | None:
         """postgres.py's ``deduct_directly``: the common deduction as its one statement, in
         autocommit, one round trip; ``None`` when its guard matched nothing or it lost a race
-        (it changed nothing then, and the full path takes over)."""
+        (it changed nothing then, and the full path takes over).
+
+        A member's deduction takes the full path here: the synchronous engine sends the
+        member's statement on the hint of the common one, which this one does not send
+        (it keeps no hints)."""
         statement, params = direct_deduction(self._sql, deduction, hinted=False)
         async with self._idle_connection() as conn:
             try:

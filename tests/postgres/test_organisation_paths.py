@@ -1,6 +1,6 @@
 """Organisations on PostgreSQL: a path is loaded and locked root first in one statement,
-a move that races a deduction is run again, and the shortcuts leave members and windowed
-accounts to the domain."""
+a move that races a deduction is run again, and the shortcuts leave windowed accounts and
+members of deeper paths to the domain."""
 
 from __future__ import annotations
 
@@ -149,6 +149,9 @@ def test_a_path_of_three_loads_root_first_and_locks_it_in_that_order(
 
         name = "tl_leaf_deduction"
         pool, leaf = named_ledger(postgres_database, postgres_schema, name)
+        # The shortcut, tried once, finds a path longer than it covers: from then on the
+        # leaf's deduction takes the locked path at once, whose order is under test.
+        leaf.deduct("leaf", 1)
         deduct = lambda: leaf.deduct("leaf", 7)  # noqa: E731
         with pool, leaf, while_held(postgres_database, postgres_schema, "mid", deduct) as outcome:
             wait_for_lock_wait(postgres_database, name)
@@ -191,7 +194,8 @@ def test_a_move_that_races_a_deduction_makes_it_run_again_on_the_new_path(
 ) -> None:
     """The deduction read the path [acme, alice] and waits at acme; meanwhile alice moves to
     other and commits. Once acme is free the deduction locks alice as the move left her,
-    finds the path changed, and runs again: it is spent from other's budget, not acme's."""
+    finds the path changed, and runs again: it is spent from other's budget, not acme's.
+    (The locked path's race: the shortcut's is the test after this one.)"""
     url = postgres_database.url
     with TokenLedger.postgres(url, schema=postgres_schema) as ledger:
         ledger.open_account("acme", monthly_limit=1000)
@@ -203,6 +207,7 @@ def test_a_move_that_races_a_deduction_makes_it_run_again_on_the_new_path(
         )
         with pool:
             counted = _CountingRepository(pool, schema=postgres_schema)
+            counted.deduct_directly = None  # type: ignore[method-assign,assignment]
             racing = TokenLedger(counted)
             deduct = lambda: racing.deduct("alice", 9)  # noqa: E731
             with while_held(postgres_database, postgres_schema, "acme", deduct) as outcome:
@@ -217,6 +222,42 @@ def test_a_move_that_races_a_deduction_makes_it_run_again_on_the_new_path(
         assert spent.transaction.success
         assert counted.units_of_work == 2
         assert ledger.status("acme").monthly_used == 0
+        assert ledger.status("other").monthly_used == 9
+        [share] = ledger.history("other")
+        assert share.member_entry_id == spent.transaction.id
+        assert ledger.reconcile() == []
+
+
+def test_a_move_that_races_the_members_statement_leaves_the_old_organisation_untouched(
+    postgres_database: Database, postgres_schema: str
+) -> None:
+    """The member's statement waits at acme; meanwhile alice moves to other and commits.
+    Once acme is free the statement locks alice as the move left her, no member of acme,
+    and writes nothing at all; the locked path then spends from other's budget."""
+    url = postgres_database.url
+    with TokenLedger.postgres(url, schema=postgres_schema) as ledger:
+        ledger.open_account("acme", monthly_limit=1000)
+        ledger.open_account("other", monthly_limit=1000)
+        ledger.open_account("alice", monthly_limit=500, organisation_id="acme")
+        name = "tl_racing_statement"
+        pool: ConnectionPool[Any] = ConnectionPool(
+            url, min_size=1, max_size=1, kwargs={"application_name": name}, open=True
+        )
+        with pool:
+            counted = _CountingRepository(pool, schema=postgres_schema)
+            racing = TokenLedger(counted)
+            deduct = lambda: racing.deduct("alice", 9)  # noqa: E731
+            with while_held(postgres_database, postgres_schema, "acme", deduct) as outcome:
+                wait_for_lock_wait(postgres_database, name)
+                assert not locked_elsewhere(postgres_database, postgres_schema, "alice")
+                impatient = psycopg.conninfo.make_conninfo(url, options="-c lock_timeout=10s")
+                with TokenLedger.postgres(impatient, schema=postgres_schema) as mover:
+                    mover.move_to_organisation("alice", "other")
+        [spent] = outcome
+        assert spent.transaction.success
+        assert counted.units_of_work == 1
+        assert ledger.status("acme").monthly_used == 0
+        assert ledger.history("acme") == []
         assert ledger.status("other").monthly_used == 9
         [share] = ledger.history("other")
         assert share.member_entry_id == spent.transaction.id
@@ -328,23 +369,31 @@ def wired(
 def test_the_shortcut_leaves_members_and_windowed_accounts_to_the_locked_path(
     wired: tuple[TokenLedger, Wire, MovableClock],
 ) -> None:
-    """The one statement matches neither and says so, once; an organisation without windows
-    still takes it. A plain account's locked path is no longer for the path's walk up."""
+    """The one statement matches neither and says so, once, and so does the member's
+    statement, sent then; a member of a root takes the member's statement (at once, the
+    second time), and an organisation without windows the common one. A plain account's
+    locked path is no longer for the path's walk up, and the locked path is a member's in
+    an organisation that is a member too."""
     ledger, wire, clock = wired
     ledger.open_account("acme", monthly_limit=1000)
     ledger.open_account("alice", monthly_limit=500, organisation_id="acme")
+    ledger.open_account("team", monthly_limit=1000, organisation_id="acme")
+    ledger.open_account("carol", monthly_limit=500, organisation_id="team")
     ledger.open_account("bob", monthly_limit=500, window_caps={"day": 300})
     ledger.open_account("anchored", monthly_limit=100, reset_anchor=clock() - timedelta(days=3))
     plain_locked_path = 5  # BEGIN, the path's locking SELECT, UPDATE, INSERT, COMMIT
-    member_locked_path = 6  # and the organisation's share: UPDATE of both rows, two INSERTs
+    member_locked_path = 7  # and two organisations' shares: UPDATE of three rows, 3 INSERTs
 
-    assert wire.round_trips(lambda: ledger.deduct("anchored", 5)) == 1 + plain_locked_path
-    assert wire.round_trips(lambda: ledger.deduct("alice", 5)) == 1 + member_locked_path
-    assert wire.round_trips(lambda: ledger.deduct("alice", 5)) == member_locked_path
-    assert wire.round_trips(lambda: ledger.deduct("bob", 5)) == 1 + plain_locked_path
+    assert wire.round_trips(lambda: ledger.deduct("anchored", 5)) == 2 + plain_locked_path
+    assert wire.round_trips(lambda: ledger.deduct("alice", 5)) == 2
+    assert wire.round_trips(lambda: ledger.deduct("alice", 5)) == 1
+    assert wire.round_trips(lambda: ledger.deduct("carol", 5)) == 2 + member_locked_path
+    assert wire.round_trips(lambda: ledger.deduct("carol", 5)) == member_locked_path
+    assert wire.round_trips(lambda: ledger.deduct("bob", 5)) == 2 + plain_locked_path
     assert wire.round_trips(lambda: ledger.deduct("bob", 5)) == plain_locked_path
     assert wire.round_trips(lambda: ledger.deduct("acme", 5)) == 1
-    assert ledger.get_account("acme").monthly_tokens_used == 15
+    assert ledger.get_account("acme").monthly_tokens_used == 5 + 5 + 10 + 5
+    assert ledger.get_account("team").monthly_tokens_used == 10
     assert ledger.get_account("bob").windows[0].used == 10
     assert ledger.reconcile() == []
 

@@ -89,13 +89,57 @@ def test_a_deduction_the_statement_does_not_cover_takes_the_locked_path_after_it
 def test_an_anchored_account_goes_to_the_locked_path_at_once_once_it_is_known(
     wired: tuple[TokenLedger, Wire, MovableClock],
 ) -> None:
-    """Anchors never change: the statement, which never covers them, is tried once."""
+    """Anchors never change: the statement, which never covers them, is tried once, and so
+    is the member's (the statement's answer is the same for a member)."""
     ledger, wire, clock = wired
     ledger.open_account("u1", monthly_limit=100, reset_anchor=clock() - timedelta(days=3))
     locked_path = 5  # BEGIN, the locking SELECT, UPDATE, INSERT, COMMIT
 
-    assert wire.round_trips(lambda: ledger.deduct("u1", 5)) == 1 + locked_path
+    assert wire.round_trips(lambda: ledger.deduct("u1", 5)) == 2 + locked_path
     assert wire.round_trips(lambda: ledger.deduct("u1", 5)) == locked_path
+
+
+def test_a_member_deduction_is_one_round_trip_once_the_member_is_known(
+    wired: tuple[TokenLedger, Wire, MovableClock],
+) -> None:
+    """The first: the common statement, which says the account is a member, then the
+    member's statement, which locks the organisation, then the member."""
+    ledger, wire, clock = wired
+    ledger.open_account("org", monthly_limit=100)
+    ledger.open_account("u1", monthly_limit=100, organisation_id="org")
+    clock.advance(timedelta(seconds=1))
+
+    assert wire.round_trips(lambda: ledger.deduct("u1", 5)) == 2
+    assert wire.round_trips(lambda: ledger.deduct("u1", 5, idempotency_key="k1")) == 1
+    assert [ledger.status(user).monthly_used for user in ("org", "u1")] == [10, 10]
+    assert len(ledger.history("org")) == 2
+
+
+def test_a_member_past_a_guard_takes_the_locked_path_with_nothing_written_before(
+    wired: tuple[TokenLedger, Wire, MovableClock],
+) -> None:
+    """An organisation with a grant, and one that became a member itself: the member's
+    statement writes nothing, and the locked path writes the deduction once."""
+    ledger, _, clock = wired
+    ledger.open_account("root", monthly_limit=100)
+    ledger.open_account("org", monthly_limit=100)
+    ledger.open_account("u1", monthly_limit=100, organisation_id="org")
+    ledger.open_account("u2", monthly_limit=100, organisation_id="root")
+    clock.advance(timedelta(seconds=1))
+    ledger.deduct("u1", 5)
+    ledger.deduct("u2", 5)
+    ledger.grant("org", 10)
+    ledger.move_to_organisation("root", "org")  # u2's path: org, root, u2
+    clock.advance(timedelta(seconds=1))
+
+    for _ in range(2):
+        ledger.deduct("u1", 5)
+        ledger.deduct("u2", 5)
+
+    used = [ledger.status(user).monthly_used for user in ("org", "root", "u1", "u2")]
+    assert used == [5 + 4 * 5, 5 + 2 * 5, 15, 15]
+    assert [len(ledger.history(user)) for user in ("org", "root")] == [1 + 1 + 4, 1 + 1 + 2]
+    assert ledger.reconcile() == []
 
 
 def test_reads_are_one_round_trip_and_an_account_with_grants_two(
