@@ -18,9 +18,10 @@ organisation's budget as well as its own. In one transaction: the organisation's
 (the one its member's row names) updated first, guarded by its allowance, which
 locks it; the member's row, guarded by its cap; the member's entry, and the
 organisation's entry of the same deduction naming it (``member_entry_id``, and the
-member in its context). No one-statement version is honest here: a data-modifying
-CTE runs every part of it, so one whose member guard failed would still have spent
-from the organisation.
+member in its context). A hand-written data-modifying CTE is no honest version of it:
+the CTE runs every part, so one whose member guard failed would still have spent from
+the organisation. (The library's member statement on PostgreSQL judges both rows, as
+locked, before it writes either.)
 """
 
 from __future__ import annotations
