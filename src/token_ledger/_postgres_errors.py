@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg.errors import DeadlockDetected, SerializationFailure, UniqueViolation
+from psycopg.errors import DeadlockDetected, Diagnostic, SerializationFailure, UniqueViolation
 from psycopg.pq import ConnStatus, TransactionStatus
 
 from token_ledger.errors import StorageError, TransientStorageError
@@ -70,16 +70,28 @@ def alive(conn: psycopg.Connection[Any]) -> bool:
     """Whether the server has not closed ``conn`` while it sat idle, found without a round trip.
 
     A server that closes a connection (``pg_terminate_backend``, a restart) sends
-    its farewell, an error message and then the end of the stream, which wait on
-    the socket: reading what is there (twice: the message, then the end) shows it.
+    its farewell, a FATAL error message, and then the end of the stream, which wait on
+    the socket: reading what is there shows either. The message can come alone (the
+    backend leaves ``pg_stat_activity`` before it closes its socket); libpq, parsing it,
+    hands an error that arrives while idle to the notice handlers.
     """
+    farewell: list[Diagnostic] = []
+
+    def heard(diagnostic: Diagnostic) -> None:
+        if diagnostic.severity_nonlocalized in ("FATAL", "PANIC"):
+            farewell.append(diagnostic)
+
     pgconn = conn.pgconn
+    conn.add_notice_handler(heard)
     try:
         pgconn.consume_input()
+        pgconn.is_busy()  # parses what was read
         pgconn.consume_input()
     except psycopg.OperationalError:
         return False
-    return pgconn.status == ConnStatus.OK
+    finally:
+        conn.remove_notice_handler(heard)
+    return not farewell and pgconn.status == ConnStatus.OK
 
 
 def lost_a_race(error: psycopg.Error) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,9 +12,10 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from postgres.support import wait_for_backend_exit
+from postgres.support import PATIENCE, EndHoldingProxy, wait_for_backend_exit
 from postgres_server import Database
 from token_ledger import StorageError, TokenLedger
+from token_ledger._postgres_errors import alive
 from token_ledger.account import TokenAccount
 from token_ledger.postgres import PostgresRepository, PostgresUnitOfWork
 
@@ -111,6 +113,26 @@ def test_a_pool_of_your_own_whose_idle_connections_all_died_is_used_again(
 
         assert_recorded_once(ledger, results)
         assert pool.get_stats()["returns_bad"] >= 3 + 5 * 3, "the dead ones went back, discarded"
+
+
+def test_a_connection_whose_farewell_came_before_the_end_of_its_stream_is_not_alive(
+    postgres_database: Database, application_name: str
+) -> None:
+    """A terminated backend leaves pg_stat_activity before it closes its socket, so its FATAL
+    message can wait on the socket without the end of the stream. Such a connection is dead
+    too: a pool gives it back before any work (it used to take the statement, and fail)."""
+    with EndHoldingProxy(postgres_database) as proxy:
+        url = psycopg.conninfo.make_conninfo(proxy.conninfo, application_name=application_name)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT 1")
+            assert alive(conn)
+
+            assert terminate(postgres_database, application_name) == 1
+            proxy.wait_for_farewells(1)
+            readable, _, _ = select.select([conn.pgconn.socket], [], [], PATIENCE)
+            assert readable, "the farewell never reached the client"
+
+            assert not alive(conn)
 
 
 def test_your_own_connection_killed_while_idle_says_to_reconnect(
